@@ -1,0 +1,53 @@
+"""ANN indexes over L2-normalised float32 vectors with inner-product search.
+
+Example:
+    >>> index = make_index("hnsw", 256, ef_search=64)
+    >>> index.build(vectors)
+    >>> scores, ids = index.search(queries, 10)
+    >>> index.save(folder); index = load_index(folder)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from metricls.ann.base import AnnIndex, read_meta
+from metricls.ann.faiss_index import FlatIndex, HnswIndex, IvfIndex
+from metricls.ann.scann_index import ScannIndex
+from metricls.ann.tuning import recall_at_k_vs_exact, tune_index
+from metricls.errors import ArtifactError, InputError
+
+__all__ = [
+    "BACKENDS",
+    "AnnIndex",
+    "FlatIndex",
+    "HnswIndex",
+    "IvfIndex",
+    "ScannIndex",
+    "load_index",
+    "make_index",
+    "recall_at_k_vs_exact",
+    "tune_index",
+]
+
+_CLASSES: dict[str, type[AnnIndex]] = {cls.backend: cls for cls in
+                                       (FlatIndex, HnswIndex, IvfIndex, ScannIndex)}
+BACKENDS: tuple[str, ...] = tuple(_CLASSES)
+
+
+def make_index(backend: str, dim: int, **params: Any) -> AnnIndex:
+    """A new, empty index of `backend` ("flat", "hnsw", "ivf" or "scann") for `dim`-vectors."""
+    if backend not in _CLASSES:
+        raise InputError(f"backend: expected one of {list(BACKENDS)}, got {backend!r}")
+    return _CLASSES[backend](dim, **params)
+
+
+def load_index(directory: str | Path) -> AnnIndex:
+    """Load an index folder written by `AnnIndex.save` (its backend.json says which backend)."""
+    folder = Path(directory)
+    meta = read_meta(folder)
+    if meta["backend"] not in _CLASSES:
+        raise ArtifactError(f"{folder / 'backend.json'}: unknown backend {meta['backend']!r}; "
+                            f"expected one of {list(BACKENDS)}")
+    return _CLASSES[meta["backend"]].load(folder)

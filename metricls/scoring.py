@@ -1,0 +1,143 @@
+"""Turn neighbours into scored tags: prototype similarity blended with a kNN label vote."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How neighbour search results become label scores.
+
+    score(l) = blend * (1 + cos(x, prototype_l)) / 2 + (1 - blend) * vote(l), where vote(l)
+    is the softmax(similarity / temperature)-weighted share of the `knn` nearest training
+    items that carry l. Both parts lie in [0, 1].
+    """
+
+    blend: float = 0.5
+    knn: int = 30
+    temperature: float = 0.05
+    candidates: int = 100
+    threshold: float | None = None
+    label_thresholds: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Scoring:
+        return cls(**d)
+
+
+def vote_matrix(nn_scores: np.ndarray, nn_ids: np.ndarray, item_labels: sp.csr_matrix,
+                temperature: float) -> sp.csr_matrix:
+    """(n, L) similarity-weighted label shares of each query's neighbours (-1 ids ignored)."""
+    n, k = nn_ids.shape
+    valid = nn_ids >= 0
+    logits = np.where(valid, nn_scores / temperature, -np.inf)
+    logits -= logits.max(axis=1, keepdims=True, initial=-1e30)
+    weights = np.where(valid, np.exp(logits), 0.0)
+    weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+    rows = np.repeat(np.arange(n), k)
+    W = sp.csr_matrix((weights.ravel(), (rows, np.where(valid, nn_ids, 0).ravel())),
+                      shape=(n, item_labels.shape[0]))
+    return sp.csr_matrix(W @ item_labels)
+
+
+def prototype_matrix(proto_scores: np.ndarray, proto_ids: np.ndarray,
+                     n_labels: int) -> sp.csr_matrix:
+    """(n, L) sparse (1 + cos) / 2 of each query's candidate labels."""
+    n, k = proto_ids.shape
+    valid = proto_ids >= 0
+    rows = np.repeat(np.arange(n), k)[valid.ravel()]
+    vals = ((1.0 + proto_scores) / 2.0)[valid]
+    return sp.csr_matrix((vals, (rows, proto_ids[valid])), shape=(n, n_labels))
+
+
+def blend_scores(P: sp.csr_matrix, V: sp.csr_matrix, blend: float) -> sp.csr_matrix:
+    """blend * P + (1 - blend) * V, both (n, L) sparse."""
+    return sp.csr_matrix(blend * P + (1.0 - blend) * V)
+
+
+def top_k(S: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best `k` entries of each row of a sparse score matrix: (scores f32, ids i64), each (n, k).
+
+    Rows with fewer than k stored entries are padded with score -inf and id -1.
+    """
+    S = sp.csr_matrix(S)
+    S.sort_indices()
+    n = S.shape[0]
+    lengths = np.diff(S.indptr)
+    width = max(int(lengths.max(initial=0)), k)
+    dense_scores = np.full((n, width), -np.inf, dtype=np.float32)
+    dense_ids = np.full((n, width), -1, dtype=np.int64)
+    cols = np.arange(S.nnz) - np.repeat(S.indptr[:-1], lengths)
+    rows = np.repeat(np.arange(n), lengths)
+    dense_scores[rows, cols] = S.data
+    dense_ids[rows, cols] = S.indices
+    part = np.argpartition(-dense_scores, k - 1, axis=1)[:, :k]
+    part_scores = np.take_along_axis(dense_scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    best = np.take_along_axis(part, order, axis=1)
+    return (np.take_along_axis(dense_scores, best, axis=1),
+            np.take_along_axis(dense_ids, best, axis=1))
+
+
+def apply_thresholds(scores: np.ndarray, ids: np.ndarray, scoring: Scoring,
+                     threshold: float | None) -> np.ndarray:
+    """Boolean (n, k) mask of the tags to keep: `threshold`, else the tuned per-label ones."""
+    if threshold is not None:
+        return scores >= threshold
+    if scoring.label_thresholds:
+        table = np.asarray(scoring.label_thresholds, dtype=np.float32)
+        return (ids >= 0) & (scores >= table[np.maximum(ids, 0)])
+    if scoring.threshold is not None:
+        return scores >= scoring.threshold
+    return ids >= 0
+
+
+def tune_global_threshold(scores: np.ndarray, ids: np.ndarray, Y: sp.csr_matrix) -> float:
+    """The score threshold that maximises micro-F1 of the thresholded top-k on `Y`."""
+    hits = _hits(ids, Y)
+    order = np.argsort(-scores.ravel(), kind="stable")
+    flat_scores, flat_hits = scores.ravel()[order], hits.ravel()[order]
+    tp = np.cumsum(flat_hits)
+    predicted = np.arange(1, len(order) + 1)
+    f1 = 2 * tp / (predicted + Y.nnz)
+    best = int(np.argmax(np.where(np.isfinite(flat_scores), f1, -1)))
+    return float(flat_scores[best])
+
+
+def tune_label_thresholds(scores: np.ndarray, ids: np.ndarray, Y: sp.csr_matrix,
+                          fallback: float, min_support: int = 5) -> list[float]:
+    """Per-label F1-optimal thresholds; labels with fewer than `min_support` positives in `Y`
+    (or never retrieved) keep `fallback`."""
+    hits = _hits(ids, Y).ravel()
+    flat_ids, flat_scores = ids.ravel(), scores.ravel()
+    support = np.asarray(Y.sum(axis=0)).ravel()
+    out = np.full(Y.shape[1], fallback, dtype=np.float64)
+    keep = flat_ids >= 0
+    order = np.lexsort((-flat_scores[keep], flat_ids[keep]))
+    lab, sc, hit = flat_ids[keep][order], flat_scores[keep][order], hits[keep][order]
+    bounds = np.flatnonzero(np.diff(lab)) + 1
+    for seg_lab, seg_sc, seg_hit in zip(np.split(lab, bounds), np.split(sc, bounds),
+                                        np.split(hit, bounds)):
+        label = int(seg_lab[0]) if len(seg_lab) else -1
+        if label < 0 or support[label] < min_support:
+            continue
+        tp = np.cumsum(seg_hit)
+        f1 = 2 * tp / (np.arange(1, len(seg_hit) + 1) + support[label])
+        out[label] = float(seg_sc[int(np.argmax(f1))])
+    return out.tolist()
+
+
+def _hits(ids: np.ndarray, Y: sp.csr_matrix) -> np.ndarray:
+    """(n, k) bool: ids[i, j] is a true label of row i."""
+    Y = sp.csr_matrix(Y)
+    rows = np.repeat(np.arange(ids.shape[0]), ids.shape[1])
+    cols = np.clip(ids.ravel(), 0, Y.shape[1] - 1)
+    found = np.asarray(Y[rows, cols]).ravel() > 0
+    return (found & (ids.ravel() >= 0)).reshape(ids.shape)

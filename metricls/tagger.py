@@ -1,0 +1,197 @@
+"""Tagger: embed inputs, search the prototype and item indexes, return scored tags."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from metricls.ann import AnnIndex, load_index
+from metricls.artifacts import check_folder, load_tensors, read_json, save_tensors, write_json
+from metricls.config import Config, from_dict, to_dict
+from metricls.data.items import Items
+from metricls.data.labels import LabelVocab
+from metricls.encoders.model import EmbeddingModel
+from metricls.errors import ArtifactError, InputError, NotFittedError
+from metricls.scoring import (Scoring, apply_thresholds, blend_scores, prototype_matrix, top_k,
+                              vote_matrix)
+from metricls.validation import check_features, check_k, check_texts
+
+Inputs = Sequence[str] | np.ndarray | Items
+
+
+class Tagger:
+    """A trained, indexed multi-label tagger (a folder you can `save` and `load`).
+
+    Example:
+        >>> tagger = Tagger.load("index/debtags")
+        >>> tagger.predict(["Python bindings for the GTK toolkit"], k=3)
+        [[('devel::lang:python', 0.83), ('uitoolkit::gtk', 0.79), ...]]
+    """
+
+    def __init__(self, *, model: EmbeddingModel, vocab: LabelVocab, prototypes: np.ndarray,
+                 proto_index: AnnIndex, item_index: AnnIndex, item_labels: sp.csr_matrix,
+                 scoring: Scoring, config: Config, metrics: dict | None = None) -> None:
+        self.model = model
+        self.vocab = vocab
+        self.prototypes = prototypes  # (L, d) float32, label id = row
+        self.proto_index = proto_index
+        self.item_index = item_index
+        self.item_labels = sp.csr_matrix(item_labels, dtype=np.float32)  # (n_train, L)
+        self.scoring = scoring
+        self.config = config
+        self.metrics = metrics or {}
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Label names; a label's id is its position here."""
+        return self.vocab.names
+
+    # ---- inference -------------------------------------------------------------------------
+    def _inputs(self, inputs: Inputs) -> tuple[list[str] | None, np.ndarray | None, int]:
+        if isinstance(inputs, Items):
+            return inputs.texts, inputs.features, len(inputs)
+        if isinstance(inputs, np.ndarray) and inputs.ndim == 2 and inputs.dtype.kind in "fiu":
+            if "features" not in self.model.needs:
+                raise InputError("inputs: this tagger reads texts, pass a list of strings")
+            dim = next(b.out_dim for b in self.model.backbones if b.name == "features")
+            feats = check_features(inputs, dim, name="inputs")
+            return None, feats, len(feats)
+        texts = check_texts(inputs, name="inputs")
+        if "features" in self.model.needs:
+            raise InputError("inputs: this tagger reads feature vectors, pass an (n, d) array")
+        return texts, None, len(texts)
+
+    def embed(self, inputs: Inputs) -> np.ndarray:
+        """(n, d) float32 L2-normalised embeddings of texts or feature rows."""
+        texts, feats, n = self._inputs(inputs)
+        if n == 0:
+            return np.zeros((0, self.model.out_dim), dtype=np.float32)
+        return self.model.embed(texts, feats)
+
+    def predict_scores(self, inputs: Inputs, *, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Top-`k` label scores and ids per input, best first: (scores f32, ids i64), each (n, k).
+
+        Padding where fewer than k labels score is score -inf, id -1.
+        """
+        k = check_k(k)
+        return self._predict(inputs, k, timings=None)
+
+    def predict(self, inputs: Inputs, *, k: int = 5,
+                threshold: float | str | None = None) -> list[list[tuple[str, float]]]:
+        """Scored tags per input: a list of `(label, score)`, best first.
+
+        Args:
+            inputs: texts (list of str), an (n, d) float array for a features backbone, or Items.
+            k: at most this many tags per input.
+            threshold: None returns k tags; a float keeps scores >= it; "tuned" uses the
+                per-label thresholds tuned on the validation split (variable number of tags).
+        """
+        k = check_k(k)
+        scores, ids = self._predict(inputs, k, timings=None)
+        if threshold is None:
+            keep = ids >= 0
+        elif threshold == "tuned":
+            keep = apply_thresholds(scores, ids, self.scoring, None)
+        elif isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
+            keep = apply_thresholds(scores, ids, self.scoring, float(threshold))
+        else:
+            raise InputError(f"threshold: expected None, a number or 'tuned', got {threshold!r}")
+        names = self.vocab.names
+        return [[(names[i], float(s)) for i, s, ok in zip(row_ids, row_scores, row_keep) if ok]
+                for row_ids, row_scores, row_keep in zip(ids, scores, keep)]
+
+    def _predict(self, inputs: Inputs, k: int,
+                 timings: dict[str, float] | None) -> tuple[np.ndarray, np.ndarray]:
+        t0 = time.perf_counter()
+        texts, feats, n = self._inputs(inputs)
+        if n == 0:
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        emb = self.model.embed(texts, feats)
+        t1 = time.perf_counter()
+        scores, ids = self.score_embeddings(emb, k)
+        if timings is not None:
+            timings["embed_s"] = timings.get("embed_s", 0.0) + t1 - t0
+            timings["search_score_s"] = (timings.get("search_score_s", 0.0)
+                                         + time.perf_counter() - t1)
+        return scores, ids
+
+    def score_embeddings(self, emb: np.ndarray, k: int,
+                         scoring: Scoring | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Search both indexes for (n, d) embeddings and blend into top-k (scores, ids)."""
+        s = scoring or self.scoring
+        n_labels = len(self.vocab)
+        P = V = sp.csr_matrix((len(emb), n_labels), dtype=np.float32)
+        if s.blend > 0:
+            p_scores, p_ids = self.proto_index.search(emb, min(max(s.candidates, k), n_labels))
+            P = prototype_matrix(p_scores, p_ids, n_labels)
+        if s.blend < 1:
+            nn_scores, nn_ids = self.item_index.search(emb, min(s.knn, self.item_index.ntotal))
+            V = vote_matrix(nn_scores, nn_ids, self.item_labels, s.temperature)
+        return top_k(blend_scores(P, V, s.blend), k)
+
+    # ---- persistence -----------------------------------------------------------------------
+    def write(self, folder: Path) -> None:
+        """Write every file of the tagger into `folder` (the manifest is the caller's)."""
+        write_json(folder / "config.json", to_dict(self.config))
+        write_json(folder / "labels.json", self.vocab.to_dict())
+        self.model.save(folder / "encoder")
+        save_tensors(folder / "prototypes.safetensors",
+                     {"prototypes": self.prototypes, "counts": self.vocab.counts.astype(np.int64)},
+                     {"format": "metricls-prototypes/1"})
+        Y = self.item_labels
+        save_tensors(folder / "item_labels.safetensors",
+                     {"indptr": Y.indptr.astype(np.int64), "indices": Y.indices.astype(np.int64),
+                      "shape": np.array(Y.shape, dtype=np.int64)}, {"format": "metricls-csr/1"})
+        self.proto_index.save(folder / "ann" / "prototypes")
+        self.item_index.save(folder / "ann" / "items")
+        write_json(folder / "scoring.json", self.scoring.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tagger:
+        """Load a tagger folder, verifying every checksum and that its parts agree."""
+        folder = Path(path)
+        if not (folder / "scoring.json").exists() and (folder / "encoder").exists():
+            raise NotFittedError(f"{folder}: trained but not indexed; run "
+                                 f"`metricls build-index {folder}`")
+        manifest = check_folder(folder)
+        config = from_dict(read_json(folder / "config.json"), source=str(folder / "config.json"))
+        vocab = LabelVocab.from_dict(read_json(folder / "labels.json"))
+        model = EmbeddingModel.load(folder / "encoder")
+        tensors, _ = load_tensors(folder / "prototypes.safetensors")
+        csr, _ = load_tensors(folder / "item_labels.safetensors")
+        shape = tuple(int(v) for v in csr["shape"])
+        item_labels = sp.csr_matrix((np.ones(len(csr["indices"]), np.float32), csr["indices"],
+                                     csr["indptr"]), shape=shape)
+        tagger = cls(model=model, vocab=vocab, prototypes=tensors["prototypes"],
+                     proto_index=load_index(folder / "ann" / "prototypes"),
+                     item_index=load_index(folder / "ann" / "items"), item_labels=item_labels,
+                     scoring=Scoring.from_dict(read_json(folder / "scoring.json")),
+                     config=config, metrics=manifest.get("metrics", {}))
+        tagger._check_consistent(folder)
+        return tagger
+
+    def _check_consistent(self, folder: Path) -> None:
+        L, d = len(self.vocab), self.model.out_dim
+        checks: list[tuple[Any, Any, str]] = [
+            (self.prototypes.shape, (L, d), "prototypes.safetensors"),
+            (self.proto_index.dim, d, "ann/prototypes/backend.json"),
+            (self.proto_index.ntotal, L, "ann/prototypes"),
+            (self.item_index.dim, d, "ann/items/backend.json"),
+            (self.item_index.ntotal, self.item_labels.shape[0], "ann/items"),
+            (self.item_labels.shape[1], L, "item_labels.safetensors"),
+            (len(self.scoring.label_thresholds) in (0, L), True, "scoring.json")]
+        for found, expected, name in checks:
+            if found != expected:
+                raise ArtifactError(f"{folder / name}: expected {expected} (from labels.json and "
+                                    f"encoder/config.json), found {found}; rebuild with "
+                                    f"`metricls build-index {folder}`")
+
+    def __repr__(self) -> str:
+        return (f"Tagger(labels={len(self.vocab)}, dim={self.model.out_dim}, "
+                f"backend={self.proto_index.backend!r}, items={self.item_index.ntotal})")
+

@@ -1,0 +1,134 @@
+"""Boundary checks of user arguments: each failure is one `InputError` line naming the argument."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from metricls.errors import InputError
+
+__all__ = [
+    "check_features",
+    "check_k",
+    "check_label_lists",
+    "check_texts",
+    "dedupe",
+    "describe",
+    "label_list_problem",
+]
+
+
+def describe(value: Any, width: int = 40) -> str:
+    """Short `type value` text of a bad value for messages, e.g. `str 'a,b'` or `null`."""
+    if value is None:
+        return "null"
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    text = repr(value.tolist() if isinstance(value, np.ndarray) else value)
+    if len(text) > width:
+        text = text[: width - 3] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def check_k(k: Any, name: str = "k") -> int:
+    """A positive int (numpy ints accepted, bools rejected)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InputError(f"{name}: expected a positive int, got {describe(k)}")
+    return int(k)
+
+
+def _as_sequence(values: Any, name: str) -> list:
+    """A list from a list/tuple/1-D array/Series; anything else (a mapping, a set) is refused."""
+    if isinstance(values, np.ndarray):
+        if values.ndim != 1:
+            raise InputError(f"{name}: expected a 1-D list, got an array of shape {values.shape}")
+        return values.tolist()
+    if isinstance(values, (list, tuple)):
+        return list(values)
+    if hasattr(values, "tolist") and hasattr(values, "index"):  # pandas Series
+        return list(values.tolist())
+    raise InputError(f"{name}: expected a list, got {type(values).__name__}")
+
+
+def check_texts(texts: Any, name: str = "texts") -> list[str]:
+    """A list of non-blank strings; a bare string is refused with a hint."""
+    if isinstance(texts, (str, bytes)):
+        raise InputError(f"{name}: pass a list of texts, e.g. predict([text]), "
+                         f"got a bare {type(texts).__name__}")
+    items = _as_sequence(texts, name)
+    for i, text in enumerate(items):
+        if not isinstance(text, str):
+            raise InputError(f"{name}[{i}]: expected a non-empty string, got {describe(text)}")
+        if not text.strip():
+            raise InputError(f"{name}[{i}]: expected a non-empty string, got {text!r}")
+    return items
+
+
+def check_features(x: Any, dim: int, name: str = "features") -> np.ndarray:
+    """An (n, dim) finite float32 array; names the first row holding NaN or inf."""
+    try:
+        arr = np.asarray(x)
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise InputError(f"{name}: expected an (n, {dim}) numeric array, got a ragged "
+                         f"{type(x).__name__}") from exc
+    if arr.dtype.kind not in "fiu":
+        raise InputError(f"{name}: expected an (n, {dim}) numeric array, got dtype {arr.dtype}")
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise InputError(f"{name}: expected an (n, {dim}) array, got shape {arr.shape}")
+    with np.errstate(over="ignore"):
+        out = arr.astype(np.float32)
+    bad = ~np.isfinite(out).all(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        col = int(np.flatnonzero(~np.isfinite(out[row]))[0])
+        raise InputError(f"{name}: row {row} has a non-finite value {arr[row, col]!r} "
+                         f"at column {col} (NaN, inf or beyond float32)")
+    return np.ascontiguousarray(out)
+
+
+def label_list_problem(value: Any) -> str | None:
+    """Why `value` is not a list of non-empty label strings, or None when it is one."""
+    if isinstance(value, np.ndarray):
+        if value.ndim != 1:
+            return f"must be a list of strings, got an array of shape {value.shape}"
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        return f"must be a list of strings, got {describe(value)}"
+    for j, label in enumerate(value):
+        if isinstance(label, (list, tuple, dict, np.ndarray)):
+            return f"must be a flat list of strings, got a nested {type(label).__name__} " \
+                   f"at position {j}"
+        if not isinstance(label, str):
+            return f"must be a list of strings, got {describe(label)} at position {j}"
+        if not label.strip():
+            return f"must hold non-empty strings, got {label!r} at position {j}"
+    return None
+
+
+def dedupe(labels: Iterable[str]) -> list[str]:
+    """Labels in first-seen order without repeats."""
+    return list(dict.fromkeys(labels))
+
+
+def check_label_lists(labels: Any, name: str = "labels") -> list[list[str]]:
+    """A list of label lists (one per item) of non-empty strings, order kept, repeats dropped."""
+    if isinstance(labels, (str, bytes)):
+        raise InputError(f"{name}: expected a list of label lists, e.g. [['a', 'b']], "
+                         f"got a bare {type(labels).__name__}")
+    if isinstance(labels, np.ndarray) and labels.ndim != 1:
+        raise InputError(f"{name}: expected a list of label lists, got a {labels.ndim}-D "
+                         f"array of shape {labels.shape}; pass [[...], ...] of strings")
+    rows = _as_sequence(labels, name)
+    out = []
+    for i, row in enumerate(rows):
+        if isinstance(row, str):
+            raise InputError(f"{name}[{i}]: must be a list of strings, got {describe(row)}; "
+                             f"wrap it, e.g. [{row!r}]")
+        problem = label_list_problem(row)
+        if problem:
+            raise InputError(f"{name}[{i}]: {problem}")
+        out.append(dedupe(row.tolist() if isinstance(row, np.ndarray) else row))
+    return out

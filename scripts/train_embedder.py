@@ -1,0 +1,13 @@
+"""Train the embedder of a config into a tagger folder: python scripts/train_embedder.py CONFIG."""
+
+import argparse
+
+from metricls import load_config, train_embedder
+
+parser = argparse.ArgumentParser(description=__doc__)
+parser.add_argument("config")
+parser.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="override, e.g. train.lr=3e-4")
+parser.add_argument("--out", default=None, help="tagger folder (default index/NAME)")
+args = parser.parse_args()
+print(train_embedder(load_config(args.config, args.overrides), out=args.out))

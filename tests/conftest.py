@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny tagger trained once per session on generated data."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from synthetic import make_items, write_jsonl  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Frozen-embedding caches go to a per-session temp folder, never to ~/.cache."""
+    monkeypatch.setenv("METRICLS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("METRICLS_QUIET", "1")
+
+
+@pytest.fixture(scope="session")
+def synthetic_path(tmp_path_factory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("data") / "items.jsonl", make_items())
+
+
+@pytest.fixture(scope="session")
+def tiny_tagger_dir(tmp_path_factory, synthetic_path) -> Path:
+    """A built tiny tagger folder (lexical backbone, flat index), made once per session."""
+    from metricls import build_index, load_config, train_embedder
+
+    folder = tmp_path_factory.mktemp("taggers") / "tiny"
+    cfg = load_config(TINY, [f"data.path={synthetic_path}"])
+    train_embedder(cfg, out=folder)
+    build_index(folder)
+    return folder
+
+
+@pytest.fixture
+def tiny_tagger_copy(tmp_path, tiny_tagger_dir) -> Path:
+    """A private copy of the tiny tagger that a test may alter."""
+    target = tmp_path / "tagger"
+    shutil.copytree(tiny_tagger_dir, target)
+    return target

@@ -1,0 +1,41 @@
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from metricls.scoring import (Scoring, apply_thresholds, blend_scores, prototype_matrix, top_k,
+                              tune_global_threshold, tune_label_thresholds, vote_matrix)
+
+
+def test_vote_weights_neighbours_by_similarity():
+    item_labels = sp.csr_matrix(np.array([[1, 0, 0], [1, 1, 0], [0, 0, 1]], dtype=np.float32))
+    nn_scores = np.array([[0.9, 0.9, -1.0]], dtype=np.float32)
+    nn_ids = np.array([[0, 1, -1]])
+    V = vote_matrix(nn_scores, nn_ids, item_labels, temperature=0.1).toarray()
+    # two equally similar neighbours: label 0 in both (1.0), label 1 in one (0.5), padding ignored
+    np.testing.assert_allclose(V, [[1.0, 0.5, 0.0]], atol=1e-6)
+
+
+def test_blend_and_top_k_order_and_padding():
+    P = prototype_matrix(np.array([[1.0, 0.0]]), np.array([[2, 0]]), n_labels=4)
+    np.testing.assert_allclose(P.toarray(), [[0.5, 0.0, 1.0, 0.0]])
+    V = sp.csr_matrix(np.array([[0.0, 1.0, 0.0, 0.0]], dtype=np.float32))
+    S = blend_scores(P, V, 0.25)  # 0.25 * P + 0.75 * V
+    scores, ids = top_k(S, 4)
+    assert ids.tolist() == [[1, 2, 0, -1]]
+    np.testing.assert_allclose(scores[0, :3], [0.75, 0.25, 0.125])
+    assert scores[0, 3] == -np.inf
+
+
+def test_thresholds_tuned_for_f1():
+    # three items, true labels {0}, {1}, {0, 1}; scores make label 0 separable at 0.6
+    Y = sp.csr_matrix(np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32))
+    ids = np.array([[0, 1], [1, 0], [0, 1]])
+    scores = np.array([[0.9, 0.3], [0.8, 0.5], [0.7, 0.6]], dtype=np.float32)
+    t = tune_global_threshold(scores, ids, Y)
+    assert t == pytest.approx(0.6)
+    per_label = tune_label_thresholds(scores, ids, Y, fallback=0.5, min_support=1)
+    assert per_label[0] == pytest.approx(0.7) and per_label[1] == pytest.approx(0.6)
+    keep = apply_thresholds(scores, ids, Scoring(label_thresholds=per_label), None)
+    assert keep.tolist() == [[True, False], [True, False], [True, True]]
+    assert apply_thresholds(scores, ids, Scoring(), 0.75).tolist() == [
+        [True, False], [True, False], [False, False]]
