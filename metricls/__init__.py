@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 __all__ = ["Tagger", "__version__", "build_index", "evaluate", "load_config", "train_embedder"]
 
 
-def __getattr__(name: str):  # noqa: ANN202 - lazy imports keep `import metricls` light
+def __getattr__(name: str):
     if name == "Tagger":
         from metricls.tagger import Tagger
 

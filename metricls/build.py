@@ -17,7 +17,7 @@ from metricls.config import Config, from_dict, to_dict
 from metricls.data.dataset import Dataset
 from metricls.encoders.model import EmbeddingModel, build_model
 from metricls.errors import InputError, NotFittedError
-from metricls.evaluation import evaluate, summarize
+from metricls.evaluation import ranking_metrics, summarize
 from metricls.metrics import precision_at_k, psp_at_k
 from metricls.prototypes import mean_prototypes
 from metricls.scoring import Scoring, tune_global_threshold, tune_label_thresholds
@@ -58,7 +58,8 @@ def assemble_tagger(cfg: Config, model: EmbeddingModel, data: Dataset,
                     config=cfg)
     if len(emb_valid):
         tagger.scoring = tune_scoring(tagger, emb_valid, data.labels("valid"))
-        tagger.metrics = {"valid": summarize(evaluate(tagger, data.valid))}
+        _, ids = tagger.score_embeddings(emb_valid, 10)
+        tagger.metrics = {"valid": summarize(ranking_metrics(ids, data.valid.labels, data.vocab))}
     report["scoring"] = {k: v for k, v in tagger.scoring.to_dict().items()
                          if k != "label_thresholds"}
     return tagger, report

@@ -33,10 +33,10 @@ def main(debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
                         format="%(levelname)s %(name)s: %(message)s")
 
 
-def guarded(fn):  # noqa: ANN001, ANN201 - decorator
+def guarded(fn):
     """One `error: ...` line and exit 2 for bad input/config, 1 for other metricls errors."""
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except MetriclsError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import types
@@ -274,10 +275,8 @@ def _scalar(value: Any, hint: type, dotted: str, source: str) -> Any:
         return value
     if hint is float:
         if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _wrong(dotted, "a number", value, source)
         return float(value)

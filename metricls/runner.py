@@ -43,7 +43,7 @@ def evaluate_folder(tagger_dir: str | Path, *, data: str | None = None, split: s
     reports = {"metricls": evaluate(tagger, items)}
     if baseline == "untrained":
         base, _ = untrained_baseline(tagger.config, Dataset.load(tagger.config.data))
-        reports["baseline:untrained"] = evaluate(base, items)
+        reports["baseline:untrained"] = evaluate(base, items, cache=True)
     for report in reports.values():
         report["split"] = split
     if out is not None:

@@ -17,8 +17,14 @@ from metricls.data.items import Items
 from metricls.data.labels import LabelVocab
 from metricls.encoders.model import EmbeddingModel
 from metricls.errors import ArtifactError, InputError, NotFittedError
-from metricls.scoring import (Scoring, apply_thresholds, blend_scores, prototype_matrix, top_k,
-                              vote_matrix)
+from metricls.scoring import (
+    Scoring,
+    apply_thresholds,
+    blend_scores,
+    prototype_matrix,
+    top_k,
+    vote_matrix,
+)
 from metricls.validation import check_features, check_k, check_texts
 
 Inputs = Sequence[str] | np.ndarray | Items
@@ -105,13 +111,13 @@ class Tagger:
         return [[(names[i], float(s)) for i, s, ok in zip(row_ids, row_scores, row_keep) if ok]
                 for row_ids, row_scores, row_keep in zip(ids, scores, keep)]
 
-    def _predict(self, inputs: Inputs, k: int,
-                 timings: dict[str, float] | None) -> tuple[np.ndarray, np.ndarray]:
+    def _predict(self, inputs: Inputs, k: int, timings: dict[str, float] | None,
+                 cache: bool = False) -> tuple[np.ndarray, np.ndarray]:
         t0 = time.perf_counter()
         texts, feats, n = self._inputs(inputs)
         if n == 0:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-        emb = self.model.embed(texts, feats)
+        emb = self.model.embed(texts, feats, cache=cache)
         t1 = time.perf_counter()
         scores, ids = self.score_embeddings(emb, k)
         if timings is not None:

@@ -18,7 +18,10 @@ __all__ = [
     "dedupe",
     "describe",
     "label_list_problem",
+    "to_number",
 ]
+
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 def describe(value: Any, width: int = 40) -> str:
@@ -84,9 +87,32 @@ def check_features(x: Any, dim: int, name: str = "features") -> np.ndarray:
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         col = int(np.flatnonzero(~np.isfinite(out[row]))[0])
-        raise InputError(f"{name}: row {row} has a non-finite value {arr[row, col]!r} "
+        raise InputError(f"{name}: row {row} has a non-finite value {arr[row, col].item()!r} "
                          f"at column {col} (NaN, inf or beyond float32)")
     return np.ascontiguousarray(out)
+
+
+def to_number(value: Any, *, parse_str: bool = False) -> float:
+    """`value` as a float that is finite in float32, else InputError("must be ...") to prefix.
+
+    Args:
+        value: an int or float (bools rejected).
+        parse_str: also accept a numeric string (a CSV cell).
+    """
+    if parse_str and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise InputError(f"must be a number, got {describe(value)}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InputError(f"must be a number, got {describe(value)}")
+    try:
+        x = float(value)
+    except OverflowError:
+        x = math.inf
+    if not math.isfinite(x) or abs(x) > _F32_MAX:
+        raise InputError(f"must be finite (float32), got {value!r}")
+    return x
 
 
 def label_list_problem(value: Any) -> str | None:

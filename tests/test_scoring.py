@@ -2,8 +2,16 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from metricls.scoring import (Scoring, apply_thresholds, blend_scores, prototype_matrix, top_k,
-                              tune_global_threshold, tune_label_thresholds, vote_matrix)
+from metricls.scoring import (
+    Scoring,
+    apply_thresholds,
+    blend_scores,
+    prototype_matrix,
+    top_k,
+    tune_global_threshold,
+    tune_label_thresholds,
+    vote_matrix,
+)
 
 
 def test_vote_weights_neighbours_by_similarity():

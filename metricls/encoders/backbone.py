@@ -40,7 +40,7 @@ def minilm_sha256() -> str:
 
 
 @functools.cache
-def _sentence_transformer(max_seq_length: int):  # noqa: ANN202 - imported lazily
+def _sentence_transformer(max_seq_length: int):
     """The loaded encoder, shared by every backbone instance (kept out of state_dicts)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

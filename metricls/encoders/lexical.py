@@ -1,4 +1,4 @@
-"""LexicalBackbone: hashed word and character n-grams into a trainable EmbeddingBag (fastText-style)."""
+"""LexicalBackbone: hashed word and char n-grams into a trainable EmbeddingBag (fastText-like)."""
 
 from __future__ import annotations
 

@@ -103,7 +103,8 @@ class EmbeddingModel(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.json").write_text(json.dumps(self.describe(), indent=2) + "\n")
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(folder / "weights.safetensors"), metadata={"format": "metricls-encoder/1"})
+        save_file(state, str(folder / "weights.safetensors"),
+                  metadata={"format": "metricls-encoder/1"})
 
     @classmethod
     def load(cls, folder: Path) -> EmbeddingModel:

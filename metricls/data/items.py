@@ -1,0 +1,386 @@
+"""Items read from a JSONL, CSV or Parquet table; each problem is one `InputError` line naming
+the file, the line (JSONL) or 1-based data row (CSV, Parquet), the field and what was expected."""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import gzip
+import io
+import json
+import math
+import re
+import warnings
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from metricls.data.splits import SPLITS, md5_split
+from metricls.errors import InputError
+from metricls.validation import dedupe, describe, label_list_problem, to_number
+
+__all__ = ["SUPPORTED_SUFFIXES", "Items", "read_items", "resolve_dataset"]
+
+_FORMATS = {".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
+            ".json.gz": "jsonl", ".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet"}
+SUPPORTED_SUFFIXES = tuple(_FORMATS)
+DATASETS = {"debtags": "debtags-bookworm.jsonl.gz"}
+_MISSING = object()  # a JSONL field absent from one line
+
+
+def _show(v: Any) -> str:
+    return "nothing (no such field)" if v is _MISSING else describe(v)
+
+
+@dataclass(frozen=True, eq=False)
+class Items:
+    """A table of items; `labels` is None when the table has no label column."""
+
+    ids: list[str]
+    texts: list[str] | None
+    features: np.ndarray | None
+    labels: list[list[str]] | None
+    split: np.ndarray
+    source: str
+
+    def __post_init__(self) -> None:
+        parts = (self.texts, self.features, self.labels, self.split)
+        sizes = [len(x) for x in parts if x is not None]
+        if any(s != len(self.ids) for s in sizes):
+            raise InputError(f"{self.source}: {len(self.ids)} ids but parts of lengths {sizes}")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, split: str | Sequence[str] | np.ndarray) -> Items:
+        """Items of split name(s) ("all" = everything) or of an index / boolean array."""
+        if isinstance(split, str):
+            split = [split]
+        arr = np.asarray(split)
+        if arr.size == 0:
+            return self._take(np.zeros(0, dtype=np.int64))
+        if arr.dtype.kind == "b":
+            if arr.shape != (len(self),):
+                raise InputError(f"subset: boolean mask of shape {arr.shape}, expected "
+                                 f"({len(self)},)")
+            return self._take(np.flatnonzero(arr))
+        if arr.dtype.kind in "iu":
+            return self._take(arr.astype(np.int64).reshape(-1))
+        bad = [s for s in arr.reshape(-1).tolist() if s not in (*SPLITS, "all")]
+        if bad:
+            raise InputError(f"subset: unknown split {bad[0]!r}, expected 'train', 'valid', "
+                             f"'test', 'all', their list, or an index / boolean array")
+        names = arr.reshape(-1).tolist()
+        if "all" in names:
+            return self
+        return self._take(np.flatnonzero(np.isin(self.split, names)))
+
+    def _take(self, idx: np.ndarray) -> Items:
+        if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise InputError(f"subset: index out of range for {len(self)} items")
+        pick = idx.tolist()
+        return replace(self, ids=[self.ids[i] for i in pick],
+                       texts=None if self.texts is None else [self.texts[i] for i in pick],
+                       features=None if self.features is None else self.features[idx],
+                       labels=None if self.labels is None else [self.labels[i] for i in pick],
+                       split=self.split[idx])
+
+
+def resolve_dataset(path_or_name: str | Path) -> Path:
+    """The packaged file of a dataset name ("debtags"), else `path_or_name` if it exists."""
+    if str(path_or_name) in DATASETS:
+        path = Path(__file__).resolve().parents[1] / "datasets" / DATASETS[str(path_or_name)]
+        if not path.is_file():
+            raise InputError(f"{path}: the packaged {path_or_name!r} dataset is missing")
+        return path
+    path = Path(path_or_name).expanduser()
+    if not path.exists():
+        raise InputError(f"{path}: no such file (or a dataset name: {', '.join(DATASETS)})")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    return path
+
+
+# ---- raw tables ----------------------------------------------------------------------------
+@dataclass
+class _Table:
+    source: str
+    kind: str  # "jsonl", "csv" or "parquet"
+    columns: list[str]
+    records: list[dict] | pd.DataFrame
+    lines: list[int] = field(default_factory=list)  # JSONL line of each record
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def at(self, i: int) -> str:
+        return f"line {self.lines[i]}" if self.kind == "jsonl" else f"row {i + 1}"
+
+    def where(self, i: int) -> str:
+        return f"{self.source}:{self.lines[i]}" if self.kind == "jsonl" else \
+            f"{self.source}: row {i + 1}"
+
+    def error(self, i: int, col: str, msg: str) -> InputError:
+        word = "field" if self.kind == "jsonl" else "column"
+        return InputError(f"{self.where(i)}: {word} {col!r} {msg}")
+
+    def column(self, col: str) -> list:
+        if col not in self.columns:
+            near = difflib.get_close_matches(col, self.columns, n=1, cutoff=0.5)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            shown = ", ".join(repr(c) for c in self.columns[:30]) or "none"
+            raise InputError(f"{self.source}: no column {col!r} (available: {shown}){hint}")
+        if isinstance(self.records, pd.DataFrame):
+            return self.records[col].tolist()
+        return [r.get(col, _MISSING) for r in self.records]
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _read_bytes(path: Path, source: str) -> bytes:
+    try:
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path, "rb") as fh:
+                return fh.read()
+        return path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"{source}: cannot read the file ({_first_line(exc)})") from exc
+
+
+def _decode(data: bytes, source: str, offset_line: int = 1) -> str:
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + offset_line
+        raise InputError(f"{source}:{line}: invalid UTF-8 byte 0x{data[exc.start]:02x}; "
+                         f"save the file as UTF-8") from exc
+
+
+def _read_jsonl(path: Path, source: str) -> _Table:
+    records, lines, columns = [], [], {}
+    for lineno, raw in enumerate(_read_bytes(path, source).split(b"\n"), 1):
+        text = _decode(raw, source, lineno)
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            msg = (f"invalid JSON ({exc.msg} at column {exc.colno})"
+                   if lineno > 1 or not text.lstrip().startswith("[") else
+                   "expected JSON Lines (one object per line), found a JSON array")
+            raise InputError(f"{source}:{lineno}: {msg}") from exc
+        except RecursionError as exc:
+            raise InputError(f"{source}:{lineno}: invalid JSON (nested too deeply)") from exc
+        if not isinstance(obj, dict):
+            raise InputError(f"{source}:{lineno}: expected a JSON object per line, got "
+                             f"{describe(obj)}")
+        records.append(obj)
+        lines.append(lineno)
+        columns.update(dict.fromkeys(obj))
+    return _Table(source, "jsonl", list(columns), records, lines)
+
+
+def _csv_problem(text: str, exc: Exception) -> str:
+    """The first data row whose field count differs from the header's, else pandas' reason."""
+    try:
+        rows = (row for row in csv.reader(io.StringIO(text)) if row)  # pandas skips blank lines
+        width = len(next(rows))
+        for n, row in enumerate(rows, 1):
+            if len(row) != width:
+                return f": row {n}: expected {width} fields (as in the header), found {len(row)}"
+    except (csv.Error, StopIteration):
+        pass
+    return f": cannot parse as CSV ({_first_line(exc)})"
+
+
+def _read_csv(path: Path, source: str) -> _Table:
+    text = _decode(_read_bytes(path, source), source)
+    if not text.strip():
+        return _Table(source, "csv", [], [])
+    try:
+        header = next(csv.reader(io.StringIO(text)), [])
+        with warnings.catch_warnings():  # a long first row only warns, and loses data
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False,
+                             na_filter=False, index_col=False)
+    except Exception as exc:  # pandas/csv parser errors of any kind
+        raise InputError(source + _csv_problem(text, exc)) from exc
+    dup = next((h for h in header if header.count(h) > 1), None)
+    if dup is not None:
+        raise InputError(f"{source}:1: column {dup!r} appears twice in the header")
+    df.columns = [str(c) for c in df.columns]
+    return _Table(source, "csv", list(df.columns), df)
+
+
+def _read_parquet(path: Path, source: str) -> _Table:
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow errors of any kind
+        raise InputError(f"{source}: cannot read as Parquet ({_first_line(exc)})") from exc
+    df.columns = [str(c) for c in df.columns]
+    return _Table(source, "parquet", list(df.columns), df)
+
+
+def _read_table(path: Path, source: str) -> _Table:
+    name = path.name.lower()
+    suffix = max((s for s in _FORMATS if name.endswith(s)), key=len, default=None)
+    if suffix is None:
+        raise InputError(f"{source}: unsupported file type (supported: "
+                         f"{', '.join(SUPPORTED_SUFFIXES)})")
+    readers = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}
+    table = readers[_FORMATS[suffix]](path, source)
+    if len(table) == 0:
+        raise InputError(f"{source}: the file has no rows")
+    return table
+
+
+# ---- columns -------------------------------------------------------------------------------
+def _is_null(v: Any) -> bool:
+    return v is None or v is _MISSING or v is pd.NA or (isinstance(v, float) and math.isnan(v))
+
+
+def _read_ids(t: _Table, col: str) -> list[str]:
+    ids: list[str] = []
+    first: dict[str, int] = {}
+    for i, v in enumerate(t.column(col)):
+        if (isinstance(v, (int, np.integer)) and not isinstance(v, bool)) or \
+                (isinstance(v, float) and v.is_integer()):
+            v = str(int(v))
+        if not isinstance(v, str) or not v.strip():
+            raise t.error(i, col, f"must be a non-empty string or integer id, got {_show(v)}")
+        if v in first:
+            raise t.error(i, col, f"repeats id {v!r} (first on {t.at(first[v])})")
+        first[v] = i
+        ids.append(v)
+    return ids
+
+
+def _read_texts(t: _Table, cols: Sequence[str]) -> list[str]:
+    texts = []
+    for i, parts in enumerate(zip(*(t.column(c) for c in cols), strict=True)):
+        kept = []
+        for col, v in zip(cols, parts, strict=True):
+            if _is_null(v):
+                continue
+            if not isinstance(v, str):
+                raise t.error(i, col, f"must be a string, got {_show(v)}")
+            if v.strip():
+                kept.append(v.strip())
+        if not kept:
+            names = ", ".join(repr(c) for c in cols)
+            raise InputError(f"{t.where(i)}: empty text (text columns {names} are all empty)")
+        texts.append("\n".join(kept))
+    return texts
+
+
+def _read_labels(t: _Table, col: str, delimiter: str) -> list[list[str]]:
+    out = []
+    for i, v in enumerate(t.column(col)):
+        if t.kind == "csv":
+            cell = "" if _is_null(v) else str(v)
+            out.append(dedupe(p.strip() for p in cell.split(delimiter) if p.strip()))
+            continue
+        problem = label_list_problem(v) if not _is_null(v) else \
+            f"must be a list of strings, got {_show(v)} (use [] for no labels)"
+        if problem:
+            raise t.error(i, col, problem)
+        out.append(dedupe(v.tolist() if isinstance(v, np.ndarray) else v))
+    return out
+
+
+def _read_numbers(t: _Table, cols: Sequence[str], vector: str | None) -> np.ndarray:
+    """(n, len(cols) [+ vector length]) float32 of numeric columns then a vector column."""
+    parse, out = t.kind == "csv", np.zeros((len(t), len(cols)))
+    for j, col in enumerate(cols):
+        for i, v in enumerate(t.column(col)):
+            try:
+                out[i, j] = to_number(v, parse_str=parse)
+            except InputError as exc:
+                raise t.error(i, col, str(exc)) from None
+    vectors: list[list[float]] = []
+    for i, v in enumerate(t.column(vector) if vector else []):
+        if parse and isinstance(v, str):
+            v = [p for p in re.split(r"[\s,;]+", v.strip().strip("[]")) if p]
+        v = v.tolist() if isinstance(v, np.ndarray) and v.ndim == 1 else v
+        if not isinstance(v, (list, tuple)) or not v:
+            raise t.error(i, vector, f"must be a non-empty list of numbers, got {_show(v)}")
+        if vectors and len(v) != len(vectors[0]):
+            raise t.error(i, vector, f"has {len(v)} numbers, expected {len(vectors[0])} "
+                                     f"(as on {t.at(0)})")
+        try:
+            vectors.append([to_number(x, parse_str=parse) for x in v])
+        except InputError as exc:
+            raise t.error(i, vector, f"{exc} in the list") from None
+    if vector:
+        out = np.hstack([out, np.asarray(vectors)])
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _read_split(t: _Table, col: str) -> np.ndarray:
+    values = t.column(col)
+    for i, v in enumerate(values):
+        if not isinstance(v, str) or v not in SPLITS:
+            raise t.error(i, col, f"must be 'train', 'valid' or 'test', got {_show(v)}")
+    return np.array(values, dtype="<U5")
+
+
+def _names(value: str | Sequence[str] | None, arg: str, many: bool = True) -> tuple[str, ...]:
+    """Column name(s) of an argument as a tuple; a bare string is one name."""
+    names = () if value is None else (value,) if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not all(isinstance(c, str) and c for c in names) \
+            or (not many and len(names) > 1):
+        raise InputError(f"{arg}: expected {'column names' if many else 'a column name'}, "
+                         f"got {value!r}")
+    return tuple(names)
+
+
+def read_items(path: str | Path, *, id_column: str = "id", text_columns: Sequence[str] = (),
+               feature_columns: Sequence[str] = (), vector_column: str | None = None,
+               label_column: str = "labels", label_delimiter: str = "|",
+               split_column: str | None = None, require_labels: bool = True) -> Items:
+    """Read and validate a JSONL (.jsonl/.json/.ndjson[.gz]), CSV (.csv[.gz]) or Parquet table.
+
+    Args:
+        path: the file; its suffix picks the format.
+        id_column: unique item ids (strings or integers, cast to str).
+        text_columns: string columns joined with "\\n" into each item's text.
+        feature_columns: numeric columns forming the features, in this order.
+        vector_column: a column of equal-length number lists, appended to the features.
+        label_column: a list of strings per item (JSONL, Parquet) or a `label_delimiter`
+            separated string (CSV; an empty cell is no labels).
+        label_delimiter: separator of labels in a CSV cell.
+        split_column: "train"/"valid"/"test" per item; default `md5_split` of the ids.
+        require_labels: without it, a missing label column gives `labels=None`.
+    """
+    texts_cols, feat_cols = _names(text_columns, "text_columns"), _names(feature_columns,
+                                                                         "feature_columns")
+    for arg, value in (("id_column", id_column), ("label_column", label_column),
+                       ("vector_column", vector_column), ("split_column", split_column)):
+        if len(_names(value, arg, many=False)) != 1 and arg in ("id_column", "label_column"):
+            raise InputError(f"{arg}: expected a column name, got {value!r}")
+    if not (texts_cols or feat_cols or vector_column):
+        raise InputError("read_items: pass text_columns, feature_columns or vector_column")
+    if not isinstance(label_delimiter, str) or not label_delimiter:
+        raise InputError(f"label_delimiter: expected a non-empty string, got {label_delimiter!r}")
+    resolved = resolve_dataset(path)
+    source = str(resolved)
+    table = _read_table(resolved, source)
+    ids = _read_ids(table, id_column)
+    labels = None
+    if require_labels or label_column in table.columns:
+        labels = _read_labels(table, label_column, label_delimiter)
+    return Items(
+        ids=ids,
+        texts=_read_texts(table, texts_cols) if texts_cols else None,
+        features=_read_numbers(table, feat_cols, vector_column)
+        if feat_cols or vector_column else None,
+        labels=labels,
+        split=_read_split(table, split_column) if split_column else md5_split(ids),
+        source=source)

@@ -1,0 +1,152 @@
+"""scripts/make_debtags.py on tiny fake Debian indexes."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import importlib.util
+import json
+import lzma
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_debtags.py"
+
+PACKAGES = """\
+Package: zeta-tool
+Version: 1.0
+Section: utils
+Tag: implemented-in::c, interface::commandline,
+ role::program, special::not-yet-tagged
+Description: Zeta command line tool
+Description-md5: 1111
+
+Package: alpha-viewer
+Section: contrib/graphics
+Tag: role::program, works-with::{image,text}, implemented-in::c
+Description: Alpha viewer
+Description-md5: 2222
+
+Package: untagged-lib
+Section: libs
+Description: A library without tags
+Description-md5: 3333
+
+Package: only-special
+Section: misc
+Tag: special::not-yet-tagged
+Description: Only bookkeeping tags
+Description-md5: 4444
+
+Package: no-translation
+Section: misc
+Tag: role::app-data
+Description: Summary only
+Description-md5: 5555
+"""
+
+TRANSLATIONS = """\
+Package: alpha-viewer
+Description-md5: 2222
+Description-en: Alpha viewer
+ Alpha views images and text
+ in one window.
+ .
+ Features:
+   * fast  rendering
+   * themes
+ .
+ Enjoy.
+
+Package: zeta-tool
+Description-md5: 1111
+Description-en: Zeta command line tool
+ Zeta does one thing well.
+
+Package: untagged-lib
+Description-md5: 3333
+Description-en: A library without tags
+ Ignored.
+"""
+
+
+@pytest.fixture(scope="module")
+def make_debtags():
+    spec = importlib.util.spec_from_file_location("make_debtags", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _read(path: Path) -> list[dict]:
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
+
+
+@pytest.mark.parametrize("suffix", ["", ".xz", ".gz", ".bz2"])
+def test_builds_sorted_records(tmp_path, make_debtags, suffix):
+    pack = {"": bytes, ".xz": lzma.compress, ".gz": gzip.compress, ".bz2": bz2.compress}[suffix]
+    (tmp_path / f"Packages{suffix}").write_bytes(pack(PACKAGES.encode()))
+    (tmp_path / f"Translation-en{suffix}").write_bytes(pack(TRANSLATIONS.encode()))
+    out = tmp_path / "out" / "debtags.jsonl.gz"
+    rc = make_debtags.main(["--packages", str(tmp_path / f"Packages{suffix}"),
+                            "--translations", str(tmp_path / f"Translation-en{suffix}"),
+                            "--out", str(out)])
+    assert rc == 0
+    rows = _read(out)
+    assert [r["package"] for r in rows] == ["alpha-viewer", "no-translation", "zeta-tool"]
+    alpha, plain, zeta = rows
+    assert list(alpha) == ["package", "section", "summary", "description", "labels"]
+    assert alpha["section"] == "graphics"
+    assert alpha["summary"] == "Alpha viewer"
+    assert alpha["description"] == ("Alpha views images and text in one window. Features: "
+                                    "* fast  rendering * themes Enjoy.")
+    assert alpha["labels"] == ["implemented-in::c", "role::program", "works-with::image",
+                               "works-with::text"]
+    assert zeta["labels"] == ["implemented-in::c", "interface::commandline", "role::program"]
+    assert zeta["description"] == "Zeta does one thing well."
+    assert plain == {"package": "no-translation", "section": "misc", "summary": "Summary only",
+                     "description": "", "labels": ["role::app-data"]}
+    assert not list(out.parent.glob("*.tmp"))
+
+
+def test_output_is_deterministic_and_readable(tmp_path, make_debtags):
+    (tmp_path / "Packages").write_text(PACKAGES)
+    (tmp_path / "Translation-en").write_text(TRANSLATIONS)
+    outs = []
+    for name in ("a.jsonl.gz", "b.jsonl.gz"):
+        make_debtags.main(["--packages", str(tmp_path / "Packages"), "--translations",
+                           str(tmp_path / "Translation-en"), "--out", str(tmp_path / name)])
+        outs.append((tmp_path / name).read_bytes())
+    assert outs[0] == outs[1]
+    from metricls.data import read_items
+
+    items = read_items(tmp_path / "a.jsonl.gz", id_column="package",
+                       text_columns=("summary", "description"))
+    assert items.ids == ["alpha-viewer", "no-translation", "zeta-tool"]
+
+
+def test_expand_braces_and_tags(make_debtags):
+    assert make_debtags.expand_braces("a::{x,y}") == ["a::x", "a::y"]
+    assert make_debtags.expand_braces("{a,b}::{x,y}") == ["a::x", "a::y", "b::x", "b::y"]
+    assert make_debtags.parse_tags("b::z, a::{y, x},\n c::w, special::x") == [
+        "a::x", "a::y", "b::z", "c::w"]
+
+
+def test_missing_input_is_an_error(tmp_path, make_debtags, capsys):
+    rc = make_debtags.main(["--packages", str(tmp_path / "nope"), "--out",
+                            str(tmp_path / "o.jsonl.gz")])
+    assert rc == 1
+    assert "nope" in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl.gz").exists()
+
+
+def test_index_order(tmp_path, make_debtags):
+    (tmp_path / "Packages").write_text(PACKAGES)
+    out = tmp_path / "o.jsonl.gz"
+    assert make_debtags.main(["--packages", str(tmp_path / "Packages"), "--out", str(out),
+                              "--index-order"]) == 0
+    rows = _read(out)
+    assert [r["package"] for r in rows] == ["zeta-tool", "alpha-viewer", "no-translation"]
+    assert rows[0]["summary"] == "Zeta command line tool" and rows[0]["description"] == ""
