@@ -70,15 +70,16 @@ def tune_scoring(tagger: Tagger, emb: np.ndarray, Y: sp.csr_matrix) -> Scoring:
     base = tagger.scoring
     props = tagger.vocab.propensities()
     best, best_score = base, -1.0
+    found = tagger.search(emb, candidates=max(base.candidates, 20), knn=50)  # once, then slice
     for knn, temp in itertools.product((10, 25, 50), (0.02, 0.05, 0.1)):
         for blend in np.linspace(0.0, 1.0, 11):
             trial = dataclasses.replace(base, knn=knn, temperature=temp, blend=float(blend))
-            _, ids = tagger.score_embeddings(emb, 5, trial)
+            _, ids = tagger.combine(found, 5, trial)
             score = (precision_at_k(ids, Y, 1) + precision_at_k(ids, Y, 5)
                      + psp_at_k(ids, Y, 5, props))
             if score > best_score:
                 best, best_score = trial, score
-    scores, ids = tagger.score_embeddings(emb, 20, best)
+    scores, ids = tagger.combine(found, 20, best)
     threshold = tune_global_threshold(scores, ids, Y)
     per_label = tune_label_thresholds(scores, ids, Y, fallback=threshold)
     log.info("scoring tuned on valid: %s", best)

@@ -31,6 +31,8 @@ def main(debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
     set_quiet(quiet)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    # metricls's own progress lines (config, epochs, tuning) show unless --quiet
+    logging.getLogger("metricls").setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 def guarded(fn):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -25,10 +25,22 @@ def set_quiet(value: bool) -> None:
         os.environ.pop("METRICLS_QUIET", None)
 
 
+class _Plain(Generic[T]):
+    """The no-bar stand-in: iterates, and ignores postfix updates."""
+
+    def __init__(self, items: Iterable[T]) -> None:
+        self.items = items
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.items)
+
+    def set_postfix(self, **kwargs: Any) -> None:
+        """Nothing to draw."""
+
+
 def progress(items: Iterable[T], *, desc: str, total: int | None = None,
-             **kwargs) -> Iterator[T]:
-    """Iterate `items` with a tqdm bar unless quiet."""
+             leave: bool = False) -> Iterable[T]:
+    """`items` wrapped in a tqdm bar (with `set_postfix`), or a plain iterable when quiet."""
     if quiet():
-        yield from items
-        return
-    yield from tqdm(items, desc=desc, total=total, leave=False, **kwargs)
+        return _Plain(items)
+    return tqdm(items, desc=desc, total=total, leave=leave, dynamic_ncols=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -28,6 +28,15 @@ from metricls.scoring import (
 from metricls.validation import check_features, check_k, check_texts
 
 Inputs = Sequence[str] | np.ndarray | Items
+
+
+class Neighbours(NamedTuple):
+    """What one search of both indexes found, each (n, k) in FAISS order."""
+
+    proto_scores: np.ndarray
+    proto_ids: np.ndarray
+    item_scores: np.ndarray
+    item_ids: np.ndarray
 
 
 class Tagger:
@@ -126,19 +135,27 @@ class Tagger:
                                          + time.perf_counter() - t1)
         return scores, ids
 
-    def score_embeddings(self, emb: np.ndarray, k: int,
-                         scoring: Scoring | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Search both indexes for (n, d) embeddings and blend into top-k (scores, ids)."""
-        s = scoring or self.scoring
+    def search(self, emb: np.ndarray, *, candidates: int, knn: int) -> Neighbours:
+        """Nearest prototypes and nearest training items of (n, d) embeddings."""
+        protos = self.proto_index.search(emb, min(candidates, len(self.vocab)))
+        items = self.item_index.search(emb, min(knn, self.item_index.ntotal))
+        return Neighbours(*protos, *items)
+
+    def combine(self, found: Neighbours, k: int, scoring: Scoring) -> tuple[np.ndarray, np.ndarray]:
+        """Blend prototype similarity and the neighbour vote into top-k (scores, ids)."""
         n_labels = len(self.vocab)
-        P = V = sp.csr_matrix((len(emb), n_labels), dtype=np.float32)
-        if s.blend > 0:
-            p_scores, p_ids = self.proto_index.search(emb, min(max(s.candidates, k), n_labels))
-            P = prototype_matrix(p_scores, p_ids, n_labels)
-        if s.blend < 1:
-            nn_scores, nn_ids = self.item_index.search(emb, min(s.knn, self.item_index.ntotal))
-            V = vote_matrix(nn_scores, nn_ids, self.item_labels, s.temperature)
-        return top_k(blend_scores(P, V, s.blend), k)
+        P = V = sp.csr_matrix((len(found.proto_ids), n_labels), dtype=np.float32)
+        if scoring.blend > 0:
+            P = prototype_matrix(found.proto_scores, found.proto_ids, n_labels)
+        if scoring.blend < 1:
+            V = vote_matrix(found.item_scores[:, :scoring.knn], found.item_ids[:, :scoring.knn],
+                            self.item_labels, scoring.temperature)
+        return top_k(blend_scores(P, V, scoring.blend), k)
+
+    def score_embeddings(self, emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Search both indexes for (n, d) embeddings and blend into top-k (scores, ids)."""
+        s = self.scoring
+        return self.combine(self.search(emb, candidates=max(s.candidates, k), knn=s.knn), k, s)
 
     # ---- persistence -----------------------------------------------------------------------
     def write(self, folder: Path) -> None:

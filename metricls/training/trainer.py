@@ -99,12 +99,13 @@ def fit(cfg: Config, data: Dataset) -> TrainResult:
     amp = (torch.autocast("cuda", dtype=torch.bfloat16)
            if device.type == "cuda" and cfg.train.amp else nullcontext())
     best, best_state, history, bad_epochs, best_epoch = -1.0, None, [], 0, 0
-    for epoch in range(cfg.train.epochs):
+    epochs = progress(range(cfg.train.epochs), desc="train", leave=True)
+    for epoch in epochs:
         sampler.set_epoch(epoch)
         model.train()
         losses = []
-        for idx in progress(sampler, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-                            total=len(sampler)):
+        batches = progress(sampler, desc=f"epoch {epoch + 1}", total=len(sampler))
+        for idx in batches:
             yb = torch.from_numpy(y_train[idx].toarray()).to(device)  # (B, L)
             with amp:
                 emb = model(prepared, idx)
@@ -120,8 +121,10 @@ def fit(cfg: Config, data: Dataset) -> TrainResult:
             for opt in optimizers:
                 opt.step()
             losses.append(float(loss.detach()))
+            batches.set_postfix(loss=f"{losses[-1]:.4f}")
         score = _valid_recall(model, prepared_valid, len(data.valid), label_vectors, y_valid)
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "valid_R@10": score})
+        epochs.set_postfix(loss=f"{history[-1]['loss']:.4f}", valid_R10=f"{score:.4f}")
         log.info("epoch %d: loss %.4f valid R@10 %.4f", epoch + 1, history[-1]["loss"], score)
         if score > best:
             best, bad_epochs = score, 0
