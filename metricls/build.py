@@ -134,8 +134,12 @@ def write_tagger(tagger: Tagger, folder: Path, data: Dataset, report: dict,
 
 
 def untrained_baseline(cfg: Config, data: Dataset) -> tuple[Tagger, dict]:
-    """Frozen MiniLM embeddings, mean prototypes blended with the neighbour vote, no training."""
-    base_cfg = from_dict(to_dict(cfg) | {"index": {**to_dict(cfg.index), "prototypes": "mean"}})
+    """Frozen MiniLM embeddings, mean prototypes blended with the neighbour vote, no training.
+
+    It searches exactly (flat): the baseline measures the embeddings, not an ANN index.
+    """
+    index = {**to_dict(cfg.index), "prototypes": "mean", "backend": "flat"}
+    base_cfg = from_dict(to_dict(cfg) | {"index": index})
     encoder = dataclasses.replace(base_cfg.encoder, backbones=("minilm",))
     model = build_model(encoder, head=False)
     return assemble_tagger(dataclasses.replace(base_cfg, encoder=encoder), model, data)

@@ -38,7 +38,7 @@ class LexicalConfig:
     dim: int = 128
     buckets: int = 262_144
     word_ngrams: int = 2
-    char_ngrams: tuple[int, ...] = (3, 4, 5)
+    char_ngrams: tuple[int, ...] = (3,)
     lowercase: bool = True
 
 
@@ -89,7 +89,7 @@ class MinerConfig:
     min_jaccard: float = 0.5
     item_hard_negatives: int = 20
     label_hard_negatives: int = 50
-    item_weight: float = 0.5
+    item_weight: float = 0.0
     label_weight: float = 1.0
 
 

@@ -4,11 +4,10 @@ import json
 import re
 
 import pytest
+from conftest import TINY
 from typer.testing import CliRunner
 
 from metricls.cli import app
-
-from conftest import TINY
 
 GOOD = {"id": "a", "text": "w1 w2", "labels": ["x::y"]}
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import scipy.sparse as sp
 
+from metricls.artifacts import sha256_file
 from metricls.config import DataConfig
 from metricls.data.items import Items, read_items, resolve_dataset
 from metricls.data.labels import LabelVocab
@@ -22,14 +22,6 @@ def read_config_items(cfg: DataConfig, path: str | Path | None = None, *,
                       feature_columns=cfg.feature_columns, vector_column=cfg.vector_column,
                       label_column=cfg.label_column, label_delimiter=cfg.label_delimiter,
                       split_column=cfg.split_column, require_labels=require_labels)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -52,7 +44,7 @@ class Dataset:
             raise InputError(f"{path}: no item falls in the train split")
         vocab = LabelVocab.fit(train.labels, min_count=cfg.min_count)
         return cls(train=train, valid=items.subset("valid"), test=items.subset("test"),
-                   vocab=vocab, source=str(cfg.path), sha256=file_sha256(path))
+                   vocab=vocab, source=str(cfg.path), sha256=sha256_file(path))
 
     def labels(self, split: str) -> sp.csr_matrix:
         """(n, L) float32 CSR of a split's known labels."""

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from metricls.artifacts import sha256_file
 from metricls.errors import InputError
-from metricls.progress import progress
+from metricls.progress import progress, quiet
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,7 @@ def minilm_path() -> Path:
 @functools.cache
 def minilm_sha256() -> str:
     """sha256 of the MiniLM weights file, so a tagger can tell it was trained on the same ones."""
-    digest = hashlib.sha256()
-    with open(minilm_path() / "model.safetensors", "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(minilm_path() / "model.safetensors")
 
 
 @functools.cache
@@ -46,6 +43,10 @@ def _sentence_transformer(max_seq_length: int):
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 
+    if quiet():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = SentenceTransformer(str(minilm_path()), device=device)
     model.max_seq_length = max_seq_length

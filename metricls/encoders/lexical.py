@@ -101,7 +101,7 @@ class LexicalBackbone(nn.Module):
     needs = "texts"
 
     def __init__(self, dim: int = 128, buckets: int = 262_144, word_ngrams: int = 2,
-                 char_ngrams: tuple[int, ...] = (3, 4, 5), lowercase: bool = True) -> None:
+                 char_ngrams: tuple[int, ...] = (3,), lowercase: bool = True) -> None:
         super().__init__()
         self.config = {"dim": dim, "buckets": buckets, "word_ngrams": word_ngrams,
                        "char_ngrams": list(char_ngrams), "lowercase": lowercase}

@@ -1,0 +1,85 @@
+"""Backbones, the MiniLM cache and the embedding model's save/load."""
+
+import numpy as np
+import pytest
+import torch
+
+from metricls.config import load_config
+from metricls.encoders.backbone import EmbeddingCache, FeatureBackbone, MiniLMBackbone
+from metricls.encoders.lexical import LexicalBackbone, NgramHasher
+from metricls.encoders.model import EmbeddingModel, build_model
+from metricls.errors import ArtifactError, InputError
+
+
+def test_hasher_is_stable_and_uses_ngrams():
+    h = NgramHasher(buckets=1 << 16, word_ngrams=2, char_ngrams=(3,))
+    a = h.ids("Perl module for images")
+    assert np.array_equal(a, NgramHasher(1 << 16, 2, (3,)).ids("perl module for images"))
+    words_only = NgramHasher(1 << 16, 1, ()).ids("perl module for images")
+    assert len(words_only) == 4 and len(a) > len(words_only) + 3  # bigrams and char grams
+    assert set(words_only) <= set(a)
+    assert h.ids("").tolist() == [0]
+    bags = h.bags(["perl module", "images"])
+    assert len(bags) == 2 and bags.indptr[-1] == len(bags.ids)
+    flat, offsets = bags.take(np.array([1, 0]))
+    assert offsets.tolist() == [0, bags.indptr[2] - bags.indptr[1]]
+    assert flat.tolist() == bags.ids[bags.indptr[1]:].tolist() + bags.ids[:bags.indptr[1]].tolist()
+
+
+def test_lexical_backbone_trains_sparse_rows():
+    lex = LexicalBackbone(dim=8, buckets=512, char_ngrams=(3,))
+    out = lex(lex.prepare(["alpha beta", "gamma"]).take(np.array([0, 1])))
+    assert out.shape == (2, 8)
+    out.sum().backward()
+    assert lex.bag.weight.grad.is_sparse
+
+
+def test_minilm_encodes_and_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("METRICLS_CACHE", str(tmp_path))
+    backbone = MiniLMBackbone(max_seq_length=32)
+    texts = ["a library for parsing XML", "a game of chess", "a library for parsing XML"]
+    direct = backbone.encode(texts)
+    assert direct.shape == (3, 384) and direct.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(direct, axis=1), 1.0, atol=1e-5)
+    assert backbone.encode(texts[:1]).shape == (1, 384)  # 2-D for one text, always
+    assert backbone.encode([]).shape == (0, 384)
+    cache = EmbeddingCache(backbone)
+    first = cache.get(texts)
+    np.testing.assert_allclose(first, direct, atol=1e-5)
+    assert len(list(cache.folder.glob("part-*.npz"))) == 1
+
+    def fail(_texts):
+        raise AssertionError("cached texts must not be encoded again")
+
+    monkeypatch.setattr(backbone, "encode", fail)
+    np.testing.assert_array_equal(EmbeddingCache(backbone).get(texts[::-1]), first[::-1])
+    other = EmbeddingCache(MiniLMBackbone(max_seq_length=16))
+    assert other.folder != cache.folder  # settings are part of the key
+
+
+def test_model_save_load_round_trip(tmp_path):
+    cfg = load_config(None, ["encoder.backbones=[lexical, features]",
+                             "encoder.lexical.buckets=1024", "encoder.lexical.dim=8",
+                             "encoder.head.hidden_dim=16", "encoder.head.out_dim=8"])
+    model = build_model(cfg.encoder, feature_dim=3)
+    texts, feats = ["red apple", "blue sky"], np.eye(2, 3, dtype=np.float32)
+    before = model.embed(texts, feats)
+    model.save(tmp_path / "enc")
+    after = EmbeddingModel.load(tmp_path / "enc").embed(texts, feats)
+    np.testing.assert_allclose(before, after, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(after, axis=1), 1.0, atol=1e-5)
+    (tmp_path / "enc" / "weights.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match="cannot read the encoder"):
+        EmbeddingModel.load(tmp_path / "enc")
+
+
+def test_feature_backbone_checks_shape_and_needs():
+    with pytest.raises(InputError, match=r"expected shape \(n, 4\)"):
+        FeatureBackbone(4).prepare(np.zeros((2, 3), np.float32))
+    model = build_model(load_config(None, ["encoder.backbones=[features]"]).encoder,
+                        feature_dim=2)
+    assert model.needs == {"features"}
+    with pytest.raises(InputError, match="needs features"):
+        model.prepare(["text"], None)
+    assert isinstance(model(model.prepare(None, np.ones((1, 2), np.float32)), np.array([0])),
+                      torch.Tensor)
