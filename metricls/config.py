@@ -78,8 +78,8 @@ class LossConfig:
     beta: float = 50.0
     base: float = 0.5
     margin: float = 0.1
-    pos_margin: float = 0.8
-    neg_margin: float = 0.3
+    pos_margin: float = 0.5
+    neg_margin: float = 0.0
 
 
 @dataclass(frozen=True)
