@@ -30,7 +30,7 @@ def main(debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
     STATE["debug"] = debug
     set_quiet(quiet)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+                        format="%(levelname)s %(name)s: %(message)s", force=True)
     # metricls's own progress lines (config, epochs, tuning) show unless --quiet
     logging.getLogger("metricls").setLevel(logging.WARNING if quiet else logging.INFO)
 
@@ -113,7 +113,8 @@ def evaluate(tagger: Path, data: Annotated[Optional[str], typer.Option(
 @guarded
 def run(config: Path, set_: Sets = None,
         out: Annotated[Optional[Path], typer.Option(help="Tagger folder")] = None,
-        baseline: Annotated[Optional[str], typer.Option(help="'untrained'")] = "untrained",
+        baseline: Annotated[Optional[str],
+                            typer.Option(help="'untrained' or 'none'")] = "untrained",
         show: Annotated[int, typer.Option(help="Test items to tag at the end")] = 5) -> None:
     """The whole job: train, build the index, evaluate on test, tag a few test items."""
     from metricls.runner import run_pipeline
@@ -172,3 +173,7 @@ def _number(text: str, name: str) -> float:
 def entrypoint() -> None:
     """Console-script entry point."""
     sys.exit(app())
+
+
+if __name__ == "__main__":
+    entrypoint()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -144,6 +145,35 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+_GE1 = (lambda v: v >= 1, ">= 1")
+_POS = (lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+_NONNEG = (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+_FINITE = (lambda v: math.isfinite(v), "a finite number")
+# Allowed values of numeric settings (each element, for lists).
+LIMITS: dict[str, tuple[Any, str]] = {
+    "data.min_count": _GE1,
+    "encoder.lexical.dim": _GE1, "encoder.lexical.buckets": _GE1,
+    "encoder.lexical.word_ngrams": _GE1, "encoder.lexical.char_ngrams": _GE1,
+    "encoder.minilm.max_seq_length": _GE1, "encoder.minilm.batch_size": _GE1,
+    "encoder.head.hidden_dim": _GE1, "encoder.head.out_dim": _GE1,
+    "encoder.head.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "loss.alpha": _FINITE, "loss.beta": _FINITE, "loss.base": _FINITE, "loss.margin": _FINITE,
+    "loss.pos_margin": _FINITE, "loss.neg_margin": _FINITE,
+    "miner.min_jaccard": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "miner.item_hard_negatives": (lambda v: v >= 0, ">= 0"),
+    "miner.label_hard_negatives": (lambda v: v >= 0, ">= 0"),
+    "miner.item_weight": _NONNEG, "miner.label_weight": _NONNEG,
+    "train.epochs": _GE1, "train.batch_size": (lambda v: v >= 2, ">= 2"),
+    "train.labels_per_batch": _GE1, "train.label_power": _FINITE,
+    "train.lr": _POS, "train.lexical_lr": _POS, "train.weight_decay": _NONNEG,
+    "train.patience": (lambda v: v >= 0, ">= 0"),
+    "train.seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
+    "train.threads": (lambda v: v >= 0, ">= 0 (0 = all cores)"),
+    "index.target_recall": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "index.knn": _GE1, "index.candidates": _GE1,
+}
+
+
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Read a YAML config of overrides over the defaults, then apply dotted `key=value` overrides.
 
@@ -167,7 +197,14 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
-        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else "")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except Exception as exc:  # PyYAML: YAMLError, also ValueError/AttributeError/RecursionError
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            shown = value if len(value) <= 40 else value[:37] + "..."
+            raise ConfigError(f"override {key.strip()}: value {shown!r} is not valid YAML "
+                              f"({reason})") from None
+        _set_dotted(raw, key.strip(), parsed)
     source = str(path) if path is not None else "overrides"
     return from_dict(raw, source=source)
 
@@ -201,7 +238,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError, AttributeError, TypeError,
+            RecursionError) as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
     if data is None:
         return {}
@@ -261,6 +299,11 @@ def _coerce(value: Any, hint: Any, dotted: str, source: str) -> Any:
     else:
         out = _scalar(value, hint, dotted, source)
     _check_choice(out, dotted, source)
+    if dotted in LIMITS:
+        ok, text = LIMITS[dotted]
+        for v in out if isinstance(out, tuple) else (out,):
+            if not ok(v):
+                raise ConfigError(f"{source}: {dotted} must be {text}, got {v!r}")
     return out
 
 

@@ -17,7 +17,7 @@ from metricls.tagger import Tagger
 from metricls.training.trainer import train_embedder
 
 log = logging.getLogger(__name__)
-BASELINES = ("untrained",)
+BASELINES = ("untrained", "none")
 
 
 def evaluate_folder(tagger_dir: str | Path, *, data: str | None = None, split: str = "all",
@@ -28,7 +28,8 @@ def evaluate_folder(tagger_dir: str | Path, *, data: str | None = None, split: s
         tagger_dir: a built tagger folder.
         data: a file with the tagger's column mapping (default: the config's data path).
         split: "test", "valid", "train" or "all".
-        baseline: "untrained" to evaluate the frozen-MiniLM baseline on the same items.
+        baseline: "untrained" to evaluate the frozen-MiniLM baseline on the same items
+            ("none" or None: no baseline).
         out: where to write the JSON report (atomically), if given.
 
     Returns:

@@ -90,7 +90,7 @@ def apply_thresholds(scores: np.ndarray, ids: np.ndarray, scoring: Scoring,
                      threshold: float | None) -> np.ndarray:
     """Boolean (n, k) mask of the tags to keep: `threshold`, else the tuned per-label ones."""
     if threshold is not None:
-        return scores >= threshold
+        return (ids >= 0) & (scores >= threshold)
     if scoring.label_thresholds:
         table = np.asarray(scoring.label_thresholds, dtype=np.float32)
         return (ids >= 0) & (scores >= table[np.maximum(ids, 0)])

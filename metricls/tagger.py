@@ -25,7 +25,7 @@ from metricls.scoring import (
     top_k,
     vote_matrix,
 )
-from metricls.validation import check_features, check_k, check_texts
+from metricls.validation import check_features, check_k, check_texts, to_number
 
 Inputs = Sequence[str] | np.ndarray | Items
 
@@ -94,6 +94,8 @@ class Tagger:
         Padding where fewer than k labels score is score -inf, id -1.
         """
         k = check_k(k)
+        if k > max(len(self.vocab), 1000):
+            raise InputError(f"k: expected at most {max(len(self.vocab), 1000)}, got {k}")
         return self._predict(inputs, k, timings=None)
 
     def predict(self, inputs: Inputs, *, k: int = 5,
@@ -106,16 +108,21 @@ class Tagger:
             threshold: None returns k tags; a float keeps scores >= it; "tuned" uses the
                 per-label thresholds tuned on the validation split (variable number of tags).
         """
-        k = check_k(k)
+        k = min(check_k(k), len(self.vocab))  # more than L tags cannot exist
+        tuned = isinstance(threshold, str) and threshold == "tuned"
+        cut = None
+        if threshold is not None and not tuned:
+            try:
+                cut = to_number(threshold)  # refuses bools, strings, arrays, NaN, inf, 10**400
+            except InputError as exc:
+                raise InputError(f"threshold: expected None, a number or 'tuned'; {exc}") from None
         scores, ids = self._predict(inputs, k, timings=None)
         if threshold is None:
             keep = ids >= 0
-        elif threshold == "tuned":
+        elif tuned:
             keep = apply_thresholds(scores, ids, self.scoring, None)
-        elif isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
-            keep = apply_thresholds(scores, ids, self.scoring, float(threshold))
         else:
-            raise InputError(f"threshold: expected None, a number or 'tuned', got {threshold!r}")
+            keep = apply_thresholds(scores, ids, self.scoring, cut)
         names = self.vocab.names
         return [[(names[i], float(s)) for i, s, ok in zip(row_ids, row_scores, row_keep) if ok]
                 for row_ids, row_scores, row_keep in zip(ids, scores, keep)]

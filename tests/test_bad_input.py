@@ -37,7 +37,7 @@ CASES = [
 def test_train_on_bad_data_fails_cleanly(tmp_path, name, rows, message):
     data = _jsonl(tmp_path / "bad.jsonl", rows)
     out = tmp_path / "tagger"
-    res = CliRunner().invoke(app, ["train", str(TINY), "--set", f"data.path={data}",
+    res = CliRunner().invoke(app, ["--quiet", "train", str(TINY), "--set", f"data.path={data}",
                                    "--out", str(out)])
     assert res.exit_code == 2, res.output
     lines = [line for line in res.output.splitlines() if line.strip()]

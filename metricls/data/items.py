@@ -178,6 +178,8 @@ def _read_jsonl(path: Path, source: str) -> _Table:
             raise InputError(f"{source}:{lineno}: {msg}") from exc
         except RecursionError as exc:
             raise InputError(f"{source}:{lineno}: invalid JSON (nested too deeply)") from exc
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            raise InputError(f"{source}:{lineno}: invalid JSON ({_first_line(exc)})") from exc
         if not isinstance(obj, dict):
             raise InputError(f"{source}:{lineno}: expected a JSON object per line, got "
                              f"{describe(obj)}")
