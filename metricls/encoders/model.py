@@ -138,6 +138,8 @@ class EmbeddingModel(nn.Module):
 def build_model(cfg: EncoderConfig, *, feature_dim: int | None = None,
                 head: bool = True) -> EmbeddingModel:
     """A fresh model from the encoder config (`feature_dim` for a `features` backbone)."""
+    if not cfg.backbones:
+        raise InputError("encoder.backbones: name at least one of " + str(list(BACKBONES)))
     backbones: list[nn.Module] = []
     for name in cfg.backbones:
         if name == "lexical":
