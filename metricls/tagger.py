@@ -117,12 +117,8 @@ class Tagger:
             except InputError as exc:
                 raise InputError(f"threshold: expected None, a number or 'tuned'; {exc}") from None
         scores, ids = self._predict(inputs, k, timings=None)
-        if threshold is None:
-            keep = ids >= 0
-        elif tuned:
-            keep = apply_thresholds(scores, ids, self.scoring, None)
-        else:
-            keep = apply_thresholds(scores, ids, self.scoring, cut)
+        # cut is None for "tuned": apply_thresholds then uses the tuned thresholds
+        keep = ids >= 0 if threshold is None else apply_thresholds(scores, ids, self.scoring, cut)
         names = self.vocab.names
         return [[(names[i], float(s)) for i, s, ok in zip(row_ids, row_scores, row_keep) if ok]
                 for row_ids, row_scores, row_keep in zip(ids, scores, keep)]

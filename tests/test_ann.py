@@ -318,3 +318,22 @@ def test_corrupt_faiss_file(data, tmp_path):
     (tmp_path / "f" / "faiss.index").unlink()
     with pytest.raises(ArtifactError, match=r"faiss\.index: missing"):
         load_index(tmp_path / "f")
+
+
+def test_hnsw_grows_by_1000_prototypes_without_rebuild(tmp_path):
+    rng = np.random.default_rng(7)
+    base = _unit(rng.normal(size=(2000, DIM)))
+    new = _unit(rng.normal(size=(1000, DIM)))
+    index = _make("hnsw")
+    index.build(base)
+    index.save(tmp_path / "v1")
+    loaded = load_index(tmp_path / "v1")
+    ids = loaded.add(new)
+    np.testing.assert_array_equal(ids, np.arange(2000, 3000))
+    found = loaded.search(new, 1)[1][:, 0]
+    assert (found == ids).mean() >= 0.99
+    loaded.save(tmp_path / "v2")
+    again = load_index(tmp_path / "v2")
+    assert again.ntotal == 3000
+    assert (again.search(new, 1)[1][:, 0] == ids).mean() >= 0.99
+    np.testing.assert_array_equal(again.search(base[:50], 1)[1][:, 0], np.arange(50))
