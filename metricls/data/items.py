@@ -3,17 +3,10 @@ the file, the line (JSONL) or 1-based data row (CSV, Parquet), the field and wha
 
 from __future__ import annotations
 
-import csv
-import difflib
-import gzip
-import io
-import json
 import math
 import re
-import warnings
-import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +14,17 @@ import numpy as np
 import pandas as pd
 
 from metricls.data.splits import SPLITS, md5_split
+from metricls.data.tables import MISSING, SUPPORTED_SUFFIXES, Table, read_table
 from metricls.errors import InputError
 from metricls.validation import dedupe, describe, label_list_problem, to_number
 
 __all__ = ["SUPPORTED_SUFFIXES", "Items", "read_items", "resolve_dataset"]
 
-_FORMATS = {".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
-            ".json.gz": "jsonl", ".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet"}
-SUPPORTED_SUFFIXES = tuple(_FORMATS)
 DATASETS = {"debtags": "debtags-bookworm.jsonl.gz"}
-_MISSING = object()  # a JSONL field absent from one line
 
 
 def _show(v: Any) -> str:
-    return "nothing (no such field)" if v is _MISSING else describe(v)
+    return "nothing (no such field)" if v is MISSING else describe(v)
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,149 +96,12 @@ def resolve_dataset(path_or_name: str | Path) -> Path:
     return path
 
 
-# ---- raw tables ----------------------------------------------------------------------------
-@dataclass
-class _Table:
-    source: str
-    kind: str  # "jsonl", "csv" or "parquet"
-    columns: list[str]
-    records: list[dict] | pd.DataFrame
-    lines: list[int] = field(default_factory=list)  # JSONL line of each record
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def at(self, i: int) -> str:
-        return f"line {self.lines[i]}" if self.kind == "jsonl" else f"row {i + 1}"
-
-    def where(self, i: int) -> str:
-        return f"{self.source}:{self.lines[i]}" if self.kind == "jsonl" else \
-            f"{self.source}: row {i + 1}"
-
-    def error(self, i: int, col: str, msg: str) -> InputError:
-        word = "field" if self.kind == "jsonl" else "column"
-        return InputError(f"{self.where(i)}: {word} {col!r} {msg}")
-
-    def column(self, col: str) -> list:
-        if col not in self.columns:
-            near = difflib.get_close_matches(col, self.columns, n=1, cutoff=0.5)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            shown = ", ".join(repr(c) for c in self.columns[:30]) or "none"
-            raise InputError(f"{self.source}: no column {col!r} (available: {shown}){hint}")
-        if isinstance(self.records, pd.DataFrame):
-            return self.records[col].tolist()
-        return [r.get(col, _MISSING) for r in self.records]
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def _read_bytes(path: Path, source: str) -> bytes:
-    try:
-        if path.name.lower().endswith(".gz"):
-            with gzip.open(path, "rb") as fh:
-                return fh.read()
-        return path.read_bytes()
-    except (OSError, EOFError, zlib.error) as exc:
-        raise InputError(f"{source}: cannot read the file ({_first_line(exc)})") from exc
-
-
-def _decode(data: bytes, source: str, offset_line: int = 1) -> str:
-    try:
-        return data.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + offset_line
-        raise InputError(f"{source}:{line}: invalid UTF-8 byte 0x{data[exc.start]:02x}; "
-                         f"save the file as UTF-8") from exc
-
-
-def _read_jsonl(path: Path, source: str) -> _Table:
-    records, lines, columns = [], [], {}
-    for lineno, raw in enumerate(_read_bytes(path, source).split(b"\n"), 1):
-        text = _decode(raw, source, lineno)
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            msg = (f"invalid JSON ({exc.msg} at column {exc.colno})"
-                   if lineno > 1 or not text.lstrip().startswith("[") else
-                   "expected JSON Lines (one object per line), found a JSON array")
-            raise InputError(f"{source}:{lineno}: {msg}") from exc
-        except RecursionError as exc:
-            raise InputError(f"{source}:{lineno}: invalid JSON (nested too deeply)") from exc
-        except ValueError as exc:  # e.g. an integer of more than 4300 digits
-            raise InputError(f"{source}:{lineno}: invalid JSON ({_first_line(exc)})") from exc
-        if not isinstance(obj, dict):
-            raise InputError(f"{source}:{lineno}: expected a JSON object per line, got "
-                             f"{describe(obj)}")
-        records.append(obj)
-        lines.append(lineno)
-        columns.update(dict.fromkeys(obj))
-    return _Table(source, "jsonl", list(columns), records, lines)
-
-
-def _csv_problem(text: str, exc: Exception) -> str:
-    """The first data row whose field count differs from the header's, else pandas' reason."""
-    try:
-        rows = (row for row in csv.reader(io.StringIO(text)) if row)  # pandas skips blank lines
-        width = len(next(rows))
-        for n, row in enumerate(rows, 1):
-            if len(row) != width:
-                return f": row {n}: expected {width} fields (as in the header), found {len(row)}"
-    except (csv.Error, StopIteration):
-        pass
-    return f": cannot parse as CSV ({_first_line(exc)})"
-
-
-def _read_csv(path: Path, source: str) -> _Table:
-    text = _decode(_read_bytes(path, source), source)
-    if not text.strip():
-        return _Table(source, "csv", [], [])
-    try:
-        header = next(csv.reader(io.StringIO(text)), [])
-        with warnings.catch_warnings():  # a long first row only warns, and loses data
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False,
-                             na_filter=False, index_col=False)
-    except Exception as exc:  # pandas/csv parser errors of any kind
-        raise InputError(source + _csv_problem(text, exc)) from exc
-    dup = next((h for h in header if header.count(h) > 1), None)
-    if dup is not None:
-        raise InputError(f"{source}:1: column {dup!r} appears twice in the header")
-    df.columns = [str(c) for c in df.columns]
-    return _Table(source, "csv", list(df.columns), df)
-
-
-def _read_parquet(path: Path, source: str) -> _Table:
-    try:
-        df = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow errors of any kind
-        raise InputError(f"{source}: cannot read as Parquet ({_first_line(exc)})") from exc
-    df.columns = [str(c) for c in df.columns]
-    return _Table(source, "parquet", list(df.columns), df)
-
-
-def _read_table(path: Path, source: str) -> _Table:
-    name = path.name.lower()
-    suffix = max((s for s in _FORMATS if name.endswith(s)), key=len, default=None)
-    if suffix is None:
-        raise InputError(f"{source}: unsupported file type (supported: "
-                         f"{', '.join(SUPPORTED_SUFFIXES)})")
-    readers = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}
-    table = readers[_FORMATS[suffix]](path, source)
-    if len(table) == 0:
-        raise InputError(f"{source}: the file has no rows")
-    return table
-
-
 # ---- columns -------------------------------------------------------------------------------
 def _is_null(v: Any) -> bool:
-    return v is None or v is _MISSING or v is pd.NA or (isinstance(v, float) and math.isnan(v))
+    return v is None or v is MISSING or v is pd.NA or (isinstance(v, float) and math.isnan(v))
 
 
-def _read_ids(t: _Table, col: str) -> list[str]:
+def _read_ids(t: Table, col: str) -> list[str]:
     ids: list[str] = []
     first: dict[str, int] = {}
     for i, v in enumerate(t.column(col)):
@@ -264,7 +117,7 @@ def _read_ids(t: _Table, col: str) -> list[str]:
     return ids
 
 
-def _read_texts(t: _Table, cols: Sequence[str]) -> list[str]:
+def _read_texts(t: Table, cols: Sequence[str]) -> list[str]:
     texts = []
     for i, parts in enumerate(zip(*(t.column(c) for c in cols), strict=True)):
         kept = []
@@ -282,7 +135,7 @@ def _read_texts(t: _Table, cols: Sequence[str]) -> list[str]:
     return texts
 
 
-def _read_labels(t: _Table, col: str, delimiter: str) -> list[list[str]]:
+def _read_labels(t: Table, col: str, delimiter: str) -> list[list[str]]:
     out = []
     for i, v in enumerate(t.column(col)):
         if t.kind == "csv":
@@ -297,7 +150,7 @@ def _read_labels(t: _Table, col: str, delimiter: str) -> list[list[str]]:
     return out
 
 
-def _read_numbers(t: _Table, cols: Sequence[str], vector: str | None) -> np.ndarray:
+def _read_numbers(t: Table, cols: Sequence[str], vector: str | None) -> np.ndarray:
     """(n, len(cols) [+ vector length]) float32 of numeric columns then a vector column."""
     parse, out = t.kind == "csv", np.zeros((len(t), len(cols)))
     for j, col in enumerate(cols):
@@ -325,7 +178,7 @@ def _read_numbers(t: _Table, cols: Sequence[str], vector: str | None) -> np.ndar
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def _read_split(t: _Table, col: str) -> np.ndarray:
+def _read_split(t: Table, col: str) -> np.ndarray:
     values = t.column(col)
     for i, v in enumerate(values):
         if not isinstance(v, str) or v not in SPLITS:
@@ -373,7 +226,7 @@ def read_items(path: str | Path, *, id_column: str = "id", text_columns: Sequenc
         raise InputError(f"label_delimiter: expected a non-empty string, got {label_delimiter!r}")
     resolved = resolve_dataset(path)
     source = str(resolved)
-    table = _read_table(resolved, source)
+    table = read_table(resolved, source)
     ids = _read_ids(table, id_column)
     labels = None
     if require_labels or label_column in table.columns:
