@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from metricls.ann import make_index, tune_index
+from metricls.ann import AnnIndex, choose_backend, make_index, tune_index
 from metricls.artifacts import load_tensors, read_json, staged_dir, write_manifest
 from metricls.config import Config, from_dict, to_dict
 from metricls.data.dataset import Dataset
@@ -41,17 +41,10 @@ def assemble_tagger(cfg: Config, model: EmbeddingModel, data: Dataset,
         prototypes = np.asarray(label_vectors, dtype=np.float32)
     else:
         prototypes, _ = mean_prototypes(emb_train, y_train)
-    proto_index = make_index(cfg.index.backend, model.out_dim)
-    proto_index.build(prototypes)
-    item_index = make_index(cfg.index.backend, model.out_dim)
-    item_index.build(emb_train)
-    report: dict = {"backend": cfg.index.backend, "prototypes": cfg.index.prototypes}
-    if cfg.index.backend != "flat" and len(emb_valid):
-        report["ann"] = {
-            "prototypes": tune_index(proto_index, emb_valid, k=10, vectors=prototypes,
-                                     target_recall=cfg.index.target_recall),
-            "items": tune_index(item_index, emb_valid, k=min(cfg.index.knn, 50),
-                                vectors=emb_train, target_recall=cfg.index.target_recall)}
+    proto_index, proto_info = index_vectors(prototypes, emb_valid, cfg, k=10)
+    item_index, item_info = index_vectors(emb_train, emb_valid, cfg, k=min(cfg.index.knn, 50))
+    report: dict = {"backend": cfg.index.backend, "prototypes": cfg.index.prototypes,
+                    "ann": {"prototypes": proto_info, "items": item_info}}
     tagger = Tagger(model=model, vocab=data.vocab, prototypes=prototypes,
                     proto_index=proto_index, item_index=item_index, item_labels=y_train,
                     scoring=Scoring(knn=cfg.index.knn, candidates=cfg.index.candidates),
@@ -63,6 +56,19 @@ def assemble_tagger(cfg: Config, model: EmbeddingModel, data: Dataset,
     report["scoring"] = {k: v for k, v in tagger.scoring.to_dict().items()
                          if k != "label_thresholds"}
     return tagger, report
+
+
+def index_vectors(vectors: np.ndarray, queries: np.ndarray, cfg: Config,
+                  k: int) -> tuple[AnnIndex, dict]:
+    """An index of the config's backend over `vectors`, its search tuned on `queries`."""
+    backend = choose_backend(cfg.index.backend, len(vectors), cfg.index.exact_below)
+    index = make_index(backend, vectors.shape[1])
+    index.build(vectors)
+    info: dict = {"backend": backend}
+    if backend != "flat" and len(queries):
+        info.update(tune_index(index, queries, k=k, vectors=vectors,
+                               target_recall=cfg.index.target_recall))
+    return index, info
 
 
 def tune_scoring(tagger: Tagger, emb: np.ndarray, Y: sp.csr_matrix) -> Scoring:
@@ -92,7 +98,8 @@ def build_index(tagger_dir: str | Path, *, backend: str | None = None,
 
     Args:
         tagger_dir: a folder written by `train_embedder`.
-        backend: "hnsw", "flat", "ivf" or "scann" (default: the config's).
+        backend: "hnsw", "flat", "ivf", "scann", or "auto" (exact below
+            `index.exact_below` vectors, else HNSW); default: the config's.
         prototypes: "learned" (the trained label vectors) or "mean" (mean item embeddings).
         target_recall: recall@10 against exact search that the ANN parameters are tuned for.
 

@@ -65,7 +65,8 @@ def train(config: Path, set_: Sets = None,
 
 @app.command("build-index")
 @guarded
-def build_index_cmd(tagger: Path, backend: Annotated[Optional[str], typer.Option()] = None,
+def build_index_cmd(tagger: Path, backend: Annotated[Optional[str], typer.Option(
+                        help="hnsw|flat|ivf|scann|auto")] = None,
                     prototypes: Annotated[Optional[str], typer.Option()] = None,
                     target_recall: Annotated[Optional[float], typer.Option()] = None) -> None:
     """Build the ANN indexes of a trained tagger folder and tune its scoring on valid."""

@@ -119,6 +119,7 @@ class IndexConfig:
     backend: str = "hnsw"
     prototypes: str = "learned"
     target_recall: float = 0.99
+    exact_below: int = 20_000
     knn: int = 30
     candidates: int = 100
 
@@ -140,7 +141,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "encoder.backbones": ("lexical", "minilm", "features"),
     "loss.name": ("multi_similarity", "contrastive", "triplet"),
     "train.device": ("auto", "cpu", "cuda"),
-    "index.backend": ("flat", "hnsw", "ivf", "scann"),
+    "index.backend": ("auto", "flat", "hnsw", "ivf", "scann"),
     "index.prototypes": ("learned", "mean"),
 }
 
@@ -170,7 +171,7 @@ LIMITS: dict[str, tuple[Any, str]] = {
     "train.seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
     "train.threads": (lambda v: v >= 0, ">= 0 (0 = all cores)"),
     "index.target_recall": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "index.knn": _GE1, "index.candidates": _GE1,
+    "index.knn": _GE1, "index.candidates": _GE1, "index.exact_below": (lambda v: v >= 0, ">= 0"),
 }
 
 

@@ -142,3 +142,20 @@ def test_cli_errors_are_one_line(tiny_tagger_copy, tmp_path):
     (tiny_tagger_copy / "labels.json").write_text("{}")
     res = runner.invoke(app, ["verify", str(tiny_tagger_copy)])
     assert res.exit_code == 1 and "labels.json" in res.output
+
+
+def test_auto_backend_is_exact_below_the_threshold(tiny_tagger_copy):
+    from metricls.ann import choose_backend
+    from metricls.artifacts import read_json
+
+    assert choose_backend("auto", 10, 20_000) == "flat"
+    assert choose_backend("auto", 20_000, 20_000) == "hnsw"
+    assert choose_backend("scann", 10, 20_000) == "scann"
+    tagger = build_index(tiny_tagger_copy, backend="auto")
+    assert tagger.proto_index.backend == tagger.item_index.backend == "flat"
+    ann = read_json(tiny_tagger_copy / "manifest.json")["build"]["ann"]
+    assert ann == {"prototypes": {"backend": "flat"}, "items": {"backend": "flat"}}
+    hnsw = build_index(tiny_tagger_copy, backend="hnsw")
+    ann = read_json(tiny_tagger_copy / "manifest.json")["build"]["ann"]
+    assert hnsw.proto_index.backend == "hnsw" and ann["prototypes"]["recall@k"] >= 0.99
+    assert "ef_search" in ann["prototypes"]["params"]

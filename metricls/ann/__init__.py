@@ -25,6 +25,7 @@ __all__ = [
     "HnswIndex",
     "IvfIndex",
     "ScannIndex",
+    "choose_backend",
     "load_index",
     "make_index",
     "recall_at_k_vs_exact",
@@ -34,6 +35,14 @@ __all__ = [
 _CLASSES: dict[str, type[AnnIndex]] = {cls.backend: cls for cls in
                                        (FlatIndex, HnswIndex, IvfIndex, ScannIndex)}
 BACKENDS: tuple[str, ...] = tuple(_CLASSES)
+
+
+def choose_backend(backend: str, n: int, exact_below: int = 20_000) -> str:
+    """Resolve "auto": exact search (flat) under `exact_below` vectors, where it is both exact
+    and fast enough, else HNSW; any other backend is returned as it is."""
+    if backend == "auto":
+        return "flat" if n < exact_below else "hnsw"
+    return backend
 
 
 def make_index(backend: str, dim: int, **params: Any) -> AnnIndex:
