@@ -149,10 +149,10 @@ def bench_recall_cmd(quick: bool = False, tagger: Optional[Path] = None,
                      out: Path = Path("bench/recall.json"),
                      threads: Annotated[int, typer.Option(help="0 = all cores")] = 0) -> None:
     """Recall@k and speed of every ANN backend against exact search."""
-    from metricls.bench.recall import bench_recall
+    from metricls.bench.recall import bench_recall, markdown_summary
 
     result = bench_recall(tagger=tagger, quick=quick, out=out, threads=threads)
-    typer.echo(json.dumps(result["summary"], indent=2))
+    typer.echo(markdown_summary(result))
 
 
 def _print_reports(reports: dict) -> None:

@@ -1,9 +1,8 @@
 """Recall@k and speed of every ANN backend vs exact search: python scripts/bench_recall.py."""
 
 import argparse
-import json
 
-from metricls.bench.recall import bench_recall
+from metricls.bench.recall import bench_recall, markdown_summary
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--tagger", default=None, help="a built tagger folder (its prototypes)")
@@ -12,4 +11,4 @@ parser.add_argument("--threads", type=int, default=0)
 parser.add_argument("--out", default="bench/recall.json")
 args = parser.parse_args()
 result = bench_recall(tagger=args.tagger, quick=args.quick, out=args.out, threads=args.threads)
-print(json.dumps(result["summary"], indent=2))
+print(markdown_summary(result))

@@ -145,6 +145,20 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def markdown_summary(result: dict[str, Any]) -> str:
+    """The summary as a markdown table: per set and backend, the fastest setting at recall@10
+    >= 0.95, with its speed-up over exact search, memory and build time."""
+    lines = ["| set | backend | params | recall@10 | QPS (batched) | x exact | memory MB "
+             "| build s |", "|---|---|---|---|---|---|---|---|"]
+    for name, backends in result["summary"].items():
+        for backend, r in backends.items():
+            params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
+            lines.append(f"| {name} | {backend} | {params} | {r['recall@10']:.3f} | "
+                         f"{r['qps_batched']:,.0f} | {r['speedup_vs_flat']:.1f} | "
+                         f"{r['memory_mb']:,.1f} | {r['build_s']:.1f} |")
+    return "\n".join(lines)
+
+
 def _machine(threads: int) -> dict[str, Any]:
     import os
     import platform
