@@ -85,7 +85,7 @@ def predict(tagger: Path, texts: list[str], k: Annotated[int, typer.Option("-k")
     """Tag texts with a built tagger."""
     from metricls import Tagger
 
-    cut = threshold if threshold in (None, "tuned") else _number(threshold, "--threshold")
+    cut = threshold if threshold in (None, "tuned") else _number(threshold)
     tags = Tagger.load(tagger).predict(texts, k=k, threshold=cut)
     if as_json:
         typer.echo(json.dumps([{"text": t, "tags": [[n, round(s, 4)] for n, s in row]}
@@ -164,11 +164,14 @@ def _print_reports(reports: dict) -> None:
                    f"timings {rep['timings']}")
 
 
-def _number(text: str, name: str) -> float:
+def _number(text: str) -> float:
+    """--threshold as a number, checked by the same rule the API applies."""
+    from metricls.validation import to_number
+
     try:
-        return float(text)
-    except ValueError:
-        raise InputError(f"{name}: expected a number or 'tuned', got {text!r}") from None
+        return to_number(text, parse_str=True)
+    except InputError as exc:
+        raise InputError(f"--threshold: expected a number or 'tuned'; {exc}") from None
 
 
 def entrypoint() -> None:

@@ -89,14 +89,15 @@ def top_k(S: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
 def apply_thresholds(scores: np.ndarray, ids: np.ndarray, scoring: Scoring,
                      threshold: float | None) -> np.ndarray:
     """Boolean (n, k) mask of the tags to keep: `threshold`, else the tuned per-label ones."""
+    found = ids >= 0  # padding (id -1) is never a tag
     if threshold is not None:
-        return (ids >= 0) & (scores >= threshold)
+        return found & (scores >= threshold)
     if scoring.label_thresholds:
         table = np.asarray(scoring.label_thresholds, dtype=np.float32)
-        return (ids >= 0) & (scores >= table[np.maximum(ids, 0)])
+        return found & (scores >= table[np.maximum(ids, 0)])
     if scoring.threshold is not None:
-        return scores >= scoring.threshold
-    return ids >= 0
+        return found & (scores >= scoring.threshold)
+    return found
 
 
 def tune_global_threshold(scores: np.ndarray, ids: np.ndarray, Y: sp.csr_matrix) -> float:
