@@ -90,6 +90,25 @@ def write_json(path: str | Path, obj: Any) -> None:
     _atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically: temp file, fsync, replace."""
+    _atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))
+
+
+def write_npy(path: str | Path, shape: tuple[int, ...], dtype: Any,
+              fill: Callable[[np.ndarray], object]) -> np.ndarray:
+    """Create a .npy of `shape` and `dtype` atomically, filled in place (chunk by chunk, never
+    whole in memory) by ``fill(memmap)``; return it memory-mapped read-only."""
+    def write(tmp: Path) -> None:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+        fill(array)
+        array.flush()
+        del array  # unmap before the rename
+
+    _atomic_write(Path(path), write)
+    return np.load(path, mmap_mode="r")
+
+
 def read_json(path: str | Path) -> dict:
     """Read a JSON object; a missing, unparsable or non-object file raises ArtifactError."""
     path = Path(path)
@@ -186,6 +205,22 @@ def _fsync_tree(root: Path) -> None:
     for dirpath, _, filenames in os.walk(root):
         for name in [*filenames, "."]:
             _fsync(os.path.join(dirpath, name))
+
+
+@contextlib.contextmanager
+def scratch_dir(near: str | Path) -> Iterator[Path]:
+    """Yield a temp folder beside `near` (same disk: /tmp may live in RAM), removed afterwards.
+
+    Named like `staged_dir`'s temp folders, so `recover_dir` removes it after a crash.
+    """
+    near = Path(near)
+    near.parent.mkdir(parents=True, exist_ok=True)
+    path = near.parent / f".{near.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager

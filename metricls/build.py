@@ -2,69 +2,119 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
 import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
 from metricls.ann import AnnIndex, choose_backend, make_index, tune_index
-from metricls.artifacts import load_tensors, read_json, staged_dir, write_manifest
+from metricls.ann.sharded import SHARDABLE
+from metricls.artifacts import (
+    load_tensors,
+    read_json,
+    scratch_dir,
+    staged_dir,
+    write_manifest,
+    write_npy,
+)
 from metricls.config import Config, from_dict, to_dict
 from metricls.data.dataset import Dataset
+from metricls.data.items import Items
 from metricls.encoders.model import EmbeddingModel, build_model
-from metricls.errors import InputError, NotFittedError
+from metricls.errors import ConfigError, InputError, NotFittedError
 from metricls.evaluation import ranking_metrics, summarize
 from metricls.metrics import precision_at_k, psp_at_k
+from metricls.progress import progress
 from metricls.prototypes import mean_prototypes
 from metricls.scoring import Scoring, tune_global_threshold, tune_label_thresholds
 from metricls.tagger import Tagger
 
 log = logging.getLogger(__name__)
 TRAINED_FILES = ("label_vectors.safetensors", "training.json")
+MEMMAP_BYTES = 1 << 28  # embeddings larger than this go to a memory-mapped file in `scratch`
+TUNE_QUERIES = 10_000  # validation items the scoring grid search uses at most
+
+
+def embed_items(model: EmbeddingModel, items: Items, scratch: Path | None,
+                name: str) -> np.ndarray:
+    """(n, d) float32 embeddings of `items`; above `MEMMAP_BYTES`, with a `scratch` folder, they
+    are computed in chunks into ``scratch/NAME.npy`` and returned memory-mapped."""
+    n, d = len(items), model.out_dim
+    if scratch is None or n * d * 4 <= MEMMAP_BYTES:
+        return model.embed(items.texts, items.features, cache=True)
+    prepared = model.prepare(items.texts, items.features, cache=True)
+    return write_npy(scratch / f"{name}.npy", (n, d), np.float32,
+                     lambda out: model.embed_prepared(prepared, n, out=out))
 
 
 def assemble_tagger(cfg: Config, model: EmbeddingModel, data: Dataset,
-                    label_vectors: np.ndarray | None = None) -> tuple[Tagger, dict]:
+                    label_vectors: np.ndarray | None = None, *,
+                    scratch: Path | None = None) -> tuple[Tagger, dict]:
     """Index a trained (or untrained) model in memory and tune its scoring on `data.valid`.
+
+    Args:
+        scratch: a folder for large embeddings, memory-mapped (see `embed_items`).
 
     Returns:
         The tagger and a build report (ANN tuning, chosen scoring, valid metrics).
     """
-    y_train = data.labels("train")
-    emb_train = model.embed(data.train.texts, data.train.features, cache=True)
-    emb_valid = model.embed(data.valid.texts, data.valid.features, cache=True)
-    if cfg.index.prototypes == "learned" and label_vectors is not None:
-        prototypes = np.asarray(label_vectors, dtype=np.float32)
-    else:
-        prototypes, _ = mean_prototypes(emb_train, y_train)
-    proto_index, proto_info = index_vectors(prototypes, emb_valid, cfg, k=10)
-    item_index, item_info = index_vectors(emb_train, emb_valid, cfg, k=min(cfg.index.knn, 50))
+    y_train, seconds = data.labels("train"), {}
+    with timed(seconds, "embed"):
+        emb_train = embed_items(model, data.train, scratch, "train")
+        emb_valid = embed_items(model, data.valid, scratch, "valid")
+    with timed(seconds, "prototypes"):
+        if cfg.index.prototypes == "learned" and label_vectors is not None:
+            prototypes = np.asarray(label_vectors, dtype=np.float32)
+        else:
+            prototypes, _ = mean_prototypes(emb_train, y_train)
+    with timed(seconds, "indexes"):  # built and tuned
+        proto_index, proto_info = index_vectors(prototypes, emb_valid, cfg, k=10)
+        item_index, item_info = index_vectors(emb_train, emb_valid, cfg,
+                                              k=min(cfg.index.knn, 50))
     report: dict = {"backend": cfg.index.backend, "prototypes": cfg.index.prototypes,
-                    "ann": {"prototypes": proto_info, "items": item_info}}
+                    "ann": {"prototypes": proto_info, "items": item_info}, "seconds": seconds}
     tagger = Tagger(model=model, vocab=data.vocab, prototypes=prototypes,
                     proto_index=proto_index, item_index=item_index, item_labels=y_train,
                     scoring=Scoring(knn=cfg.index.knn, candidates=cfg.index.candidates),
                     config=cfg)
     if len(emb_valid):
-        tagger.scoring = tune_scoring(tagger, emb_valid, data.labels("valid"))
-        _, ids = tagger.score_embeddings(emb_valid, 10)
+        with timed(seconds, "scoring"):
+            tagger.scoring = tune_scoring(tagger, emb_valid, data.labels("valid"))
+        with timed(seconds, "valid_metrics"):
+            _, ids = tagger.score_embeddings(emb_valid, 10)
         tagger.metrics = {"valid": summarize(ranking_metrics(ids, data.valid.labels, data.vocab))}
     report["scoring"] = {k: v for k, v in tagger.scoring.to_dict().items()
                          if k != "label_thresholds"}
     return tagger, report
 
 
+@contextlib.contextmanager
+def timed(seconds: dict[str, float], name: str) -> Iterator[None]:
+    """Record the seconds the block took as `seconds[name]`."""
+    start = time.perf_counter()
+    yield
+    seconds[name] = round(time.perf_counter() - start, 2)
+
+
 def index_vectors(vectors: np.ndarray, queries: np.ndarray, cfg: Config,
                   k: int) -> tuple[AnnIndex, dict]:
     """An index of the config's backend over `vectors`, its search tuned on `queries`."""
     backend = choose_backend(cfg.index.backend, len(vectors), cfg.index.exact_below)
-    index = make_index(backend, vectors.shape[1])
+    shards = min(cfg.index.shards, len(vectors))
+    if shards > 1 and backend not in SHARDABLE:
+        raise ConfigError(f"index.shards={cfg.index.shards} needs a FAISS backend "
+                          f"{list(SHARDABLE)}, got index.backend={backend!r}")
+    index = make_index(backend, vectors.shape[1]) if shards == 1 else \
+        make_index("sharded", vectors.shape[1], base=backend, shards=shards)
     index.build(vectors)
-    info: dict = {"backend": backend}
+    info: dict = {"backend": backend} | ({"shards": shards} if shards > 1 else {})
     if backend != "flat" and len(queries):
         info.update(tune_index(index, queries, k=k, vectors=vectors,
                                target_recall=cfg.index.target_recall))
@@ -72,12 +122,18 @@ def index_vectors(vectors: np.ndarray, queries: np.ndarray, cfg: Config,
 
 
 def tune_scoring(tagger: Tagger, emb: np.ndarray, Y: sp.csr_matrix) -> Scoring:
-    """Grid-search blend, k and temperature on valid (P@1 + P@5 + PSP@5), then thresholds."""
+    """Grid-search blend, k and temperature on valid (P@1 + P@5 + PSP@5), then thresholds.
+
+    At most `TUNE_QUERIES` items (evenly spaced) are used.
+    """
+    step = max(1, -(-len(emb) // TUNE_QUERIES))
+    emb, Y = emb[::step], sp.csr_matrix(Y)[::step]
     base = tagger.scoring
     props = tagger.vocab.propensities()
     best, best_score = base, -1.0
     found = tagger.search(emb, candidates=max(base.candidates, 20), knn=50)  # once, then slice
-    for knn, temp in itertools.product((10, 25, 50), (0.02, 0.05, 0.1)):
+    grid = list(itertools.product((10, 25, 50), (0.02, 0.05, 0.1)))
+    for knn, temp in progress(grid, desc="tune scoring"):
         for blend in np.linspace(0.0, 1.0, 11):
             trial = dataclasses.replace(base, knn=knn, temperature=temp, blend=float(blend))
             _, ids = tagger.combine(found, 5, trial)
@@ -123,8 +179,11 @@ def build_index(tagger_dir: str | Path, *, backend: str | None = None,
         raise InputError(f"{cfg.data.path}: its training labels differ from {folder}/labels.json; "
                          "the data changed since training: retrain")
     vectors, _ = load_tensors(folder / "label_vectors.safetensors")
-    tagger, report = assemble_tagger(cfg, model, data, vectors["label_vectors"])
-    write_tagger(tagger, folder, data, report, keep_from=folder)
+    with scratch_dir(folder) as scratch:
+        tagger, report = assemble_tagger(cfg, model, data, vectors["label_vectors"],
+                                         scratch=scratch)
+        write_tagger(tagger, folder, data, report, keep_from=folder)
+    del tagger  # its indexes: free them before loading the written copy
     return Tagger.load(folder)
 
 

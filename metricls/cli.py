@@ -17,7 +17,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="metricls: multi-label tagging in a learned metric space.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that write JSON.")
 app.add_typer(bench_app, name="bench")
-STATE = {"debug": False}
+labels_app = typer.Typer(no_args_is_help=True,
+                         help="List, add, update and remove the labels of a built tagger.")
+app.add_typer(labels_app, name="labels")
+STATE = {"debug": False, "quiet": False}
 
 
 @app.callback()
@@ -28,6 +31,7 @@ def main(debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
     from metricls.progress import set_quiet
 
     STATE["debug"] = debug
+    STATE["quiet"] = quiet
     set_quiet(quiet)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", force=True)
@@ -56,11 +60,16 @@ Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override, e.g.
 @guarded
 def train(config: Path, set_: Sets = None,
           out: Annotated[Optional[Path], typer.Option(help="Tagger folder")] = None) -> None:
-    """Train the embedder and label vectors into a tagger folder (default index/NAME)."""
+    """Train the embedder and label vectors into a tagger folder (default index/NAME).
+
+    Multi-process: torchrun --nproc_per_node N -m metricls.cli train CONFIG
+    """
     from metricls import load_config, train_embedder
+    from metricls.training.distributed import launch_ranks
 
     folder = train_embedder(load_config(config, set_ or []), out=out)
-    typer.echo(f"trained: {folder}  (next: metricls build-index {folder})")
+    if launch_ranks()[0] == 0:
+        typer.echo(f"trained: {folder}  (next: metricls build-index {folder})")
 
 
 @app.command("build-index")
@@ -112,6 +121,29 @@ def evaluate(tagger: Path, data: Annotated[Optional[str], typer.Option(
 
 @app.command()
 @guarded
+def report(tagger: Path, data: Annotated[Optional[str], typer.Option(
+               help="Labelled file or 'debtags' (default: the tagger's training data)")] = None,
+           split: Annotated[str, typer.Option(help="test|valid|train|all")] = "test",
+           out: Annotated[Optional[Path], typer.Option(
+               help="Report folder (default: TAGGER-report)", show_default=False)] = None,
+           min_support: Annotated[int, typer.Option(
+               help="Test items a label needs to enter the worst/best tables")] = 10,
+           facet: Annotated[Optional[str], typer.Option(
+               help="Facet colouring the embedding map, e.g. implemented-in")] = None,
+           screenshot: Annotated[Optional[Path], typer.Option(
+               help="Also save a 1280x2000 PNG of the page (headless Chromium)")] = None) -> None:
+    """Evaluate a tagger and write an HTML report: index.html, figures, report.json."""
+    from metricls.report import screenshot_html, write_report
+
+    folder = write_report(tagger, data=data, split=split, out=out, min_support=min_support,
+                          facet=facet)
+    typer.echo(f"report: {folder / 'index.html'}")
+    if screenshot is not None:
+        typer.echo(f"screenshot: {screenshot_html(folder / 'index.html', screenshot)}")
+
+
+@app.command()
+@guarded
 def run(config: Path, set_: Sets = None,
         out: Annotated[Optional[Path], typer.Option(help="Tagger folder")] = None,
         baseline: Annotated[Optional[str],
@@ -119,7 +151,11 @@ def run(config: Path, set_: Sets = None,
         show: Annotated[int, typer.Option(help="Test items to tag at the end")] = 5) -> None:
     """The whole job: train, build the index, evaluate on test, tag a few test items."""
     from metricls.runner import run_pipeline
+    from metricls.training.distributed import launch_ranks
 
+    if launch_ranks()[1] > 1:
+        raise ConfigError("metricls run is one process; under torchrun run `metricls train`, "
+                          "then `metricls build-index` and `metricls evaluate` in one process")
     result = run_pipeline(config, overrides=set_ or [], out=out, baseline=baseline, show=show)
     _print_reports(result["reports"])
     for row in result["examples"]:
@@ -143,16 +179,221 @@ def verify(tagger: Path) -> None:
     typer.echo(f"ok: {tagger}")
 
 
+@app.command()
+@guarded
+def serve(tagger: Path,
+          host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 = every interface")]
+          = "127.0.0.1",
+          port: int = 8000,
+          workers: Annotated[int, typer.Option(help="Processes, each loads the tagger")] = 1,
+          max_batch: Annotated[Optional[int], typer.Option(
+              help="Texts per request (default 128)", show_default=False)] = None,
+          max_text_chars: Annotated[Optional[int], typer.Option(
+              help="Characters per text (default 100000)", show_default=False)] = None,
+          max_body_bytes: Annotated[Optional[int], typer.Option(
+              help="Request body bytes (default 4194304)", show_default=False)] = None,
+          max_k: Annotated[Optional[int], typer.Option(
+              help="Tags per input (default 100)", show_default=False)] = None) -> None:
+    """Serve a tagger over HTTP: POST /tag, GET /labels, /health, /docs, a web page at /."""
+    from metricls.serve import serve as serve_tagger
+
+    limits = {"max_batch": max_batch, "max_text_chars": max_text_chars,
+              "max_body_bytes": max_body_bytes, "max_k": max_k}
+    serve_tagger(tagger, host=host, port=port, workers=workers,
+                 log_level="warning" if STATE["quiet"] else "info",
+                 **{key: value for key, value in limits.items() if value is not None})
+
+
+@app.command("tag-catalog")
+@guarded
+def tag_catalog_cmd(tagger: Path,
+                    data: Annotated[str, typer.Option(help="JSONL(.gz), CSV or Parquet file")],
+                    out: Annotated[Path, typer.Option(help="Output folder of Parquet files")],
+                    engine: Annotated[str, typer.Option(help="local|ray")] = "local",
+                    k: Annotated[int, typer.Option("--k", "-k")] = 10,
+                    batch_size: int = 1024,
+                    threshold: Annotated[Optional[str], typer.Option(
+                        help="number or 'tuned'")] = None,
+                    embeddings: Annotated[bool, typer.Option(
+                        "--embeddings", help="Also store each item's embedding")] = False,
+                    num_actors: Annotated[int, typer.Option(help="Ray actors")] = 2,
+                    overwrite: bool = False) -> None:
+    """Tag every item of a file into Parquet: row, id, labels, scores[, embedding]."""
+    from metricls.catalog import TagOptions, tag_catalog
+
+    cut = threshold if threshold in (None, "tuned") else _number(threshold)
+    options = TagOptions(k=k, threshold=cut, batch_size=batch_size, embeddings=embeddings,
+                         num_actors=num_actors)
+    done = tag_catalog(tagger, data, out, engine=engine, options=options, overwrite=overwrite)
+    typer.echo(f"tagged: {done['rows']} items -> {out}  ({done['seconds']} s, "
+               f"{done['items_per_s']} items/s, engine {engine})")
+
+
 @bench_app.command("recall")
 @guarded
 def bench_recall_cmd(quick: bool = False, tagger: Optional[Path] = None,
                      out: Path = Path("bench/recall.json"),
-                     threads: Annotated[int, typer.Option(help="0 = all cores")] = 0) -> None:
+                     threads: Annotated[int, typer.Option(help="0 = all cores")] = 0,
+                     backends: Annotated[Optional[str], typer.Option(
+                         help="Comma-separated, e.g. ivf-pq,sharded-ivf")] = None,
+                     sizes: Annotated[Optional[str], typer.Option(
+                         help="Comma-separated set sizes, e.g. 1000000")] = None) -> None:
     """Recall@k and speed of every ANN backend against exact search."""
     from metricls.bench.recall import bench_recall, markdown_summary
 
-    result = bench_recall(tagger=tagger, quick=quick, out=out, threads=threads)
+    result = bench_recall(tagger=tagger, quick=quick, out=out, threads=threads,
+                          backends=_csv(backends, str), sizes=_csv(sizes, int))
     typer.echo(markdown_summary(result))
+
+
+@bench_app.command("scale")
+@guarded
+def bench_scale_cmd(items: int = 1_000_000, labels: int = 10_000, dim: int = 256,
+                    epochs: int = 1, set_: Sets = None, out: Path = Path("bench/scale.json"),
+                    workdir: Annotated[Optional[Path], typer.Option(
+                        help="Keep the data and tagger here (default: a temp folder)")] = None,
+                    ) -> None:
+    """Time and peak memory of each stage (train, prototypes, build, tag) on generated data."""
+    from metricls.bench.scale import bench_scale, markdown_summary
+
+    result = bench_scale(items=items, labels=labels, dim=dim, epochs=epochs,
+                         overrides=set_ or [], out=out, workdir=workdir)
+    typer.echo(markdown_summary(result))
+
+
+@bench_app.command("catalog")
+@guarded
+def bench_catalog_cmd(tagger: Path = Path("index/debtags-lexical"), data: str = "debtags",
+                      num_actors: int = 2, batch_size: int = 1024,
+                      out: Path = Path("bench/catalog.json")) -> None:
+    """Items/s of tag-catalog with each engine on one catalog; checks the outputs agree."""
+    from metricls.bench.catalog import bench_catalog, markdown_summary
+
+    result = bench_catalog(tagger, data, num_actors=num_actors, batch_size=batch_size, out=out)
+    typer.echo(markdown_summary(result))
+
+
+@bench_app.command("serve")
+@guarded
+def bench_serve_cmd(taggers: Annotated[list[Path], typer.Argument(help="Tagger folders")],
+                    requests: Annotated[int, typer.Option(help="Timed requests per run")] = 300,
+                    concurrency: Annotated[int, typer.Option(help="Client threads")] = 8,
+                    batch: Annotated[Optional[list[int]], typer.Option(
+                        help="Texts per request; repeat for several runs (default 1 and 32)",
+                        show_default=False)] = None,
+                    k: Annotated[int, typer.Option("-k")] = 5,
+                    workers: Annotated[int, typer.Option(help="Server processes")] = 1,
+                    out: Path = Path("bench/serve.json")) -> None:
+    """Throughput and latency of `metricls serve` under concurrent load on loopback."""
+    from metricls.bench.serve import bench_serve, markdown_summary
+
+    result = bench_serve(taggers, requests=requests, concurrency=concurrency,
+                         batches=batch or (1, 32), k=k, workers=workers, out=out)
+    typer.echo(markdown_summary(result))
+
+
+@bench_app.command("fewshot")
+@guarded
+def bench_fewshot_cmd(config: Path, holdout: int = 50,
+                      shots: Annotated[str, typer.Option(help="Comma-separated")] = "1,5,20",
+                      out: Path = Path("bench/fewshot.json"), set_: Sets = None,
+                      full: Annotated[Optional[Path], typer.Option(
+                          help="Built tagger of CONFIG on all labels (else trained)")] = None,
+                      seed: int = 0, work: Annotated[Optional[Path], typer.Option(
+                          help="Keep the trained taggers here")] = None) -> None:
+    """Hold labels out of training, then add them back from a few examples or zero-shot."""
+    from metricls.bench.fewshot import bench_fewshot, markdown_table, parse_shots
+
+    result = bench_fewshot(config, holdout=holdout, shots=parse_shots(shots), out=out, full=full,
+                           overrides=set_ or [], seed=seed, work=work)
+    typer.echo(markdown_table(result))
+
+
+@bench_app.command("peers")
+@guarded
+def bench_peers_cmd(configs: Annotated[str, typer.Option(help="Comma-separated config files")]
+                    = "configs/debtags.yaml,configs/debtags-lexical.yaml",
+                    peers: Annotated[str, typer.Option(help="Comma-separated, '' for none")]
+                    = "tfidf-ovr,napkinxc,pecos,knn,prototypes",
+                    out: Annotated[Path, typer.Option(help="Writes OUT.json/.md/.png")]
+                    = Path("bench/peers"), quick: bool = False,
+                    reuse: Annotated[bool, typer.Option(
+                        help="Evaluate index/NAME when built from the same config and data")]
+                    = False,
+                    frozen: Annotated[str, typer.Option(
+                        help="Backbone of the knn/prototypes peers: minilm|features")]
+                    = "minilm") -> None:
+    """metricls against TF-IDF linear, tree and frozen-embedding peers on the same test split."""
+    from metricls.bench.peers import bench_peers, markdown_table
+
+    result = bench_peers([c for c in configs.split(",") if c.strip()],
+                         peers=[p.strip() for p in peers.split(",") if p.strip()], out=out,
+                         quick=quick, reuse=reuse, frozen=frozen)
+    typer.echo(markdown_table(result))
+
+
+Examples = Annotated[Optional[Path], typer.Option(
+    help="Example texts: one per line, or JSONL/CSV/Parquet with a 'text' field")]
+Description = Annotated[Optional[str], typer.Option(
+    help="The label's own text, embedded too (alone: a zero-shot label)")]
+AddItems = Annotated[bool, typer.Option(
+    "--items/--no-items", help="Also index the examples as items carrying the label")]
+LabelsOut = Annotated[Optional[Path], typer.Option(help="Write here instead of in place")]
+
+
+@labels_app.command("list")
+@guarded
+def labels_list(tagger: Path, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Each label's id, training count and name."""
+    from metricls import Tagger
+
+    vocab = Tagger.load(tagger).vocab
+    rows = [{"id": i, "count": int(c), "name": n} for i, (n, c) in
+            enumerate(zip(vocab.names, vocab.counts))]
+    typer.echo(json.dumps(rows, indent=2) if as_json else
+               "\n".join(f"{r['id']:>5} {r['count']:>7}  {r['name']}" for r in rows))
+
+
+@labels_app.command("add")
+@guarded
+def labels_add(tagger: Path, name: str, examples: Examples = None,
+               description: Description = None, items: AddItems = True,
+               out: LabelsOut = None) -> None:
+    """Add a label from examples, or zero-shot from --description (else its name)."""
+    from metricls import Tagger
+    from metricls.living import read_examples
+
+    found = Tagger.load(tagger)
+    texts = read_examples(found, examples) if examples is not None else None
+    label = found.add_label(name, texts, description=description, add_items=items)
+    typer.echo(f"added: {name} (id {label}) -> {found.save(out or tagger)}")
+
+
+@labels_app.command("update")
+@guarded
+def labels_update(tagger: Path, name: str, examples: Examples = None,
+                  description: Description = None,
+                  mode: Annotated[str, typer.Option(help="replace|merge")] = "replace",
+                  items: AddItems = True, out: LabelsOut = None) -> None:
+    """Re-make a label's prototype from examples (or its text), replacing or merging."""
+    from metricls import Tagger
+    from metricls.living import read_examples
+
+    found = Tagger.load(tagger)
+    texts = read_examples(found, examples) if examples is not None else None
+    label = found.update_label(name, texts, description=description, mode=mode, add_items=items)
+    typer.echo(f"updated ({mode}): {name} (id {label}) -> {found.save(out or tagger)}")
+
+
+@labels_app.command("remove")
+@guarded
+def labels_remove(tagger: Path, name: str, out: LabelsOut = None) -> None:
+    """Remove a label (later ids shift down by one)."""
+    from metricls import Tagger
+
+    found = Tagger.load(tagger)
+    label = found.remove_label(name)
+    typer.echo(f"removed: {name} (was id {label}) -> {found.save(out or tagger)}")
 
 
 def _print_reports(reports: dict) -> None:
@@ -162,6 +403,16 @@ def _print_reports(reports: dict) -> None:
     for name, rep in reports.items():
         typer.echo(f"{name}: {rep['n_items']} items, {rep['n_unknown_labels']} unknown labels, "
                    f"timings {rep['timings']}")
+
+
+def _csv(text: str | None, kind: type) -> list | None:
+    """A comma-separated option as a list of `kind` (None when not given)."""
+    if text is None:
+        return None
+    try:
+        return [kind(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(f"expected comma-separated {kind.__name__} values, got {text!r}") from None
 
 
 def _number(text: str) -> float:

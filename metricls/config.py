@@ -30,6 +30,8 @@ class DataConfig:
     label_delimiter: str = "|"
     split_column: str | None = None
     min_count: int = 1
+    features_path: str | None = None  # a .npy (n_items, d) float array, row i = table row i
+    exclude_labels: tuple[str, ...] = ()  # labels left out of the vocabulary (held out)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class LossConfig:
     margin: float = 0.1
     pos_margin: float = 0.5
     neg_margin: float = 0.0
+    temperature: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,8 @@ class TrainConfig:
     patience: int = 3
     seed: int = 0
     device: str = "auto"
-    amp: bool = True
+    amp: bool = True  # kept for older configs: false makes precision "auto" mean fp32
+    precision: str = "auto"  # fp32 | bf16 | fp16 (CUDA only); auto = bf16 on CUDA, else fp32
     threads: int = 0
 
 
@@ -120,6 +124,7 @@ class IndexConfig:
     prototypes: str = "learned"
     target_recall: float = 0.99
     exact_below: int = 20_000
+    shards: int = 1  # > 1: FAISS indexes split into this many shards, one file each
     knn: int = 30
     candidates: int = 100
 
@@ -139,8 +144,9 @@ class Config:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "encoder.backbones": ("lexical", "minilm", "features"),
-    "loss.name": ("multi_similarity", "contrastive", "triplet"),
+    "loss.name": ("multi_similarity", "contrastive", "triplet", "decoupled_softmax"),
     "train.device": ("auto", "cpu", "cuda"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "index.backend": ("auto", "flat", "hnsw", "ivf", "scann"),
     "index.prototypes": ("learned", "mean"),
 }
@@ -159,7 +165,7 @@ LIMITS: dict[str, tuple[Any, str]] = {
     "encoder.head.hidden_dim": _GE1, "encoder.head.out_dim": _GE1,
     "encoder.head.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "loss.alpha": _FINITE, "loss.beta": _FINITE, "loss.base": _FINITE, "loss.margin": _FINITE,
-    "loss.pos_margin": _FINITE, "loss.neg_margin": _FINITE,
+    "loss.pos_margin": _FINITE, "loss.neg_margin": _FINITE, "loss.temperature": _POS,
     "miner.min_jaccard": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "miner.item_hard_negatives": (lambda v: v >= 0, ">= 0"),
     "miner.label_hard_negatives": (lambda v: v >= 0, ">= 0"),
@@ -172,6 +178,7 @@ LIMITS: dict[str, tuple[Any, str]] = {
     "train.threads": (lambda v: v >= 0, ">= 0 (0 = all cores)"),
     "index.target_recall": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "index.knn": _GE1, "index.candidates": _GE1, "index.exact_below": (lambda v: v >= 0, ">= 0"),
+    "index.shards": _GE1,
 }
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -10,18 +12,80 @@ from metricls.data.items import Items
 from metricls.data.labels import LabelVocab
 from metricls.errors import InputError
 from metricls.metrics import ranking_report
+from metricls.progress import progress
 from metricls.tagger import Tagger
 
 REPORT_KEYS = ("P@1", "P@3", "P@5", "R@5", "R@10", "nDCG@5", "PSP@5", "macro_R@10")
+# items per tagging batch: a multiple of EmbeddingModel.embed_prepared's batch (2048) and of
+# MiniLM's encoding chunk (16 x 64), so batched results equal one call on all items
+TAG_BATCH = 2048
 
 
-def ranking_metrics(ids: np.ndarray, label_lists: list[list[str]], vocab: LabelVocab) -> dict:
-    """Ranking metrics of predicted label ids against label lists; unknown labels are misses."""
+class Tagged(NamedTuple):
+    """What a tagger found for items: top-k label ids, embeddings (if kept), seconds per stage."""
+
+    ids: np.ndarray  # (n, k) int64, best first, -1 = padding
+    embeddings: np.ndarray | None  # (n, d) float32
+    timings: dict[str, float]
+
+
+def ranking_metrics(ids: np.ndarray, label_lists: list[list[str]], vocab: LabelVocab, *,
+                    ks: Sequence[int] = (1, 3, 5, 10)) -> dict:
+    """Ranking metrics at each k of `ks` of predicted label ids against label lists.
+
+    Labels unknown to `vocab` are misses.
+    """
     Y, unknown = vocab.to_csr(label_lists, extend_unknown=True)
-    report = ranking_report(ids, Y, propensities=vocab.propensities(n_extra=len(unknown)))
+    report = ranking_report(ids, Y, propensities=vocab.propensities(n_extra=len(unknown)), ks=ks)
     report.update({"n_items": len(label_lists), "n_unknown_labels": len(unknown),
                    "n_unknown_assignments": int(Y[:, len(vocab):].nnz) if unknown else 0})
     return report
+
+
+def tag_items(tagger: Tagger, items: Items, *, k: int = 10, cache: bool = False,
+              keep_embeddings: bool = False) -> Tagged:
+    """Top-`k` label ids of `items`, in batches under a progress bar, timing each stage.
+
+    Timings are seconds spent embedding (encoding included), searching both indexes, and
+    scoring.
+    """
+    timings = dict.fromkeys(("embed_s", "search_s", "score_s"), 0.0)
+    ids, embeddings = [], []
+    starts = range(0, len(items), TAG_BATCH)
+    for start in progress(starts, desc="tag", total=len(starts)):
+        batch = items.subset(np.arange(start, min(start + TAG_BATCH, len(items))))
+        t0 = time.perf_counter()
+        emb = tagger.model.embed(batch.texts, batch.features, cache=cache)
+        t1 = time.perf_counter()
+        found = tagger.neighbours(emb, k)
+        t2 = time.perf_counter()
+        ids.append(tagger.combine(found, k, tagger.scoring)[1])
+        timings["embed_s"] += t1 - t0
+        timings["search_s"] += t2 - t1
+        timings["score_s"] += time.perf_counter() - t2
+        if keep_embeddings:
+            embeddings.append(emb)
+    return Tagged(np.concatenate(ids) if ids else np.zeros((0, k), np.int64),
+                  np.concatenate(embeddings) if keep_embeddings else None, timings)
+
+
+def evaluate_tagged(tagger: Tagger, items: Items, *, k: int = 10, cache: bool = False,
+                    keep_embeddings: bool = False) -> tuple[dict, Tagged]:
+    """`evaluate`, also returning what the tagger found (see `tag_items`)."""
+    if items.labels is None:
+        raise InputError(f"{items.source}: evaluation needs a label column")
+    if len(items) == 0:
+        raise InputError(f"{items.source}: no items to evaluate in this split")
+    start = time.perf_counter()
+    tagged = tag_items(tagger, items, k=k, cache=cache, keep_embeddings=keep_embeddings)
+    total = time.perf_counter() - start
+    report = ranking_metrics(tagged.ids, items.labels, tagger.vocab)
+    t = tagged.timings
+    report["timings"] = {**{key: round(v, 4) for key, v in t.items()},
+                         "search_score_s": round(t["search_s"] + t["score_s"], 4),
+                         "total_s": round(total, 4), "items_per_s": round(len(items) / total, 1),
+                         "cached_encoding": cache}
+    return report, tagged
 
 
 def evaluate(tagger: Tagger, items: Items, *, k: int = 10, cache: bool = False) -> dict:
@@ -39,21 +103,10 @@ def evaluate(tagger: Tagger, items: Items, *, k: int = 10, cache: bool = False) 
     Returns:
         A dict with the metric keys of `REPORT_KEYS` (and more), ``n_items``,
         ``n_unknown_labels`` (distinct), ``n_unknown_assignments`` and ``timings``
-        (seconds per stage and items/s end to end, encoding included).
+        (seconds per stage: ``embed_s``, ``search_s``, ``score_s``, their ``search_score_s``
+        sum, ``total_s``, and items/s end to end, encoding included).
     """
-    if items.labels is None:
-        raise InputError(f"{items.source}: evaluation needs a label column")
-    if len(items) == 0:
-        raise InputError(f"{items.source}: no items to evaluate in this split")
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    _, ids = tagger._predict(items, k, timings, cache=cache)
-    total = time.perf_counter() - start
-    report = ranking_metrics(ids, items.labels, tagger.vocab)
-    report["timings"] = {**{key: round(v, 4) for key, v in timings.items()},
-                         "total_s": round(total, 4), "items_per_s": round(len(items) / total, 1),
-                         "cached_encoding": cache}
-    return report
+    return evaluate_tagged(tagger, items, k=k, cache=cache)[0]
 
 
 def format_table(reports: dict[str, dict]) -> str:

@@ -22,6 +22,7 @@ import scipy.sparse as sp
 from metricls.errors import InputError
 
 __all__ = [
+    "label_recall_at_k",
     "macro_recall_at_k",
     "ndcg_at_k",
     "precision_at_k",
@@ -83,6 +84,17 @@ def macro_recall_at_k(ids: np.ndarray, Y: sp.spmatrix, k: int) -> float:
     """Mean over labels with at least one positive of the share of its items ranking it top k."""
     k = _check_k(k)
     return _macro_recall(_rank(ids, Y, k), k)
+
+
+def label_recall_at_k(ids: np.ndarray, Y: sp.spmatrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per label (column of `Y`): items carrying it, and of those the items ranking it top k.
+
+    Returns:
+        (support, found), each (L,) int64; ``found / support`` is the label's recall@k and
+        `macro_recall_at_k` is its mean over labels with ``support > 0``.
+    """
+    k = _check_k(k)
+    return _label_hits(_rank(ids, Y, k), k)
 
 
 def propensities(counts: np.ndarray, n_items: int, a: float = 0.55, b: float = 1.5) -> np.ndarray:
@@ -164,10 +176,15 @@ def _psp(r: _Ranked, k: int, inverse: np.ndarray) -> float:
     return float(gained / best) if best > 0 else 0.0
 
 
-def _macro_recall(r: _Ranked, k: int) -> float:
+def _label_hits(r: _Ranked, k: int) -> tuple[np.ndarray, np.ndarray]:
     n_labels = r.truth.shape[1]
     support = np.bincount(r.truth.indices, minlength=n_labels)
     found = np.bincount(r.ids[:, :k][r.hits[:, :k]], minlength=n_labels)
+    return support.astype(np.int64), found.astype(np.int64)
+
+
+def _macro_recall(r: _Ranked, k: int) -> float:
+    support, found = _label_hits(r, k)
     positive = support > 0
     if not positive.any():
         return 0.0

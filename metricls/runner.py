@@ -10,6 +10,7 @@ from metricls.artifacts import write_json
 from metricls.build import build_index, untrained_baseline
 from metricls.config import load_config
 from metricls.data.dataset import Dataset, read_config_items
+from metricls.data.items import Items
 from metricls.data.splits import SPLITS
 from metricls.errors import InputError
 from metricls.evaluation import evaluate
@@ -18,6 +19,18 @@ from metricls.training.trainer import train_embedder
 
 log = logging.getLogger(__name__)
 BASELINES = ("untrained", "none")
+
+
+def load_for_evaluation(tagger_dir: str | Path, *, data: str | None = None,
+                        split: str = "all") -> tuple[Tagger, Items]:
+    """The tagger of a folder and the items of one split of `data` (default: its training file).
+
+    The split is checked before anything is read.
+    """
+    if split not in (*SPLITS, "all"):
+        raise InputError(f"--split: expected one of {[*SPLITS, 'all']}, got {split!r}")
+    tagger = Tagger.load(tagger_dir)
+    return tagger, read_config_items(tagger.config.data, data).subset(split)
 
 
 def evaluate_folder(tagger_dir: str | Path, *, data: str | None = None, split: str = "all",
@@ -35,12 +48,9 @@ def evaluate_folder(tagger_dir: str | Path, *, data: str | None = None, split: s
     Returns:
         {name: report} for "metricls" and, if asked, "baseline:untrained".
     """
-    if split not in (*SPLITS, "all"):
-        raise InputError(f"--split: expected one of {[*SPLITS, 'all']}, got {split!r}")
     if baseline is not None and baseline not in BASELINES:
         raise InputError(f"--baseline: expected one of {list(BASELINES)}, got {baseline!r}")
-    tagger = Tagger.load(tagger_dir)
-    items = read_config_items(tagger.config.data, data).subset(split)
+    tagger, items = load_for_evaluation(tagger_dir, data=data, split=split)
     reports = {"metricls": evaluate(tagger, items)}
     if baseline == "untrained":
         base, _ = untrained_baseline(tagger.config, Dataset.load(tagger.config.data))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -10,6 +9,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
+import metricls.living as living
 from metricls.ann import AnnIndex, load_index
 from metricls.artifacts import check_folder, load_tensors, read_json, save_tensors, write_json
 from metricls.config import Config, from_dict, to_dict
@@ -28,6 +28,7 @@ from metricls.scoring import (
 from metricls.validation import check_features, check_k, check_texts, to_number
 
 Inputs = Sequence[str] | np.ndarray | Items
+SCORE_BATCH = 2048  # rows scored at a time (as evaluation.tag_items batches)
 
 
 class Neighbours(NamedTuple):
@@ -60,6 +61,8 @@ class Tagger:
         self.scoring = scoring
         self.config = config
         self.metrics = metrics or {}
+        self.origin: Path | None = None  # the folder it was loaded from (see `save`)
+        self.label_changes: list[dict] = []  # made since then (see metricls/living.py)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -96,7 +99,7 @@ class Tagger:
         k = check_k(k)
         if k > max(len(self.vocab), 1000):
             raise InputError(f"k: expected at most {max(len(self.vocab), 1000)}, got {k}")
-        return self._predict(inputs, k, timings=None)
+        return self._predict(inputs, k)
 
     def predict(self, inputs: Inputs, *, k: int = 5,
                 threshold: float | str | None = None) -> list[list[tuple[str, float]]]:
@@ -108,40 +111,49 @@ class Tagger:
             threshold: None returns k tags; a float keeps scores >= it; "tuned" uses the
                 per-label thresholds tuned on the validation split (variable number of tags).
         """
+        k, cut = self._selection(k, threshold)
+        return self._tags(*self._predict(inputs, k), threshold, cut)
+
+    def predict_embeddings(self, emb: np.ndarray, *, k: int = 5,
+                           threshold: float | str | None = None) -> list[list[tuple[str, float]]]:
+        """`predict` on (n, d) embeddings from `embed`: tag and keep the vectors, embed once."""
+        k, cut = self._selection(k, threshold)
+        emb = check_features(emb, self.model.out_dim, name="embeddings")
+        if len(emb) == 0:
+            return []
+        return self._tags(*self.score_embeddings(emb, k), threshold, cut)
+
+    def _selection(self, k: int, threshold: float | str | None) -> tuple[int, float | None]:
+        """k capped at the label count, and the numeric threshold (None for None or "tuned")."""
         k = min(check_k(k), len(self.vocab))  # more than L tags cannot exist
-        tuned = isinstance(threshold, str) and threshold == "tuned"
-        cut = None
-        if threshold is not None and not tuned:
-            try:
-                cut = to_number(threshold)  # refuses bools, strings, arrays, NaN, inf, 10**400
-            except InputError as exc:
-                raise InputError(f"threshold: expected None, a number or 'tuned'; {exc}") from None
-        scores, ids = self._predict(inputs, k, timings=None)
+        if threshold is None or (isinstance(threshold, str) and threshold == "tuned"):
+            return k, None
+        try:
+            return k, to_number(threshold)  # refuses bools, strings, arrays, NaN, inf, 10**400
+        except InputError as exc:
+            raise InputError(f"threshold: expected None, a number or 'tuned'; {exc}") from None
+
+    def _tags(self, scores: np.ndarray, ids: np.ndarray, threshold: float | str | None,
+              cut: float | None) -> list[list[tuple[str, float]]]:
         # cut is None for "tuned": apply_thresholds then uses the tuned thresholds
         keep = ids >= 0 if threshold is None else apply_thresholds(scores, ids, self.scoring, cut)
         names = self.vocab.names
         return [[(names[i], float(s)) for i, s, ok in zip(row_ids, row_scores, row_keep) if ok]
                 for row_ids, row_scores, row_keep in zip(ids, scores, keep)]
 
-    def _predict(self, inputs: Inputs, k: int, timings: dict[str, float] | None,
-                 cache: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        t0 = time.perf_counter()
+    def _predict(self, inputs: Inputs, k: int) -> tuple[np.ndarray, np.ndarray]:
         texts, feats, n = self._inputs(inputs)
         if n == 0:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-        emb = self.model.embed(texts, feats, cache=cache)
-        t1 = time.perf_counter()
-        scores, ids = self.score_embeddings(emb, k)
-        if timings is not None:
-            timings["embed_s"] = timings.get("embed_s", 0.0) + t1 - t0
-            timings["search_score_s"] = (timings.get("search_score_s", 0.0)
-                                         + time.perf_counter() - t1)
-        return scores, ids
+        return self.score_embeddings(self.model.embed(texts, feats), k)
 
     def search(self, emb: np.ndarray, *, candidates: int, knn: int) -> Neighbours:
-        """Nearest prototypes and nearest training items of (n, d) embeddings."""
+        """Nearest prototypes and nearest training items of (n, d) embeddings (no item search
+        for `knn` 0: (n, 0) results)."""
         protos = self.proto_index.search(emb, min(candidates, len(self.vocab)))
-        items = self.item_index.search(emb, min(knn, self.item_index.ntotal))
+        knn = min(knn, self.item_index.ntotal)
+        items = self.item_index.search(emb, knn) if knn > 0 else (
+            np.zeros((len(emb), 0), np.float32), np.zeros((len(emb), 0), np.int64))
         return Neighbours(*protos, *items)
 
     def combine(self, found: Neighbours, k: int, scoring: Scoring) -> tuple[np.ndarray, np.ndarray]:
@@ -155,10 +167,41 @@ class Tagger:
                             self.item_labels, scoring.temperature)
         return top_k(blend_scores(P, V, scoring.blend), k)
 
-    def score_embeddings(self, emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Search both indexes for (n, d) embeddings and blend into top-k (scores, ids)."""
+    def neighbours(self, emb: np.ndarray, k: int) -> Neighbours:
+        """The search behind `score_embeddings`: enough prototypes for top-k, and the scoring's
+        knn items unless the scoring ignores their vote (blend 1)."""
         s = self.scoring
-        return self.combine(self.search(emb, candidates=max(s.candidates, k), knn=s.knn), k, s)
+        return self.search(emb, candidates=max(s.candidates, k), knn=s.knn if s.blend < 1 else 0)
+
+    def score_embeddings(self, emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Search both indexes for (n, d) embeddings and blend into top-k (scores, ids), in
+        batches of `SCORE_BATCH` rows so that memory stays O(batch x candidates)."""
+        parts = [self.combine(self.neighbours(emb[s:s + SCORE_BATCH], k), k, self.scoring)
+                 for s in range(0, max(len(emb), 1), SCORE_BATCH)]
+        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+    # ---- living labels (metricls/living.py): in memory until `save` --------------------------
+    def add_label(self, name: str, examples: Inputs | None = None, *,
+                  description: str | None = None, add_items: bool = True) -> int:
+        """Add a label from examples (their normalised mean embedding) or, zero-shot, from a
+        description or its name; returns its id. See `metricls.living.add_label`."""
+        return living.add_label(self, name, examples, description=description,
+                                add_items=add_items)
+
+    def update_label(self, name: str, examples: Inputs | None = None, *,
+                     description: str | None = None, mode: str = "replace",
+                     add_items: bool = True) -> int:
+        """Re-make a label's prototype from examples, "replace" or "merge"; returns its id."""
+        return living.update_label(self, name, examples, description=description, mode=mode,
+                                   add_items=add_items)
+
+    def remove_label(self, name: str) -> int:
+        """Remove a label everywhere; returns the id it had (later ids shift down by one)."""
+        return living.remove_label(self, name)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the whole tagger folder atomically (manifest included); returns the folder."""
+        return living.save_tagger(self, path)
 
     # ---- persistence -----------------------------------------------------------------------
     def write(self, folder: Path) -> None:
@@ -199,6 +242,7 @@ class Tagger:
                      scoring=Scoring.from_dict(read_json(folder / "scoring.json")),
                      config=config, metrics=manifest.get("metrics", {}))
         tagger._check_consistent(folder)
+        tagger.origin = folder
         return tagger
 
     def _check_consistent(self, folder: Path) -> None:

@@ -1,8 +1,12 @@
-"""Train the embedder of a config into a tagger folder: python scripts/train_embedder.py CONFIG."""
+"""Train the embedder of a config into a tagger folder: python scripts/train_embedder.py CONFIG.
+
+Multi-process: torchrun --nproc_per_node N scripts/train_embedder.py CONFIG
+"""
 
 import argparse
 
 from metricls import load_config, train_embedder
+from metricls.training.distributed import launch_ranks
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("config")
@@ -10,4 +14,6 @@ parser.add_argument("--set", dest="overrides", action="append", default=[],
                     help="override, e.g. train.lr=3e-4")
 parser.add_argument("--out", default=None, help="tagger folder (default index/NAME)")
 args = parser.parse_args()
-print(train_embedder(load_config(args.config, args.overrides), out=args.out))
+folder = train_embedder(load_config(args.config, args.overrides), out=args.out)
+if launch_ranks()[0] == 0:
+    print(folder)

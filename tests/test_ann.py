@@ -63,7 +63,7 @@ def built(request, data, tmp_path_factory) -> tuple[AnnIndex, Path]:
 
 
 def test_backends_listed():
-    assert BACKENDS == ("flat", "hnsw", "ivf", "scann")
+    assert BACKENDS == ("flat", "hnsw", "ivf", "scann", "sharded")
 
 
 def test_recall_against_exact(built, data):
@@ -257,7 +257,7 @@ def test_bad_queries(built):
 
 
 @pytest.mark.parametrize("backend, params, match", [
-    ("annoy", {}, r"backend: expected one of \['flat', 'hnsw', 'ivf', 'scann'\]"),
+    ("annoy", {}, r"backend: expected one of \['flat', 'hnsw', 'ivf', 'scann', 'sharded'\]"),
     ("hnsw", {"nprobe": 3}, "unknown parameter"),
     ("hnsw", {"m": 0}, "m: expected a positive int"),
     ("ivf", {"pq_m": 5}, "pq_m: must divide dim=32"),

@@ -40,3 +40,30 @@ def test_bench_recall_cli_quick_with_tagger(tiny_tagger_dir, tmp_path):
     assert {"tagger:tiny", "synthetic-1000", "synthetic-10000"} <= sets
     assert out.with_suffix(".png").stat().st_size > 1000
     assert result["summary"]["tagger:tiny"]["flat"]["recall@10"] == 1.0
+
+
+def test_bench_set_sharded_and_product_quantized_variants():
+    x = synthetic_vectors(3300, 32, seed=3)
+    rows = bench_set("t", x[:3000], x[3000:], backends=("flat", "sharded-flat", "ivf-pq"),
+                     singles=5)
+    sharded = next(r for r in rows if r["backend"] == "sharded-flat")
+    flat = next(r for r in rows if r["backend"] == "flat")
+    assert sharded["recall@10"] == 1.0 and sharded["memory_bytes"] == flat["memory_bytes"]
+    pq = [r for r in rows if r["backend"] == "ivf-pq"]
+    assert [r["params"] for r in pq] == [{"nprobe": 4}, {"nprobe": 16}, {"nprobe": 64}]
+    assert all(r["memory_bytes"] < flat["memory_bytes"] / 2 for r in pq)  # codes, not floats
+    assert pq[-1]["recall@10"] > 0.5
+
+
+def test_bench_recall_cli_picks_backends_and_sizes(tmp_path):
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(app, ["bench", "recall", "--backends", "sharded-flat",
+                                   "--sizes", "1000", "--out", str(out), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["set"], r["backend"]) for r in rows} == {("synthetic-1000", "flat"),
+                                                        ("synthetic-1000", "sharded-flat")}
+    res = CliRunner().invoke(app, ["bench", "recall", "--backends", "annoy", "--out", str(out)])
+    assert res.exit_code == 2 and "backends: unknown ['annoy']" in res.output
+    res = CliRunner().invoke(app, ["bench", "recall", "--sizes", "10,x", "--out", str(out)])
+    assert res.exit_code == 2 and "expected comma-separated int values, got '10,x'" in res.output

@@ -275,7 +275,8 @@ def test_bad_arguments(tmp_path):
     with raises(f"{tmp_path}: not a file"):
         resolve_dataset(str(tmp_path))
     path = write_jsonl(tmp_path / "ok.jsonl", [GOOD])
-    with raises("read_items: pass text_columns, feature_columns or vector_column"):
+    with raises("read_items: pass text_columns, feature_columns, vector_column or "
+                "features_path"):
         read_items(path)
     with raises("label_delimiter: expected a non-empty string, got ''"):
         read_items(path, text_columns="text", label_delimiter="")

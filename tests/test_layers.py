@@ -8,10 +8,10 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "metricls"
 # a module may import only from its own layer or those below it
 LAYERS = [
-    {"cli", "bench", "runner"},
+    {"cli", "bench", "runner", "serve", "report", "catalog"},
     {"build", "training"},
     {"evaluation"},
-    {"tagger"},
+    {"tagger", "living"},
     {"scoring", "prototypes", "ann", "miners", "encoders"},
     {"data"},
     {"config", "validation", "metrics", "artifacts", "progress"},

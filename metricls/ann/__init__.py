@@ -15,6 +15,7 @@ from typing import Any
 from metricls.ann.base import AnnIndex, read_meta
 from metricls.ann.faiss_index import FlatIndex, HnswIndex, IvfIndex
 from metricls.ann.scann_index import ScannIndex
+from metricls.ann.sharded import ShardedIndex
 from metricls.ann.tuning import recall_at_k_vs_exact, tune_index
 from metricls.errors import ArtifactError, InputError
 
@@ -25,6 +26,7 @@ __all__ = [
     "HnswIndex",
     "IvfIndex",
     "ScannIndex",
+    "ShardedIndex",
     "choose_backend",
     "load_index",
     "make_index",
@@ -33,7 +35,7 @@ __all__ = [
 ]
 
 _CLASSES: dict[str, type[AnnIndex]] = {cls.backend: cls for cls in
-                                       (FlatIndex, HnswIndex, IvfIndex, ScannIndex)}
+                                       (FlatIndex, HnswIndex, IvfIndex, ScannIndex, ShardedIndex)}
 BACKENDS: tuple[str, ...] = tuple(_CLASSES)
 
 
@@ -46,7 +48,8 @@ def choose_backend(backend: str, n: int, exact_below: int = 20_000) -> str:
 
 
 def make_index(backend: str, dim: int, **params: Any) -> AnnIndex:
-    """A new, empty index of `backend` ("flat", "hnsw", "ivf" or "scann") for `dim`-vectors."""
+    """A new, empty index of `backend` ("flat", "hnsw", "ivf", "scann" or "sharded") for
+    `dim`-vectors."""
     if backend not in _CLASSES:
         raise InputError(f"backend: expected one of {list(BACKENDS)}, got {backend!r}")
     return _CLASSES[backend](dim, **params)

@@ -53,6 +53,12 @@ class FaissIndex(AnnIndex):
         """Number of vectors in the index."""
         return 0 if self._index is None else int(self._index.ntotal)
 
+    @property
+    def faiss_index(self) -> Any:
+        """The built CPU FAISS index, e.g. to compose several into a `faiss.IndexShards`."""
+        self._require_built()
+        return self._index
+
     def reconstruct(self) -> np.ndarray:
         """All stored vectors, in storage order (approximate for IVF-PQ)."""
         self._require_built()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import faiss
 import numpy as np
 
 from metricls.ann.base import AnnIndex, check_positive_int, check_vectors
-from metricls.ann.faiss_index import FlatIndex
 from metricls.errors import InputError
 
 
@@ -43,9 +43,9 @@ def tune_index(index: AnnIndex, queries: np.ndarray, *, k: int = 10,
         queries: (n, dim) query vectors, e.g. validation embeddings.
         k: the cut-off of recall@k (capped at `index.ntotal`).
         target_recall: in (0, 1].
-        exact: an exact index over the same vectors and ids (default: a FlatIndex over
-            `vectors`, or over the vectors reconstructed from `index`).
-        vectors: the vectors `index` was built from, to build the exact index.
+        exact: an exact index over the same vectors and ids (default: brute-force search
+            over `vectors`, or over the vectors reconstructed from `index`).
+        vectors: the vectors `index` was built from (not copied: may be memory-mapped).
         max_queries: queries used at most (an evenly spaced subset).
 
     Returns:
@@ -62,7 +62,7 @@ def tune_index(index: AnnIndex, queries: np.ndarray, *, k: int = 10,
                 _recall(index, queries, k, exact, vectors), "k": k}
     step = max(1, -(-len(queries) // max_queries))
     sample = queries[::step]
-    _, truth = _exact_index(index, exact, vectors).search(sample, k)
+    truth = _exact_ids(index, exact, vectors, sample, k)
     chosen, recall = grid[-1], 0.0
     for params in grid:
         index.set_search_params(**params)
@@ -76,23 +76,23 @@ def tune_index(index: AnnIndex, queries: np.ndarray, *, k: int = 10,
 def _recall(index: AnnIndex, queries: np.ndarray, k: int, exact: AnnIndex | None,
             vectors: np.ndarray | None) -> float:
     """Recall@k of `index` as it is (an exact-by-construction index still gets measured)."""
-    _, truth = _exact_index(index, exact, vectors).search(queries, k)
+    truth = _exact_ids(index, exact, vectors, queries, k)
     return recall_at_k_vs_exact(index.search(queries, k)[1], truth)
 
 
-def _exact_index(index: AnnIndex, exact: AnnIndex | None,
-                 vectors: np.ndarray | None) -> AnnIndex:
+def _exact_ids(index: AnnIndex, exact: AnnIndex | None, vectors: np.ndarray | None,
+               queries: np.ndarray, k: int) -> np.ndarray:
+    """(n, k) ids of exact search: `exact`'s, else brute force over `vectors` (not copied, so a
+    memory-mapped array stays on disk), else over the vectors reconstructed from `index`."""
     if exact is not None:
         if exact.dim != index.dim or exact.ntotal != index.ntotal:
             raise InputError(f"exact: expected an index of {index.ntotal} vectors of dim "
                              f"{index.dim}, got {exact.ntotal} of dim {exact.dim}")
-        return exact
+        return exact.search(queries, k)[1]
     if vectors is None:
         vectors = index.reconstruct()
     vectors = check_vectors(vectors, "vectors", index.dim, allow_empty=False)
     if len(vectors) != index.ntotal:
         raise InputError(f"vectors: expected the {index.ntotal} vectors the index holds, got "
                          f"{len(vectors)}")
-    flat = FlatIndex(index.dim, use_gpu=False)
-    flat.build(vectors)
-    return flat
+    return faiss.knn(queries, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)[1]

@@ -9,6 +9,7 @@ dimensions, plus 5% isotropic noise, then L2-normalised. Queries come from the s
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,17 @@ SETTINGS: dict[str, list[dict[str, Any]]] = {
     "hnsw": [{"ef_search": ef} for ef in (16, 32, 64, 128, 256)],
     "ivf": [{"nprobe": p} for p in (1, 4, 16, 64)],
     "scann": [{"leaves_to_search": s} for s in (8, 32, 128)],
+    "ivf-pq": [{"nprobe": p} for p in (4, 16, 64)],
+    "sharded-flat": [{}],
+    "sharded-ivf": [{"nprobe": p} for p in (1, 4, 16)],
 }
+# variants benchmarked beside the backends' defaults: (backend, build parameters)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ivf-pq": ("ivf", {"pq_m": 32}),  # 32 bytes a vector instead of 1 KB at d = 256
+    "sharded-flat": ("sharded", {"base": "flat", "shards": 4}),
+    "sharded-ivf": ("sharded", {"base": "ivf", "shards": 4}),
+}
+DEFAULT_BACKENDS = ("flat", "hnsw", "ivf", "scann")
 
 
 def synthetic_vectors(n: int, dim: int = 256, *, seed: int = 0, latent: int = 16,
@@ -65,7 +76,8 @@ def bench_set(name: str, vectors: np.ndarray, queries: np.ndarray, *, backends: 
     _, truth = exact.search(queries, k)
     rows = []
     for backend in backends:
-        index = make_index(backend, vectors.shape[1])
+        kind, build_params = VARIANTS.get(backend, (backend, {}))
+        index = make_index(kind, vectors.shape[1], **build_params)
         start = time.perf_counter()
         index.build(vectors)
         build_s = time.perf_counter() - start
@@ -82,7 +94,9 @@ def bench_set(name: str, vectors: np.ndarray, queries: np.ndarray, *, backends: 
 
 
 def bench_recall(*, tagger: str | Path | None = None, quick: bool = False,
-                 out: str | Path = "bench/recall.json", threads: int = 0) -> dict[str, Any]:
+                 out: str | Path = "bench/recall.json", threads: int = 0,
+                 backends: Sequence[str] | None = None,
+                 sizes: Sequence[int] | None = None) -> dict[str, Any]:
     """Run the benchmark and write JSON (and a recall-vs-QPS PNG beside it).
 
     Args:
@@ -90,13 +104,18 @@ def bench_recall(*, tagger: str | Path | None = None, quick: bool = False,
         quick: small sets only (1e3, 1e4 vectors, 200 queries), for tests.
         out: the JSON path.
         threads: FAISS threads (0 = all cores).
+        backends: names of `SETTINGS` (default flat, hnsw, ivf and, if installed, scann;
+            flat, the exact reference, is always run).
+        sizes: synthetic set sizes (default 1e3 to 1e6, or 1e3 and 1e4 with `quick`).
     """
     import faiss
 
     if threads:
         faiss.omp_set_num_threads(threads)
-    backends = ("flat", "hnsw", "ivf") + (("scann",) if _has_scann() else ())
-    sizes = (1_000, 10_000) if quick else (1_000, 10_000, 100_000, 1_000_000)
+    backends = _backends(backends)
+    sizes = sizes or ((1_000, 10_000) if quick else (1_000, 10_000, 100_000, 1_000_000))
+    if any(isinstance(n, bool) or not isinstance(n, int) or n < 1_000 for n in sizes):
+        raise InputError(f"sizes: expected ints >= 1000, got {list(sizes)}")
     n_queries = 200 if quick else 1_000
     rows = []
     if tagger is not None:
@@ -112,6 +131,16 @@ def bench_recall(*, tagger: str | Path | None = None, quick: bool = False,
     write_json(out, result)
     _plot(rows, out.with_suffix(".png"))
     return result
+
+
+def _backends(names: Sequence[str] | None) -> tuple[str, ...]:
+    """The backends to run, flat first; unknown names raise InputError."""
+    if names is None:
+        return tuple(b for b in DEFAULT_BACKENDS if b != "scann" or _has_scann())
+    unknown = [name for name in names if name not in SETTINGS]
+    if unknown:
+        raise InputError(f"backends: unknown {unknown}; expected names of {list(SETTINGS)}")
+    return ("flat", *dict.fromkeys(name for name in names if name != "flat"))
 
 
 def _tagger_rows(folder: Path, backends: tuple[str, ...]) -> list[dict[str, Any]]:

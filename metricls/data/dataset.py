@@ -16,12 +16,18 @@ from metricls.errors import InputError
 
 def read_config_items(cfg: DataConfig, path: str | Path | None = None, *,
                       require_labels: bool = True) -> Items:
-    """Read `path` (default `cfg.path`) with the column mapping of `cfg`."""
+    """Read `path` (default `cfg.path`) with the column mapping of `cfg`.
+
+    `cfg.features_path` belongs to `cfg.path` (row i = its row i), so it is read with that file
+    only, never with another one that merely has as many rows.
+    """
+    own = path is None or _same_file(path, cfg.path)
     return read_items(resolve_dataset(str(path if path is not None else cfg.path)),
                       id_column=cfg.id_column, text_columns=cfg.text_columns,
                       feature_columns=cfg.feature_columns, vector_column=cfg.vector_column,
                       label_column=cfg.label_column, label_delimiter=cfg.label_delimiter,
-                      split_column=cfg.split_column, require_labels=require_labels)
+                      split_column=cfg.split_column, require_labels=require_labels,
+                      features_path=cfg.features_path if own else None)
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,7 @@ class Dataset:
     vocab: LabelVocab
     source: str
     sha256: str
+    features_sha256: str | None = None  # of `data.features_path`, when the config has one
 
     @classmethod
     def load(cls, cfg: DataConfig) -> Dataset:
@@ -42,14 +49,37 @@ class Dataset:
         train = items.subset("train")
         if len(train) == 0:
             raise InputError(f"{path}: no item falls in the train split")
-        vocab = LabelVocab.fit(train.labels, min_count=cfg.min_count)
+        vocab = LabelVocab.fit(_without(train.labels, cfg.exclude_labels, path),
+                               min_count=cfg.min_count)
         return cls(train=train, valid=items.subset("valid"), test=items.subset("test"),
-                   vocab=vocab, source=str(cfg.path), sha256=sha256_file(path))
+                   vocab=vocab, source=str(cfg.path), sha256=sha256_file(path),
+                   features_sha256=sha256_file(Path(cfg.features_path).expanduser())
+                   if cfg.features_path else None)
 
     def labels(self, split: str) -> sp.csr_matrix:
         """(n, L) float32 CSR of a split's known labels."""
         return self.vocab.to_csr(getattr(self, split).labels)[0]
 
     def summary(self) -> dict:
-        return {"source": self.source, "sha256": self.sha256, "n_train": len(self.train),
-                "n_valid": len(self.valid), "n_test": len(self.test), "n_labels": len(self.vocab)}
+        features = {"features_sha256": self.features_sha256} if self.features_sha256 else {}
+        return {"source": self.source, "sha256": self.sha256, **features,
+                "n_train": len(self.train), "n_valid": len(self.valid), "n_test": len(self.test),
+                "n_labels": len(self.vocab)}
+
+
+def _without(label_lists: list[list[str]], excluded: tuple[str, ...],
+             path: Path) -> list[list[str]]:
+    """Label lists minus the `data.exclude_labels`, each of which must occur in them."""
+    if not excluded:
+        return label_lists
+    seen = {label for row in label_lists for label in row}
+    unknown = [label for label in excluded if label not in seen]
+    if unknown:
+        raise InputError(f"data.exclude_labels: {unknown[0]!r} is not a label of the train "
+                         f"split of {path}")
+    drop = set(excluded)
+    return [[label for label in row if label not in drop] for row in label_lists]
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    return Path(str(a)).expanduser().resolve() == Path(str(b)).expanduser().resolve()

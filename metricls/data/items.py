@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -13,12 +13,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from metricls.data.features import FeatureRows, open_features
 from metricls.data.splits import SPLITS, md5_split
-from metricls.data.tables import MISSING, SUPPORTED_SUFFIXES, Table, read_table
+from metricls.data.tables import (
+    MISSING,
+    SUPPORTED_SUFFIXES,
+    Table,
+    iter_tables,
+    read_table,
+    read_text,
+)
 from metricls.errors import InputError
 from metricls.validation import dedupe, describe, label_list_problem, to_number
 
-__all__ = ["SUPPORTED_SUFFIXES", "Items", "read_items", "resolve_dataset"]
+__all__ = ["SUPPORTED_SUFFIXES", "Items", "iter_items", "read_items", "read_texts",
+           "resolve_dataset"]
 
 DATASETS = {"debtags": "debtags-bookworm.jsonl.gz"}
 
@@ -33,7 +42,7 @@ class Items:
 
     ids: list[str]
     texts: list[str] | None
-    features: np.ndarray | None
+    features: np.ndarray | FeatureRows | None  # FeatureRows: memory-mapped, read lazily
     labels: list[list[str]] | None
     split: np.ndarray
     source: str
@@ -76,7 +85,8 @@ class Items:
         pick = idx.tolist()
         return replace(self, ids=[self.ids[i] for i in pick],
                        texts=None if self.texts is None else [self.texts[i] for i in pick],
-                       features=None if self.features is None else self.features[idx],
+                       features=None if self.features is None else self.features.take(idx,
+                                                                                      axis=0),
                        labels=None if self.labels is None else [self.labels[i] for i in pick],
                        split=self.split[idx])
 
@@ -101,9 +111,10 @@ def _is_null(v: Any) -> bool:
     return v is None or v is MISSING or v is pd.NA or (isinstance(v, float) and math.isnan(v))
 
 
-def _read_ids(t: Table, col: str) -> list[str]:
+def _read_ids(t: Table, col: str, first: dict[str, str] | None = None) -> list[str]:
+    """Ids of a table; `first` maps ids seen in earlier blocks to where they were."""
     ids: list[str] = []
-    first: dict[str, int] = {}
+    first = {} if first is None else first
     for i, v in enumerate(t.column(col)):
         if (isinstance(v, (int, np.integer)) and not isinstance(v, bool)) or \
                 (isinstance(v, float) and v.is_integer()):
@@ -111,8 +122,8 @@ def _read_ids(t: Table, col: str) -> list[str]:
         if not isinstance(v, str) or not v.strip():
             raise t.error(i, col, f"must be a non-empty string or integer id, got {_show(v)}")
         if v in first:
-            raise t.error(i, col, f"repeats id {v!r} (first on {t.at(first[v])})")
-        first[v] = i
+            raise t.error(i, col, f"repeats id {v!r} (first on {first[v]})")
+        first[v] = t.at(i)
         ids.append(v)
     return ids
 
@@ -199,7 +210,8 @@ def _names(value: str | Sequence[str] | None, arg: str, many: bool = True) -> tu
 def read_items(path: str | Path, *, id_column: str = "id", text_columns: Sequence[str] = (),
                feature_columns: Sequence[str] = (), vector_column: str | None = None,
                label_column: str = "labels", label_delimiter: str = "|",
-               split_column: str | None = None, require_labels: bool = True) -> Items:
+               split_column: str | None = None, require_labels: bool = True,
+               features_path: str | Path | None = None) -> Items:
     """Read and validate a JSONL (.jsonl/.json/.ndjson[.gz]), CSV (.csv[.gz]) or Parquet table.
 
     Args:
@@ -213,6 +225,8 @@ def read_items(path: str | Path, *, id_column: str = "id", text_columns: Sequenc
         label_delimiter: separator of labels in a CSV cell.
         split_column: "train"/"valid"/"test" per item; default `md5_split` of the ids.
         require_labels: without it, a missing label column gives `labels=None`.
+        features_path: a .npy (n, d) float array whose row i holds the features of table row
+            i, memory-mapped and read lazily (`FeatureRows`), instead of feature columns.
     """
     texts_cols, feat_cols = _names(text_columns, "text_columns"), _names(feature_columns,
                                                                          "feature_columns")
@@ -220,8 +234,12 @@ def read_items(path: str | Path, *, id_column: str = "id", text_columns: Sequenc
                        ("vector_column", vector_column), ("split_column", split_column)):
         if len(_names(value, arg, many=False)) != 1 and arg in ("id_column", "label_column"):
             raise InputError(f"{arg}: expected a column name, got {value!r}")
-    if not (texts_cols or feat_cols or vector_column):
-        raise InputError("read_items: pass text_columns, feature_columns or vector_column")
+    if not (texts_cols or feat_cols or vector_column or features_path):
+        raise InputError("read_items: pass text_columns, feature_columns, vector_column or "
+                         "features_path")
+    if features_path and (feat_cols or vector_column):
+        raise InputError("read_items: pass features_path or feature_columns/vector_column, "
+                         "not both")
     if not isinstance(label_delimiter, str) or not label_delimiter:
         raise InputError(f"label_delimiter: expected a non-empty string, got {label_delimiter!r}")
     resolved = resolve_dataset(path)
@@ -234,8 +252,63 @@ def read_items(path: str | Path, *, id_column: str = "id", text_columns: Sequenc
     return Items(
         ids=ids,
         texts=_read_texts(table, texts_cols) if texts_cols else None,
-        features=_read_numbers(table, feat_cols, vector_column)
-        if feat_cols or vector_column else None,
+        features=open_features(features_path, len(ids), ids) if features_path else
+        _read_numbers(table, feat_cols, vector_column) if feat_cols or vector_column else None,
         labels=labels,
         split=_read_split(table, split_column) if split_column else md5_split(ids),
         source=source)
+
+
+def read_texts(path: str | Path, text_columns: Sequence[str] = ()) -> list[str]:
+    """Texts of a file: a table's `text` column (else `text_columns`, joined), or plain text.
+
+    A JSONL, CSV or Parquet file (by suffix) gives one text per row, from its ``text`` field
+    when it has one, else from `text_columns` joined with "\\n" as `read_items` does. Any
+    other file gives one text per non-blank line (UTF-8).
+    """
+    source, resolved = str(path), Path(path).expanduser()
+    if not resolved.is_file():
+        raise InputError(f"{source}: no such file (expected a file of texts)")
+    if resolved.name.lower().endswith(SUPPORTED_SUFFIXES):
+        table = read_table(resolved, source)
+        columns = ("text",) if "text" in table.columns or not text_columns else text_columns
+        return _read_texts(table, _names(tuple(columns), "text_columns"))
+    lines = read_text(resolved, source).splitlines()
+    texts = [line.strip() for line in lines if line.strip()]
+    if not texts:
+        raise InputError(f"{source}: no texts (expected one text per line)")
+    return texts
+
+
+def iter_items(path: str | Path, *, rows: int, id_column: str = "id",
+               text_columns: Sequence[str] = (), feature_columns: Sequence[str] = (),
+               vector_column: str | None = None) -> Iterator[Items]:
+    """Read a table in blocks of at most `rows` items: ids and texts and/or features, no labels.
+
+    The columns mean what they mean to `read_items`, and problems are reported the same way
+    (file, line or row of the whole file, field). Ids must be unique across the file.
+    Missing files, bad arguments and an unsupported suffix fail at the call; the rows fail
+    when their block is read.
+    """
+    texts_cols = _names(text_columns, "text_columns")
+    feat_cols = _names(feature_columns, "feature_columns")
+    _names(id_column, "id_column", many=False)
+    _names(vector_column, "vector_column", many=False)
+    if not (texts_cols or feat_cols or vector_column):
+        raise InputError("iter_items: pass text_columns, feature_columns or vector_column")
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise InputError(f"rows: expected a positive int, got {rows!r}")
+    resolved = resolve_dataset(path)
+    tables = iter_tables(resolved, str(resolved), rows)
+    return _item_blocks(tables, id_column, texts_cols, feat_cols, vector_column)
+
+
+def _item_blocks(tables: Iterator[Table], id_column: str, texts_cols: tuple[str, ...],
+                 feat_cols: tuple[str, ...], vector_column: str | None) -> Iterator[Items]:
+    first: dict[str, str] = {}
+    for table in tables:
+        ids = _read_ids(table, id_column, first)
+        yield Items(ids=ids, texts=_read_texts(table, texts_cols) if texts_cols else None,
+                    features=_read_numbers(table, feat_cols, vector_column)
+                    if feat_cols or vector_column else None,
+                    labels=None, split=md5_split(ids), source=table.source)

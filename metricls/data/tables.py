@@ -10,6 +10,7 @@ import io
 import json
 import warnings
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,16 +32,18 @@ class Table:
     columns: list[str]
     records: list[dict] | pd.DataFrame
     lines: list[int] = field(default_factory=list)  # JSONL line of each record
+    first_row: int = 0  # rows of the file before this block (see `iter_tables`)
 
     def __len__(self) -> int:
         return len(self.records)
 
     def at(self, i: int) -> str:
-        return f"line {self.lines[i]}" if self.kind == "jsonl" else f"row {i + 1}"
+        return f"line {self.lines[i]}" if self.kind == "jsonl" else \
+            f"row {self.first_row + i + 1}"
 
     def where(self, i: int) -> str:
         return f"{self.source}:{self.lines[i]}" if self.kind == "jsonl" else \
-            f"{self.source}: row {i + 1}"
+            f"{self.source}: {self.at(i)}"
 
     def error(self, i: int, col: str, msg: str) -> InputError:
         word = "field" if self.kind == "jsonl" else "column"
@@ -80,9 +83,25 @@ def _decode(data: bytes, source: str, offset_line: int = 1) -> str:
                          f"save the file as UTF-8") from exc
 
 
-def _read_jsonl(path: Path, source: str) -> Table:
-    records, lines, columns = [], [], {}
-    for lineno, raw in enumerate(_read_bytes(path, source).split(b"\n"), 1):
+def read_text(path: Path, source: str) -> str:
+    """A (possibly gzipped) UTF-8 text file's content; errors name the file (and line)."""
+    return _decode(_read_bytes(path, source), source)
+
+
+def _raw_lines(path: Path, source: str) -> Iterator[bytes]:
+    """The file's lines without their b"\\n", read as a stream (gunzipped by suffix)."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            for raw in fh:
+                yield raw.removesuffix(b"\n")
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"{source}: cannot read the file ({first_line(exc)})") from exc
+
+
+def _jsonl_records(lines: Iterable[bytes], source: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-blank JSON Lines line."""
+    for lineno, raw in enumerate(lines, 1):
         text = _decode(raw, source, lineno)
         if not text.strip():
             continue
@@ -100,10 +119,28 @@ def _read_jsonl(path: Path, source: str) -> Table:
         if not isinstance(obj, dict):
             raise InputError(f"{source}:{lineno}: expected a JSON object per line, got "
                              f"{describe(obj)}")
+        yield lineno, obj
+
+
+def _read_jsonl(path: Path, source: str) -> Table:
+    return next(_jsonl_blocks(_read_bytes(path, source).split(b"\n"), source, None),
+                Table(source, "jsonl", [], []))
+
+
+def _jsonl_blocks(lines: Iterable[bytes], source: str, rows: int | None) -> Iterator[Table]:
+    """Tables of `rows` records (None: all); columns = every field seen so far in the file."""
+    records: list[dict] = []
+    numbers: list[int] = []
+    columns: dict[str, None] = {}
+    for lineno, obj in _jsonl_records(lines, source):
         records.append(obj)
-        lines.append(lineno)
+        numbers.append(lineno)
         columns.update(dict.fromkeys(obj))
-    return Table(source, "jsonl", list(columns), records, lines)
+        if len(records) == rows:
+            yield Table(source, "jsonl", list(columns), records, numbers)
+            records, numbers = [], []
+    if records:
+        yield Table(source, "jsonl", list(columns), records, numbers)
 
 
 def _csv_problem(text: str, exc: Exception) -> str:
@@ -147,14 +184,63 @@ def _read_parquet(path: Path, source: str) -> Table:
     return Table(source, "parquet", list(df.columns), df)
 
 
-def read_table(path: Path, source: str) -> Table:
+def _parquet_blocks(path: Path, source: str, rows: int) -> Iterator[Table]:
+    import pyarrow.parquet as pq
+
+    first = 0
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
+            df = batch.to_pandas()
+            df.columns = [str(c) for c in df.columns]
+            yield Table(source, "parquet", list(df.columns), df, first_row=first)
+            first += len(df)
+    except Exception as exc:  # pyarrow errors of any kind
+        raise InputError(f"{source}: cannot read as Parquet ({first_line(exc)})") from exc
+
+
+def _format(path: Path, source: str) -> str:
     name = path.name.lower()
     suffix = max((s for s in FORMATS if name.endswith(s)), key=len, default=None)
     if suffix is None:
         raise InputError(f"{source}: unsupported file type (supported: "
                          f"{', '.join(SUPPORTED_SUFFIXES)})")
+    return FORMATS[suffix]
+
+
+def _csv_blocks(path: Path, source: str, rows: int) -> Iterator[Table]:
+    whole = _read_csv(path, source)  # parsed whole: its checks need the full text
+    for i in range(0, len(whole), rows):
+        yield Table(source, "csv", whole.columns, whole.records.iloc[i:i + rows], first_row=i)
+
+
+def _non_empty(blocks: Iterator[Table], source: str) -> Iterator[Table]:
+    empty = True
+    for table in blocks:
+        empty = False
+        yield table
+    if empty:
+        raise InputError(f"{source}: the file has no rows")
+
+
+def iter_tables(path: Path, source: str, rows: int) -> Iterator[Table]:
+    """The table in blocks of at most `rows` records; errors name lines/rows of the whole file.
+
+    JSONL and Parquet are streamed; CSV is parsed whole, then sliced. An unsupported suffix
+    fails at the call, everything else as the blocks are read.
+    """
+    kind = _format(path, source)
+    if kind == "jsonl":
+        blocks = _jsonl_blocks(_raw_lines(path, source), source, rows)
+    elif kind == "csv":
+        blocks = _csv_blocks(path, source, rows)
+    else:
+        blocks = _parquet_blocks(path, source, rows)
+    return _non_empty(blocks, source)
+
+
+def read_table(path: Path, source: str) -> Table:
     readers = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}
-    table = readers[FORMATS[suffix]](path, source)
+    table = readers[_format(path, source)](path, source)
     if len(table) == 0:
         raise InputError(f"{source}: the file has no rows")
     return table

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from metricls.artifacts import sha256_file
+from metricls.data.features import FeatureRows
 from metricls.errors import InputError
 from metricls.progress import progress, quiet
 
@@ -61,7 +62,7 @@ def cache_dir() -> Path:
 class Dense:
     """Per-item dense inputs (n, d) float32 with the same `take` as lexical bags."""
 
-    def __init__(self, values: np.ndarray) -> None:
+    def __init__(self, values: np.ndarray | FeatureRows) -> None:
         self.values = values
 
     def __len__(self) -> int:
@@ -182,10 +183,13 @@ class FeatureBackbone(nn.Module):
         self.config = {"dim": dim}
         self.out_dim = dim
 
-    def prepare(self, features: np.ndarray, *, cache: bool = False) -> Dense:
+    def prepare(self, features: np.ndarray | FeatureRows, *, cache: bool = False) -> Dense:
+        """The rows as they are; memory-mapped `FeatureRows` stay on disk until a batch reads."""
         if features.ndim != 2 or features.shape[1] != self.out_dim:
             raise InputError(f"features: expected shape (n, {self.out_dim}), "
                              f"got {tuple(features.shape)}")
+        if isinstance(features, FeatureRows):
+            return Dense(features)
         return Dense(np.asarray(features, dtype=np.float32))
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:

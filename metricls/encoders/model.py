@@ -70,14 +70,19 @@ class EmbeddingModel(nn.Module):
         return F.normalize(x.float(), dim=1)  # (B, out_dim)
 
     @torch.no_grad()
-    def embed_prepared(self, prepared: list[Any], n: int, batch_size: int = 2048) -> np.ndarray:
-        """(n, out_dim) float32 embeddings of already prepared items."""
+    def embed_prepared(self, prepared: list[Any], n: int, batch_size: int = 2048, *,
+                       out: np.ndarray | None = None) -> np.ndarray:
+        """(n, out_dim) float32 embeddings of already prepared items, computed `batch_size` rows
+        at a time into `out` when given (e.g. a memory-mapped .npy), else a new array."""
         was_training = self.training
         self.eval()
-        out = np.zeros((n, self.out_dim), dtype=np.float32)
+        if out is None:
+            out = np.zeros((n, self.out_dim), dtype=np.float32)
+        elif out.shape != (n, self.out_dim):
+            raise InputError(f"out: expected shape {(n, self.out_dim)}, got {out.shape}")
         for start in range(0, n, batch_size):
             idx = np.arange(start, min(n, start + batch_size))
-            out[idx] = self(prepared, idx).cpu().numpy()
+            out[start:start + len(idx)] = self(prepared, idx).cpu().numpy()
         self.train(was_training)
         return out
 

@@ -6,7 +6,6 @@ import copy
 import logging
 import random
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +23,21 @@ from metricls.encoders.model import EmbeddingModel, build_model
 from metricls.metrics import recall_at_k
 from metricls.miners import LabelMiner, SharedLabelMiner
 from metricls.progress import progress
+from metricls.training.distributed import (
+    DistContext,
+    barrier,
+    broadcast_float,
+    gather_rows,
+    main_first,
+    process_group,
+    shard,
+    wrap,
+)
 from metricls.training.losses import build_loss
+from metricls.training.precision import autocast, grad_scaler, resolve_precision
 
 log = logging.getLogger(__name__)
+SCORE_BLOCK = 1 << 22  # validation scores computed at most this many (item, label) pairs at a time
 
 
 @dataclass
@@ -48,13 +59,16 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def pick_device(name: str) -> torch.device:
-    """"auto" = CUDA when present, else CPU; "cuda" without CUDA falls back to CPU with a log."""
-    if name in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
-    if name == "cuda":
-        log.warning("train.device=cuda but CUDA is not available: training on the CPU")
-    return torch.device("cpu")
+class _Trainable(nn.Module):
+    """The model and the label vectors as one module, so that DDP averages both gradients."""
+
+    def __init__(self, model: EmbeddingModel, label_vectors: nn.Parameter) -> None:
+        super().__init__()
+        self.model = model
+        self.label_vectors = label_vectors
+
+    def forward(self, prepared: list, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model(prepared, idx), F.normalize(self.label_vectors, dim=1)
 
 
 def _optimizers(model: nn.Module, label_vectors: nn.Parameter, cfg: Config) -> list:
@@ -76,18 +90,32 @@ def fit(cfg: Config, data: Dataset) -> TrainResult:
 
     Returns:
         The best model (by validation R@10) and its label vectors.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process calls this: each embeds its shard of the
+    same global batch, the shards are gathered so that every process mines and scores the
+    whole batch, DDP averages the gradients, and rank 0 validates and broadcasts the score, so
+    all processes stop together and return the same best model.
     """
+    with process_group(cfg.train.device) as ctx:
+        return _fit(cfg, data, ctx)
+
+
+def _fit(cfg: Config, data: Dataset, ctx: DistContext) -> TrainResult:
+    """`fit` in one process of `ctx` (the only one when ``ctx.world_size`` is 1)."""
     start = time.perf_counter()
     seed_everything(cfg.train.seed)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
-    device = pick_device(cfg.train.device)
+    device = ctx.device
     feature_dim = data.train.features.shape[1] if data.train.features is not None else None
     model = build_model(cfg.encoder, feature_dim=feature_dim).to(device)
     y_train, y_valid = data.labels("train"), data.labels("valid")
-    prepared = model.prepare(data.train.texts, data.train.features, cache=True)
-    prepared_valid = model.prepare(data.valid.texts, data.valid.features, cache=True)
+    with main_first(ctx):  # rank 0 fills the frozen-embedding cache, the others read it
+        prepared = model.prepare(data.train.texts, data.train.features, cache=True)
+        prepared_valid = (model.prepare(data.valid.texts, data.valid.features, cache=True)
+                          if ctx.is_main else None)
     label_vectors = nn.Parameter(torch.randn(len(data.vocab), model.out_dim, device=device) * 0.05)
+    net = wrap(_Trainable(model, label_vectors), ctx)  # DDP when several processes
     loss_fn, triplets = build_loss(cfg.loss)
     m = cfg.miner
     label_miner = LabelMiner(hard_negatives=m.label_hard_negatives, triplets=triplets)
@@ -96,20 +124,21 @@ def fit(cfg: Config, data: Dataset) -> TrainResult:
     sampler = LabelBatchSampler(y_train, cfg.train.batch_size, cfg.train.labels_per_batch,
                                 cfg.train.label_power, cfg.train.seed)
     optimizers = _optimizers(model, label_vectors, cfg)
-    amp = (torch.autocast("cuda", dtype=torch.bfloat16)
-           if device.type == "cuda" and cfg.train.amp else nullcontext())
+    precision = resolve_precision(cfg.train.precision, cfg.train.amp, device)
+    scaler = grad_scaler(precision)
     best, best_state, history, bad_epochs, best_epoch = -1.0, None, [], 0, 0
     epochs = progress(range(cfg.train.epochs), desc="train", leave=True)
     for epoch in epochs:
         sampler.set_epoch(epoch)
-        model.train()
+        net.train()
         losses = []
         batches = progress(sampler, desc=f"epoch {epoch + 1}", total=len(sampler))
         for idx in batches:
             yb = torch.from_numpy(y_train[idx].toarray()).to(device)  # (B, L)
-            with amp:
-                emb = model(prepared, idx)
-                vectors = F.normalize(label_vectors, dim=1)
+            local, sizes = shard(idx, ctx)
+            with autocast(precision, device):
+                emb, vectors = net(prepared, local)
+                emb = gather_rows(emb, sizes, ctx)  # every shard, in the order of idx
                 loss = m.label_weight * loss_fn(
                     emb, indices_tuple=label_miner(emb, yb, ref_emb=vectors), ref_emb=vectors)
                 if m.item_weight > 0:
@@ -117,12 +146,15 @@ def fit(cfg: Config, data: Dataset) -> TrainResult:
                         emb, indices_tuple=item_miner(emb, yb))
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             for opt in optimizers:
-                opt.step()
+                scaler.step(opt)
+            scaler.update()
             losses.append(float(loss.detach()))
             batches.set_postfix(loss=f"{losses[-1]:.4f}")
-        score = _valid_recall(model, prepared_valid, len(data.valid), label_vectors, y_valid)
+        score = broadcast_float(  # rank 0 validates; every process takes the same decision
+            _valid_recall(model, prepared_valid, len(data.valid), label_vectors, y_valid)
+            if ctx.is_main else 0.0, ctx)
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "valid_R@10": score})
         epochs.set_postfix(loss=f"{history[-1]['loss']:.4f}", valid_R10=f"{score:.4f}")
         log.info("epoch %d: loss %.4f valid R@10 %.4f", epoch + 1, history[-1]["loss"], score)
@@ -148,10 +180,13 @@ def _valid_recall(model: EmbeddingModel, prepared: list, n: int, label_vectors: 
         return 0.0
     emb = model.embed_prepared(prepared, n)
     vectors = F.normalize(label_vectors.detach(), dim=1).cpu().numpy()
-    scores = emb @ vectors.T  # (n, L)
-    k = min(10, scores.shape[1])
-    ids = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    return recall_at_k(ids.astype(np.int64), y_valid, k)
+    k = min(10, len(vectors))
+    rows = max(1, SCORE_BLOCK // len(vectors))  # never a whole (n, L) score matrix
+    ids = np.empty((n, k), dtype=np.int64)
+    for start in range(0, n, rows):
+        scores = emb[start:start + rows] @ vectors.T  # (rows, L)
+        ids[start:start + rows] = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return recall_at_k(ids, y_valid, k)
 
 
 def train_embedder(cfg: Config, out: str | Path | None = None) -> Path:
@@ -168,9 +203,18 @@ def train_embedder(cfg: Config, out: str | Path | None = None) -> Path:
         >>> train_embedder(load_config("configs/debtags.yaml"), out="index/debtags")
     """
     folder = Path(out) if out is not None else Path("index") / cfg.name
-    log.info("resolved config:\n%s", dump_config(cfg))
-    data = Dataset.load(cfg.data)
-    result = fit(cfg, data)
+    with process_group(cfg.train.device) as ctx:  # one process unless started by torchrun
+        log.info("resolved config:\n%s", dump_config(cfg))
+        data = Dataset.load(cfg.data)
+        result = fit(cfg, data)
+        if ctx.is_main:  # rank 0 writes the folder; the other processes wait for it
+            _write_tagger(folder, cfg, data, result)
+        barrier(ctx)
+    return folder
+
+
+def _write_tagger(folder: Path, cfg: Config, data: Dataset, result: TrainResult) -> None:
+    """Write the trained embedder and label vectors into `folder`, atomically."""
     with staged_dir(folder) as tmp:
         write_json(tmp / "config.json", to_dict(cfg))
         write_json(tmp / "labels.json", data.vocab.to_dict())
@@ -182,4 +226,3 @@ def train_embedder(cfg: Config, out: str | Path | None = None) -> Path:
                                            "seconds": round(result.seconds, 1)})
         best = result.history[result.best_epoch - 1] if result.history else {}
         write_manifest(tmp, data=data.summary(), metrics={"train": best})
-    return folder

@@ -1,0 +1,242 @@
+"""bench_serve: requests/s, texts/s and latency of `metricls serve` under concurrent load.
+
+The server runs as `metricls serve` in a subprocess on 127.0.0.1; the client sends a bounded
+number of POST /tag requests from `concurrency` threads (one keep-alive httpx client each) and
+times each one. Inputs are the tagger's test-split items (all items if it has no test split),
+cycled. Client and server share the machine, so the figures include the client's CPU use; each run
+records the 1-minute load average before and after it, since other work on the machine counts too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metricls.artifacts import read_json, write_json
+from metricls.config import from_dict
+from metricls.data.dataset import read_config_items
+from metricls.errors import InputError, MetriclsError
+from metricls.validation import check_k
+
+
+@dataclass
+class Server:
+    """A running `metricls serve` subprocess."""
+
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(tagger: str | Path, *, args: Sequence[str] = (), port: int | None = None,
+                   quiet: bool = True, timeout: float = 180.0) -> Iterator[Server]:
+    """`metricls [--quiet] serve TAGGER ARGS` on 127.0.0.1, yielded once GET /health answers.
+
+    `quiet` drops uvicorn's per-request access log. On exit the server gets SIGTERM (uvicorn's
+    graceful shutdown), then SIGKILL after 20 s.
+    """
+    url = f"http://127.0.0.1:{port or free_port()}"
+    command = [sys.executable, "-m", "metricls.cli", *(["--quiet"] if quiet else []), "serve",
+               str(tagger), "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1], *args]
+    with tempfile.TemporaryDirectory(prefix="metricls-serve-") as tmp:
+        log = Path(tmp) / "server.log"
+        with open(log, "wb") as sink:
+            process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            _wait_ready(url, process, log, timeout)
+            yield Server(url, process, log)
+        finally:
+            _stop(process)
+
+
+def _wait_ready(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+            raise MetriclsError(f"metricls serve exited with code {process.returncode} before "
+                                f"answering: {' | '.join(tail)}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise MetriclsError(f"metricls serve did not answer {url}/health within {timeout:.0f} s")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def bench_serve(taggers: Sequence[str | Path], *, requests: int = 300, concurrency: int = 8,
+                batches: Sequence[int] = (1, 32), k: int = 5, workers: int = 1,
+                out: str | Path = "bench/serve.json") -> dict[str, Any]:
+    """Load-test each tagger's server at each batch size; write and return the JSON result.
+
+    Args:
+        taggers: built tagger folders, each served in turn.
+        requests: timed requests per run (after `concurrency` untimed warm-up requests).
+        concurrency: client threads, each with one request in flight.
+        batches: texts (or vectors) per request; one run each.
+        k: tags per input.
+        workers: server processes (`metricls serve --workers`).
+        out: the JSON path.
+    """
+    if not batches:
+        raise InputError("batch: give at least one batch size")
+    for name, value in (("requests", requests), ("concurrency", concurrency),
+                        ("workers", workers), ("k", k), *(("batch", b) for b in batches)):
+        check_k(value, name=name)
+    runs = []
+    for tagger in taggers:
+        field, pool = _inputs(Path(tagger))
+        limit = str(max(128, *batches))
+        with running_server(tagger, args=["--workers", str(workers), "--max-batch", limit,
+                                          "--max-k", str(max(100, k))]) as server:
+            for batch in batches:
+                bodies = [json.dumps({field: [pool[(i * batch + j) % len(pool)]
+                                              for j in range(batch)], "k": k}).encode()
+                          for i in range(requests + concurrency)]
+                _fire(server.url, bodies[:concurrency], concurrency)  # warm-up
+                load_before = os.getloadavg()[0]
+                start = time.perf_counter()
+                results = _fire(server.url, bodies[concurrency:], concurrency)
+                seconds = time.perf_counter() - start
+                runs.append({"tagger": Path(tagger).name, "path": str(tagger), "batch": batch,
+                             "concurrency": concurrency, "k": k, "workers": workers,
+                             "requests": requests, **_stats(results, seconds, batch),
+                             "loadavg_1m": [load_before, os.getloadavg()[0]]})
+    result = {"machine": _machine(), "client": f"httpx, {concurrency} threads, same machine",
+              "runs": runs}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, result)
+    return result
+
+
+def _inputs(folder: Path) -> tuple[str, list]:
+    """("texts", texts) or ("vectors", rows) of the tagger's test split (else all its items)."""
+    config = from_dict(read_json(folder / "config.json"), source=str(folder / "config.json"))
+    items = read_config_items(config.data, require_labels=False)
+    test = items.subset("test")
+    items = test if len(test) else items
+    if "features" not in config.encoder.backbones:
+        return "texts", list(items.texts)
+    if items.features is None:
+        raise InputError(f"{folder}: its data has no feature columns to send as vectors")
+    return "vectors", items.features.tolist()
+
+
+def _fire(url: str, bodies: list[bytes], concurrency: int) -> list[dict[str, Any]]:
+    """POST each body to /tag from `concurrency` threads; one record per request."""
+    import httpx
+
+    todo: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+    for body in bodies:
+        todo.put(body)
+    results: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        with httpx.Client(base_url=url, timeout=120,
+                          headers={"content-type": "application/json"}) as client:
+            while True:
+                try:
+                    body = todo.get_nowait()
+                except queue.Empty:
+                    return
+                start = time.perf_counter()
+                try:
+                    response = client.post("/tag", content=body)
+                    record = {"ms": (time.perf_counter() - start) * 1e3,
+                              "status": response.status_code}
+                    payload = response.json()
+                    record |= ({"server_ms": payload["took_ms"]} if response.is_success
+                               else {"error": f"{response.status_code}: {payload.get('detail')}"})
+                except (httpx.HTTPError, ValueError, KeyError) as exc:
+                    record = {"ms": (time.perf_counter() - start) * 1e3, "status": None,
+                              "error": f"{type(exc).__name__}: {exc}"}
+                with lock:
+                    results.append(record)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    arr = np.asarray(values)
+    return {"p50": round(float(np.percentile(arr, 50)), 3),
+            "p95": round(float(np.percentile(arr, 95)), 3),
+            "p99": round(float(np.percentile(arr, 99)), 3),
+            "mean": round(float(arr.mean()), 3), "max": round(float(arr.max()), 3)}
+
+
+def _stats(results: list[dict[str, Any]], seconds: float, batch: int) -> dict[str, Any]:
+    ok = [r for r in results if "error" not in r]
+    errors = [r["error"] for r in results if "error" in r]
+    return {"count": len(results), "errors": len(errors),
+            "error_examples": list(dict.fromkeys(errors))[:3], "seconds": round(seconds, 3),
+            "requests_per_s": round(len(ok) / seconds, 2),
+            "texts_per_s": round(len(ok) * batch / seconds, 1),
+            "latency_ms": _percentiles([r["ms"] for r in results]),
+            "server_ms": _percentiles([r["server_ms"] for r in ok])}
+
+
+def markdown_summary(result: dict[str, Any]) -> str:
+    """One table row per run: throughput, latency percentiles and errors."""
+    lines = ["| tagger | batch | concurrency | requests/s | texts/s | p50 ms | p95 ms | p99 ms "
+             "| server p50 ms | errors |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["runs"]:
+        lat, server = r["latency_ms"], r["server_ms"]
+        lines.append(f"| {r['tagger']} | {r['batch']} | {r['concurrency']} | "
+                     f"{r['requests_per_s']:,.1f} | {r['texts_per_s']:,.0f} | {lat['p50']:.1f} | "
+                     f"{lat['p95']:.1f} | {lat['p99']:.1f} | {server.get('p50', 0):.1f} | "
+                     f"{r['errors']} |")
+    return "\n".join(lines)
+
+
+def _machine() -> dict[str, Any]:
+    found = {"cpus": os.cpu_count(), "platform": platform.platform(),
+             "python": platform.python_version()}
+    for package in ("fastapi", "uvicorn", "httpx"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[package] = metadata.version(package)
+    return found

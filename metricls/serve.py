@@ -1,0 +1,474 @@
+"""The HTTP service: a FastAPI app around one loaded Tagger (`metricls serve TAGGER`).
+
+Endpoints: ``POST /tag``, ``GET /labels``, ``GET /health``, ``GET /openapi.json`` (and ``/docs``),
+``GET /`` (a self-contained web page). Every error is JSON ``{"detail": "..."}``: 400 for a body
+that is not JSON, 413 when a size limit is exceeded (body bytes, texts per request, characters
+per text), 415 for a body that is not ``application/json``, 422 for any other bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import html
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from metricls.artifacts import MANIFEST, check_folder, read_json, versions
+from metricls.errors import InputError
+from metricls.tagger import Tagger
+from metricls.validation import check_features, check_texts, describe
+
+log = logging.getLogger(__name__)
+SETTINGS_ENV = "METRICLS_SERVE_SETTINGS"  # JSON {"tagger": path, limits...} for --workers > 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one request may hold; each is a positive int."""
+
+    max_batch: int = 128  # texts (or vectors) per request
+    max_text_chars: int = 100_000  # characters per text (debtags: at most 79,946)
+    max_body_bytes: int = 4 << 20  # request body, checked before it is parsed
+    max_k: int = 100  # tags per input
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{f.name}: expected a positive int, got {describe(value)}")
+
+
+# ---- request and response bodies ----------------------------------------------------------------
+def _threshold(value: Any) -> Any:
+    """null, "tuned" or a JSON number (the tagger refuses NaN and inf with its own message)."""
+    if value is None or value == "tuned":
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected null, a number or 'tuned', got {describe(value)}")
+    return value
+
+
+Threshold = Annotated[float | Literal["tuned"] | None, BeforeValidator(_threshold)]
+
+
+class TagRequest(BaseModel):
+    """Inputs to tag (`texts`, or `vectors` for a tagger with a `features` backbone)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"texts": ["Python bindings for the GTK toolkit"], "k": 5, "threshold": None}]})
+
+    texts: list[str] | None = Field(None, description="Texts to tag, one per item.")
+    vectors: list[list[StrictFloat]] | None = Field(
+        None, description="Feature rows (n, d), for a tagger that reads vectors.")
+    k: StrictInt = Field(5, description="At most this many tags per input (1 to max_k).")
+    threshold: Threshold = Field(None, description=(
+        "null: the k best tags; a number: only tags scoring at least this; 'tuned': the "
+        "per-label thresholds tuned on the validation split (a variable number of tags)."))
+
+
+class Tag(BaseModel):
+    """One tag of one input."""
+
+    label: str
+    score: float
+
+
+class TagResponse(BaseModel):
+    """Tags per input, in input order, best first; `took_ms` is the server's time."""
+
+    tags: list[list[Tag]]
+    took_ms: float
+
+
+class LabelInfo(BaseModel):
+    """A label, the number of training items carrying it, and its tuned threshold."""
+
+    name: str
+    count: int
+    threshold: float | None
+
+
+class LabelsResponse(BaseModel):
+    """Every label the tagger can return; a label's id is its position."""
+
+    labels: list[LabelInfo]
+    n_train_items: int
+
+
+class Health(BaseModel):
+    """What is being served."""
+
+    status: Literal["ok"]
+    tagger: str
+    labels: int
+    inputs: Literal["texts", "vectors"]
+    vector_dim: int | None
+    backend: str
+    manifest_sha256: str | None
+    created: str | None
+    versions: dict[str, str]
+    limits: dict[str, int]
+
+
+class ErrorBody(BaseModel):
+    """Every error response."""
+
+    detail: str
+
+
+# ---- the app ------------------------------------------------------------------------------------
+def create_app(tagger_or_path: Tagger | str | Path, *, max_batch: int = Limits.max_batch,
+               max_text_chars: int = Limits.max_text_chars,
+               max_body_bytes: int = Limits.max_body_bytes,
+               max_k: int = Limits.max_k) -> FastAPI:
+    """A FastAPI app serving one tagger (a loaded `Tagger`, or a folder loaded once here).
+
+    Requests run `Tagger.predict` in FastAPI's thread pool (predict is thread-safe).
+    """
+    limits = Limits(max_batch, max_text_chars, max_body_bytes, max_k)
+    if isinstance(tagger_or_path, Tagger):
+        tagger, manifest = tagger_or_path, {}
+    else:
+        tagger = Tagger.load(tagger_or_path)
+        manifest = read_json(Path(tagger_or_path) / MANIFEST)  # verified by load
+    dim = _vector_dim(tagger)
+    # one prediction now loads what loads lazily (MiniLM): the first request is not slow
+    tagger.predict(np.zeros((1, dim), np.float32) if dim is not None else ["warm-up"], k=1)
+    health = Health(status="ok", tagger=tagger.config.name, labels=len(tagger.labels),
+                    inputs="vectors" if dim is not None else "texts", vector_dim=dim,
+                    backend=tagger.proto_index.backend,
+                    manifest_sha256=manifest.get("manifest_sha256"),
+                    created=manifest.get("created"), versions=versions(),
+                    limits=dataclasses.asdict(limits))
+    labels = _labels(tagger)
+    page = _page(health)
+    errors = {code: {"model": ErrorBody} for code in (400, 413, 415, 422)}
+
+    app = FastAPI(title=f"metricls: {health.tagger}", version=health.versions["metricls"],
+                  description=_description(health, limits))
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    _add_error_handlers(app)
+
+    @app.post("/tag", response_model=TagResponse, responses=errors)
+    def tag(request: TagRequest) -> dict:
+        """Tag texts (or vectors): the k best labels per input with their scores."""
+        start = time.perf_counter()
+        inputs = _checked_inputs(request, health, limits)
+        rows = tagger.predict(inputs, k=request.k, threshold=request.threshold)
+        return {"tags": [[{"label": name, "score": score} for name, score in row]
+                         for row in rows],
+                "took_ms": (time.perf_counter() - start) * 1e3}
+
+    @app.get("/labels", response_model=LabelsResponse)
+    def get_labels() -> LabelsResponse:
+        """Every label with its number of training items and its tuned threshold."""
+        return labels
+
+    @app.get("/health", response_model=Health)
+    def get_health() -> Health:
+        """Status, tagger name, label count, versions and the manifest hash."""
+        return health
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def get_page() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The app described by $METRICLS_SERVE_SETTINGS (uvicorn's factory for --workers > 1)."""
+    settings = json.loads(os.environ[SETTINGS_ENV])
+    return create_app(settings.pop("tagger"), **settings)
+
+
+def serve(tagger: str | Path, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+          log_level: str = "info", **limits: int) -> None:
+    """Serve a tagger folder with uvicorn until SIGINT/SIGTERM.
+
+    With one worker the tagger is loaded here, before the port is bound, so a bad folder fails
+    at once; with more, each worker process loads its own copy.
+    """
+    import uvicorn
+
+    checked = Limits(**limits)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InputError(f"workers: expected a positive int, got {describe(workers)}")
+    if workers == 1:
+        app: FastAPI | str = create_app(tagger, **limits)
+    else:
+        check_folder(tagger)
+        os.environ[SETTINGS_ENV] = json.dumps({"tagger": str(tagger),
+                                               **dataclasses.asdict(checked)})
+        app = "metricls.serve:app_from_env"
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler
+    # found before it started: make that one a clean exit (status 0)
+    if threading.current_thread() is threading.main_thread():
+        for stop in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop, _exit_cleanly)
+    uvicorn.run(app, factory=workers > 1, host=host, port=port, workers=workers,
+                log_level=log_level)
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+# ---- request checks -----------------------------------------------------------------------------
+def _vector_dim(tagger: Tagger) -> int | None:
+    """The feature dimension of a tagger that reads vectors, None for one that reads texts."""
+    return next((b.out_dim for b in tagger.model.backbones if b.needs == "features"), None)
+
+
+def _checked_inputs(request: TagRequest, health: Health, limits: Limits) -> list[str] | np.ndarray:
+    """The request's texts or (n, d) float32 vectors, within the limits, else HTTPException."""
+    if (request.texts is None) == (request.vectors is None):
+        got = "both" if request.texts is not None else "neither"
+        raise HTTPException(422, f"body: send either 'texts' (a list of strings) or 'vectors' "
+                                 f"(a list of number lists), got {got}")
+    if not 1 <= request.k <= limits.max_k:
+        raise HTTPException(422, f"k: expected an integer from 1 to {limits.max_k} (max_k), "
+                                 f"got {request.k}")
+    field = "texts" if request.texts is not None else "vectors"
+    values = request.texts if request.texts is not None else request.vectors
+    if field != health.inputs:
+        raise HTTPException(422, f"{field}: this tagger reads {health.inputs}, send "
+                                 f"'{health.inputs}'" + (f" (rows of {health.vector_dim} numbers)"
+                                                         if health.vector_dim else ""))
+    if not values:
+        raise HTTPException(422, f"{field}: expected at least one item, got an empty list")
+    if len(values) > limits.max_batch:
+        raise HTTPException(413, f"{field}: {len(values)} items, more than the limit of "
+                                 f"{limits.max_batch} per request (max_batch); split the request")
+    if request.vectors is not None:
+        return check_features(request.vectors, health.vector_dim, name="vectors")
+    texts = check_texts(request.texts, name="texts")
+    for i, text in enumerate(texts):
+        if len(text) > limits.max_text_chars:
+            raise HTTPException(413, f"texts[{i}]: {len(text)} characters, more than the limit "
+                                     f"of {limits.max_text_chars} (max_text_chars)")
+    return texts
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over `max_bytes`, before the app reads any of it.
+
+    A declared Content-Length is checked first; a chunked body is counted as it arrives. The
+    body is then handed to the app in one piece.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._too_large(scope, receive, send, int(declared))
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await self._too_large(scope, receive, send, None)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body: Message | None = {"type": "http.request", "body": b"".join(chunks),
+                                "more_body": False}
+
+        async def replay() -> Message:
+            nonlocal body
+            if body is None:
+                return await receive()
+            message, body = body, None
+            return message
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send,
+                         declared: int | None) -> None:
+        size = f"{declared} bytes, " if declared is not None else ""
+        detail = (f"request body: {size}more than the limit of {self.max_bytes} bytes "
+                  "(max_body_bytes)")
+        response = JSONResponse({"detail": detail}, status_code=413,
+                                headers={"Connection": "close"})
+        await response(scope, receive, send)
+
+
+# ---- errors -------------------------------------------------------------------------------------
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        status, detail = _validation_detail(request, exc.errors())
+        return JSONResponse({"detail": detail}, status_code=status)
+
+    @app.exception_handler(InputError)
+    async def _bad_input(request: Request, exc: InputError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); the server log "
+                                       "has the details"}, status_code=500)
+
+
+def _validation_detail(request: Request, errors: list[dict]) -> tuple[int, str]:
+    """(status, one message) for pydantic's errors on a request body."""
+    first = errors[0]
+    kind, loc = first["type"], [p for p in first["loc"] if p != "body"]
+    if kind == "json_invalid":
+        return 400, (f"body: not valid JSON ({first.get('ctx', {}).get('error', 'decode error')} "
+                     f"at character {loc[0] if loc else 0})")
+    ctype = request.headers.get("content-type", "")
+    if not loc and ctype.split(";")[0].strip().lower() != "application/json":
+        return 415, f"body: expected Content-Type application/json, got {ctype or 'none'}"
+    if not loc:
+        got = "nothing" if kind == "missing" else describe(first.get("input"))
+        return 422, ('body: expected a JSON object such as {"texts": ["..."], "k": 5}, '
+                     f"got {got}")
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    if kind == "extra_forbidden":
+        fields = list(TagRequest.model_fields)
+        near = difflib.get_close_matches(str(loc[-1]), fields, n=1)
+        hint = f"did you mean '{near[0]}'?" if near else f"expected one of {fields}"
+        message = f"{where}: unknown field; {hint}"
+    else:
+        message = first["msg"].removeprefix("Value error, ")
+        message = message[:1].lower() + message[1:]
+        if kind != "value_error":
+            message = f"{where}: {message}, got {describe(first.get('input'))}"
+        else:
+            message = f"{where}: {message}"
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return 422, message + more
+
+
+# ---- documents ----------------------------------------------------------------------------------
+def _labels(tagger: Tagger) -> LabelsResponse:
+    cuts = tagger.scoring.label_thresholds or [None] * len(tagger.labels)
+    return LabelsResponse(labels=[LabelInfo(name=name, count=int(count), threshold=cut)
+                                  for name, count, cut in zip(tagger.labels,
+                                                              tagger.vocab.counts, cuts)],
+                          n_train_items=tagger.vocab.n_items)
+
+
+def _description(health: Health, limits: Limits) -> str:
+    return (f"Multi-label tagging with the metricls tagger **{health.tagger}** "
+            f"({health.labels} labels, reads {health.inputs}). Limits per request: "
+            f"{limits.max_batch} {health.inputs}, {limits.max_text_chars} characters per text, "
+            f"{limits.max_body_bytes} body bytes, k up to {limits.max_k}. Errors are "
+            '`{"detail": "..."}`: 400 body not JSON, 413 a size limit exceeded, 415 body not '
+            "application/json, 422 any other bad value.")
+
+
+def _page(health: Health) -> str:
+    """The web page: a textarea, k, threshold and a button that calls /tag; no external assets."""
+    hint = (f"One JSON array of {health.vector_dim} numbers per line" if health.vector_dim
+            else "One text per line")
+    return (_PAGE.replace("{{NAME}}", html.escape(health.tagger))
+            .replace("{{HINT}}", html.escape(hint))
+            .replace("{{MAXK}}", str(health.limits["max_k"]))
+            .replace("{{VECTORS}}", "true" if health.vector_dim else "false"))
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>metricls: {{NAME}}</title>
+<style>
+body{font:15px/1.4 system-ui,sans-serif;max-width:48rem;margin:2rem auto;padding:0 1rem}
+textarea{width:100%;height:9rem;font:inherit;box-sizing:border-box}
+form p{display:flex;gap:1rem;align-items:center}
+li{margin:.6rem 0}.text{color:#555}.tag{display:inline-block;margin:.15rem .3rem .15rem 0;
+padding:.1rem .45rem;border-radius:.8rem;background:#e8eef8}.tag b{font-weight:600}
+#status.error{color:#b00}
+</style></head>
+<body>
+<h1>metricls <small>{{NAME}}</small></h1>
+<form id="form" action="tag" method="post">
+<label for="texts">{{HINT}}</label>
+<textarea id="texts" name="texts" required></textarea>
+<p><label>k <input id="k" name="k" type="number" min="1" max="{{MAXK}}" value="5"></label>
+<label>threshold <select id="threshold" name="threshold">
+<option value="">none (k best)</option><option value="tuned">tuned per label</option>
+</select></label>
+<button type="submit">Tag</button></p>
+</form>
+<p id="status" role="status"></p>
+<ol id="out"></ol>
+<script>
+const VECTORS = {{VECTORS}};
+const $ = (id) => document.getElementById(id);
+function show(lines, data) {
+  $("out").replaceChildren(...data.tags.map((row, i) => {
+    const li = document.createElement("li");
+    const text = document.createElement("div");
+    text.className = "text";
+    text.textContent = lines[i].slice(0, 200);
+    li.append(text);
+    for (const t of row) {
+      const tag = document.createElement("span");
+      tag.className = "tag";
+      const name = document.createElement("b");
+      name.textContent = t.label;
+      tag.append(name, " " + t.score.toFixed(3));
+      li.append(tag);
+    }
+    return li;
+  }));
+}
+async function tag(event) {
+  if (event) event.preventDefault();
+  const status = $("status");
+  const lines = $("texts").value.split("\\n").filter((s) => s.trim());
+  const body = {k: Number($("k").value), threshold: $("threshold").value || null};
+  try {
+    if (VECTORS) body.vectors = lines.map((s) => JSON.parse(s)); else body.texts = lines;
+  } catch (err) {
+    status.className = "error";
+    status.textContent = "each line must be a JSON array of numbers";
+    return;
+  }
+  status.className = "";
+  status.textContent = "tagging...";
+  try {
+    const response = await fetch("tag", {method: "POST", body: JSON.stringify(body),
+                                          headers: {"Content-Type": "application/json"}});
+    const data = await response.json();
+    if (!response.ok) throw new Error(response.status + ": " + data.detail);
+    status.textContent = lines.length + " tagged in " + data.took_ms.toFixed(1) + " ms";
+    show(lines, data);
+  } catch (err) {
+    status.className = "error";
+    status.textContent = "error " + err.message;
+  }
+}
+$("form").addEventListener("submit", tag);
+const query = new URLSearchParams(location.search).get("text");
+if (query) { $("texts").value = query; tag(); }
+</script>
+</body></html>
+"""

@@ -1,0 +1,132 @@
+"""bench scale: the generated data, and a whole run whose stages never hold items x labels."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import scipy.sparse as sp
+from typer.testing import CliRunner
+
+from metricls.bench.scale import STAGES, bench_scale, generate_data, markdown_summary
+from metricls.cli import app
+from metricls.data.labels import LabelVocab
+from metricls.metrics import precision_at_k
+from metricls.prototypes import mean_prototypes
+
+GROWTH_LIMIT_MB = 500  # what a stage may add to the memory of a process that imported metricls
+
+
+def test_generated_data_is_power_law_and_its_features_follow_the_labels(tmp_path):
+    info = generate_data(tmp_path, n_items=4000, n_labels=40, dim=32, seed=1)
+    rows = [json.loads(line) for line in (tmp_path / "items.jsonl").read_text().splitlines()]
+    features = np.load(tmp_path / "features.npy")
+    assert features.shape == (4000, 32) and [r["id"] for r in rows[:3]] == ["i0", "i1", "i2"]
+    assert all(1 <= len(set(r["labels"])) == len(r["labels"]) <= 4 for r in rows)
+    counts = Counter(label for r in rows for label in r["labels"])
+    # p(label l) ~ 1 / (l + 1): label 0 about twice as frequent as label 1, ten times label 9
+    assert 1.5 < counts["l0"] / counts["l1"] < 2.5 and 7 < counts["l0"] / counts["l9"] < 14
+    assert info["labels_used"] == len(counts) == 40
+    assert info["items_per_label"]["max"] == counts["l0"]
+    # features are clustered by label: mean prototypes of half the items tag the other half
+    vocab = LabelVocab.fit([r["labels"] for r in rows])
+    Y = sp.csr_matrix(vocab.to_csr([r["labels"] for r in rows])[0])
+    prototypes, _ = mean_prototypes(features[:2000], Y[:2000])
+    top = np.argsort(-(features[2000:] @ prototypes.T), axis=1)[:, :1]
+    prior = np.zeros((2000, 1), dtype=np.int64)  # always the most frequent label
+    assert precision_at_k(top, Y[2000:], 1) > precision_at_k(prior, Y[2000:], 1) + 0.3
+
+
+def test_bench_scale_stages_never_hold_an_items_x_labels_array(tmp_path):
+    """100,000 items x ~4,700 labels: a dense float32 items x labels array (~1.8 GB) would not
+    fit in what any stage is allowed to add to its process (`GROWTH_LIMIT_MB`), nor would one
+    of the 20,000 validation items x labels (~0.7 GB as int64 ids)."""
+    out = tmp_path / "scale.json"
+    overrides = ["encoder.head.hidden_dim=32", "encoder.head.out_dim=16", "train.batch_size=64",
+                 "train.labels_per_batch=16", "index.backend=flat"]
+    result = bench_scale(items=100_000, labels=10_000, dim=16, alpha=0.0, splits=(0.025, 0.2),
+                         overrides=overrides, out=out, workdir=tmp_path / "work")
+    assert json.loads(out.read_text()) == result
+    n_labels = len(json.loads((tmp_path / "work" / "tagger" / "labels.json").read_text())["labels"])
+    dense_mb = 100_000 * n_labels * 4 / 2**20
+    assert dense_mb > 3 * GROWTH_LIMIT_MB
+    assert list(result["stages"]) == list(STAGES)
+    for name, stage in result["stages"].items():
+        assert stage["seconds"] >= 0 and 0 < stage["peak_anon_mb"] <= stage["peak_rss_mb"]
+        assert stage["peak_rss_mb"] - stage["startup_rss_mb"] < GROWTH_LIMIT_MB, name
+    stages = result["stages"]
+    assert stages["generate"]["labels_used"] == 10_000
+    assert stages["prototypes"]["labels_with_items"] == n_labels
+    assert stages["prototypes"]["prototypes_shape"] == [n_labels, 16]
+    assert stages["train"]["history"][0]["epoch"] == 1
+    assert stages["build"]["valid"]["n_items"] > 19_000
+    lines = (tmp_path / "work" / "items.jsonl").read_text().splitlines()
+    assert stages["tag"]["items_tagged"] == 100_000
+    assert stages["tag"]["n_test"] == sum('"split":"test"' in line for line in lines)
+    for name in ("metricls", "most_frequent"):
+        assert all(0 <= result["quality"][name][key] <= 1 for key in ("P@1", "P@5", "R@5"))
+    assert result["peak_rss_mb"] == max(s["peak_rss_mb"] for s in stages.values())
+    assert "| tag |" in markdown_summary(result)
+
+
+def test_bench_scale_cli_refuses_bad_arguments_before_running(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["bench", "scale", "--items", "5", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "error: items: expected an int >= 100, got 5" in res.output
+    res = runner.invoke(app, ["bench", "scale", "--set", "index.backend=annoy",
+                              "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "index.backend = 'annoy' is not one of" in res.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_validation_recall_in_blocks_equals_one_block(monkeypatch):
+    import torch
+
+    from metricls.config import EncoderConfig
+    from metricls.encoders.model import build_model
+    from metricls.training import trainer
+
+    rng = np.random.default_rng(0)
+    model = build_model(EncoderConfig(backbones=("features",)), feature_dim=8)
+    prepared = model.prepare(None, rng.normal(size=(300, 8)).astype(np.float32))
+    vectors = torch.randn(40, model.out_dim)
+    Y = sp.csr_matrix((rng.random((300, 40)) < 0.1).astype(np.float32))
+    whole = trainer._valid_recall(model, prepared, 300, vectors, Y)
+    monkeypatch.setattr(trainer, "SCORE_BLOCK", 7 * 40)  # 7 items at a time
+    assert trainer._valid_recall(model, prepared, 300, vectors, Y) == whole > 0
+
+
+def test_scoring_in_batches_equals_one_batch(tiny_tagger_dir, monkeypatch):
+    from metricls import Tagger
+    from metricls import tagger as tagger_module
+
+    tagger = Tagger.load(tiny_tagger_dir)
+    emb = tagger.embed([f"w{i % 20}x{i % 4} noise{i % 30}" for i in range(50)])
+    whole = tagger.score_embeddings(emb, 5)
+    monkeypatch.setattr(tagger_module, "SCORE_BATCH", 7)
+    batched = tagger.score_embeddings(emb, 5)
+    np.testing.assert_array_equal(batched[1], whole[1])
+    np.testing.assert_array_equal(batched[0], whole[0])
+
+
+def test_prototype_only_scoring_never_searches_the_items(tiny_tagger_dir):
+    import dataclasses
+
+    from metricls import Tagger
+
+    tagger = Tagger.load(tiny_tagger_dir)
+    tagger.scoring = dataclasses.replace(tagger.scoring, blend=1.0)
+    texts = ["w1x0 w1x2 noise3", "w4x1 w7x3 w7x0 noise1"]
+    expected = tagger.predict_scores(texts, k=5)
+
+    class Untouchable:
+        ntotal = tagger.item_index.ntotal
+
+        def search(self, *args, **kwargs):
+            raise AssertionError("the item index was searched")
+
+    tagger.item_index = Untouchable()
+    got = tagger.predict_scores(texts, k=5)
+    np.testing.assert_array_equal(got[1], expected[1])
+    np.testing.assert_array_equal(got[0], expected[0])

@@ -1,0 +1,268 @@
+"""The HTTP service: /tag equals Tagger.predict, the other endpoints, limits and bad input, a real
+server, and the load benchmark."""
+
+from __future__ import annotations
+
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from conftest import TINY
+from fastapi.testclient import TestClient
+from synthetic import make_items
+from typer.testing import CliRunner
+
+from metricls import Tagger, __version__, build_index, load_config, train_embedder
+from metricls.artifacts import read_json
+from metricls.bench.serve import running_server
+from metricls.cli import app as cli
+from metricls.errors import InputError
+from metricls.serve import create_app
+
+LIMITS = {"max_batch": 4, "max_text_chars": 200, "max_body_bytes": 4000, "max_k": 10}
+ITEMS = make_items()
+TEXTS = [item["text"] for item in ITEMS[:4]]
+
+
+@pytest.fixture(scope="module")
+def tagger(tiny_tagger_dir) -> Tagger:
+    return Tagger.load(tiny_tagger_dir)
+
+
+@pytest.fixture(scope="module")
+def client(tiny_tagger_dir):
+    with TestClient(create_app(tiny_tagger_dir, **LIMITS)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def vector_tagger_dir(tmp_path_factory, synthetic_path):
+    """A tiny tagger with a `features` backbone, reading the generated items' vectors."""
+    folder = tmp_path_factory.mktemp("taggers") / "vectors"
+    cfg = load_config(TINY, [f"data.path={synthetic_path}", "encoder.backbones=[features]",
+                             "data.vector_column=vec", "data.text_columns=[]"])
+    train_embedder(cfg, out=folder)
+    build_index(folder)
+    return folder
+
+
+def as_pairs(rows: list[list[dict]]) -> list[list[tuple[str, float]]]:
+    return [[(tag["label"], tag["score"]) for tag in row] for row in rows]
+
+
+def assert_same_tags(got: list[list[tuple[str, float]]], expected) -> None:
+    assert [[label for label, _ in row] for row in got] == \
+           [[label for label, _ in row] for row in expected]
+    for got_row, expected_row in zip(got, expected):
+        assert [s for _, s in got_row] == pytest.approx([s for _, s in expected_row], abs=1e-6)
+
+
+@pytest.mark.parametrize(("k", "threshold"), [(5, None), (1, None), (10, 0.3), (5, "tuned")])
+def test_tag_equals_predict(client, tagger, k, threshold):
+    response = client.post("/tag", json={"texts": TEXTS, "k": k, "threshold": threshold})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"tags", "took_ms"} and body["took_ms"] > 0
+    expected = tagger.predict(TEXTS, k=k, threshold=threshold)
+    assert_same_tags(as_pairs(body["tags"]), expected)
+    assert len(body["tags"]) == len(TEXTS) and max(map(len, body["tags"])) <= k
+
+
+def test_tag_defaults_to_five_tags(client, tagger):
+    body = client.post("/tag", json={"texts": TEXTS[:1]}).json()
+    assert_same_tags(as_pairs(body["tags"]), tagger.predict(TEXTS[:1]))
+    assert len(body["tags"][0]) == 5
+
+
+def test_concurrent_requests_each_get_their_own_tags(client, tagger):
+    texts = [item["text"] for item in ITEMS[:24]]
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda t: client.post("/tag", json={"texts": [t], "k": 3}),
+                                  texts))
+    got = [as_pairs(r.json()["tags"])[0] for r in responses]
+    assert_same_tags(got, [tagger.predict([text], k=3)[0] for text in texts])
+
+
+def test_vectors_tagger(vector_tagger_dir):
+    tagger = Tagger.load(vector_tagger_dir)
+    vectors = [item["vec"] for item in ITEMS[:3]]
+    with TestClient(create_app(vector_tagger_dir)) as client:
+        body = client.post("/tag", json={"vectors": vectors, "k": 4}).json()
+        assert_same_tags(as_pairs(body["tags"]), tagger.predict(np.array(vectors), k=4))
+        assert client.get("/health").json()["inputs"] == "vectors"
+        assert client.get("/health").json()["vector_dim"] == len(vectors[0])
+        response = client.post("/tag", json={"texts": ["some words"]})
+        assert response.status_code == 422
+        assert response.json() == {"detail": "texts: this tagger reads vectors, send 'vectors' "
+                                             f"(rows of {len(vectors[0])} numbers)"}
+        response = client.post("/tag", json={"vectors": [vectors[0][:-1]]})
+        assert response.status_code == 422
+        assert "vectors: expected an (n, 8) array, got shape (1, 7)" in response.json()["detail"]
+        assert 'JSON array of 8 numbers' in client.get("/").text
+
+
+def test_labels(client, tagger):
+    body = client.get("/labels").json()
+    assert [label["name"] for label in body["labels"]] == list(tagger.labels)
+    assert [label["count"] for label in body["labels"]] == tagger.vocab.counts.tolist()
+    assert [label["threshold"] for label in body["labels"]] == \
+           pytest.approx(tagger.scoring.label_thresholds)
+    assert body["n_train_items"] == tagger.vocab.n_items
+
+
+def test_health(client, tagger, tiny_tagger_dir):
+    body = client.get("/health").json()
+    manifest = read_json(tiny_tagger_dir / "manifest.json")
+    assert body["status"] == "ok" and body["tagger"] == tagger.config.name == "tiny"
+    assert body["labels"] == len(tagger.labels) and body["inputs"] == "texts"
+    assert body["manifest_sha256"] == manifest["manifest_sha256"]
+    assert body["created"] == manifest["created"]
+    assert body["versions"]["metricls"] == __version__
+    assert body["backend"] == tagger.proto_index.backend
+    assert body["limits"] == LIMITS
+
+
+def test_openapi_documents_tag(client):
+    schema = client.get("/openapi.json").json()
+    post = schema["paths"]["/tag"]["post"]
+    assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/TagRequest")
+    ok = post["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    assert ok.endswith("/TagResponse")
+    assert {"413", "422"} <= set(post["responses"])
+    fields = schema["components"]["schemas"]["TagRequest"]["properties"]
+    assert set(fields) == {"texts", "vectors", "k", "threshold"}
+    assert {"/labels", "/health"} <= set(schema["paths"])
+
+
+def test_web_page_is_self_contained(client):
+    response = client.get("/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    page = response.text
+    assert "<form" in page and "<textarea" in page and '<button type="submit">' in page
+    assert 'fetch("tag"' in page and "<title>metricls: tiny</title>" in page
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # no external assets
+
+
+JSON = "application/json"
+BAD_REQUESTS = [  # (body, content type, status, message)
+    ('{"texts": ["a"', JSON, 400, "body: not valid JSON (Expecting ',' delimiter at character 14)"),
+    ("[1]", JSON, 422, 'body: expected a JSON object such as {"texts": ["..."], "k": 5}, '
+                       "got list [1]"),
+    ("", JSON, 422, "got nothing"),
+    ('{"texts": ["a"]}', "text/plain", 415,
+     "body: expected Content-Type application/json, got text/plain"),
+    ('{"texts": [1]}', JSON, 422, "texts[0]: input should be a valid string, got int 1"),
+    ('{"texts": "a b"}', JSON, 422, "texts: input should be a valid list, got str 'a b'"),
+    ('{"texts": ["a"], "k": "5"}', JSON, 422, "k: input should be a valid integer, got str '5'"),
+    ('{"texts": ["a"], "k": true}', JSON, 422, "k: input should be a valid integer, got bool"),
+    ('{"texts": ["a"], "k": 0}', JSON, 422, "k: expected an integer from 1 to 10 (max_k), got 0"),
+    ('{"texts": ["a"], "k": 11}', JSON, 422, "k: expected an integer from 1 to 10 (max_k), got 11"),
+    ('{"texts": ["a"], "threshold": "0.5"}', JSON, 422,
+     "threshold: expected null, a number or 'tuned', got str '0.5'"),
+    ('{"texts": ["a"], "threshold": NaN}', JSON, 422, "threshold: expected None, a number or "
+                                                      "'tuned'; must be finite (float32), got nan"),
+    ('{"texts": ["a"], "threshold": 1e400}', JSON, 422, "must be finite (float32), got inf"),
+    ('{"text": ["a"]}', JSON, 422, "text: unknown field; did you mean 'texts'?"),
+    ("{}", JSON, 422, "body: send either 'texts' (a list of strings) or 'vectors' (a list of "
+                      "number lists), got neither"),
+    ('{"texts": ["a"], "vectors": [[1.0]]}', JSON, 422, "got both"),
+    ('{"vectors": [[1.0, 2.0]]}', JSON, 422, "vectors: this tagger reads texts, send 'texts'"),
+    ('{"texts": []}', JSON, 422, "texts: expected at least one item, got an empty list"),
+    ('{"texts": ["a", " "]}', JSON, 422, "texts[1]: expected a non-empty string, got ' '"),
+    (json.dumps({"texts": ["a"] * 5}), JSON, 413,
+     "texts: 5 items, more than the limit of 4 per request (max_batch); split the request"),
+    (json.dumps({"texts": ["a", "b" * 201]}), JSON, 413,
+     "texts[1]: 201 characters, more than the limit of 200 (max_text_chars)"),
+    (json.dumps({"texts": ["a" * 5000]}), JSON, 413,
+     "request body: 5015 bytes, more than the limit of 4000 bytes (max_body_bytes)"),
+]
+
+
+@pytest.mark.parametrize(("body", "content_type", "status", "message"), BAD_REQUESTS)
+def test_bad_requests_get_one_clear_json_error(client, body, content_type, status, message):
+    response = client.post("/tag", content=body, headers={"content-type": content_type})
+    assert response.status_code == status, response.text
+    detail = response.json()
+    assert set(detail) == {"detail"} and isinstance(detail["detail"], str)
+    assert message in detail["detail"]
+
+
+def test_chunked_body_over_the_limit_is_refused_while_read(client):
+    def chunks():
+        yield b'{"texts": ["'
+        for _ in range(100):
+            yield b"a" * 100  # no Content-Length: the server counts as it reads
+        yield b'"]}'
+
+    response = client.post("/tag", content=chunks(), headers={"content-type": JSON})
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 413
+    assert response.json() == {"detail": "request body: more than the limit of 4000 bytes "
+                                         "(max_body_bytes)"}
+
+
+def test_unknown_paths_and_methods_are_json(client):
+    assert client.get("/nothing").json() == {"detail": "Not Found"}
+    response = client.get("/tag")
+    assert response.status_code == 405 and response.json() == {"detail": "Method Not Allowed"}
+
+
+def test_an_internal_failure_is_a_json_500_without_traceback(tiny_tagger_dir, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internals")
+
+    app = create_app(tiny_tagger_dir)
+    monkeypatch.setattr(Tagger, "predict", broken)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.post("/tag", json={"texts": ["a"]})
+    assert response.status_code == 500
+    assert response.json() == {"detail": "internal error (RuntimeError); the server log has the "
+                                         "details"}
+
+
+def test_limits_must_be_positive(tiny_tagger_dir):
+    with pytest.raises(InputError, match="max_batch: expected a positive int, got int 0"):
+        create_app(tiny_tagger_dir, max_batch=0)
+
+
+def test_serve_cli_refuses_a_missing_folder(tmp_path):
+    result = CliRunner().invoke(cli, ["serve", str(tmp_path / "nothing")])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ") and "nothing" in result.output
+
+
+def test_real_server_over_loopback(tiny_tagger_dir, tagger):
+    with running_server(tiny_tagger_dir, args=["--max-body-bytes", "3000"]) as server:
+        health = httpx.get(f"{server.url}/health").json()
+        assert health["tagger"] == "tiny" and health["limits"]["max_body_bytes"] == 3000
+        response = httpx.post(f"{server.url}/tag", json={"texts": TEXTS, "k": 3})
+        assert response.status_code == 200
+        assert_same_tags(as_pairs(response.json()["tags"]), tagger.predict(TEXTS, k=3))
+        too_big = httpx.post(f"{server.url}/tag", content=(b"x" * 500 for _ in range(20)),
+                             headers={"content-type": JSON})
+        assert too_big.status_code == 413 and "max_body_bytes" in too_big.json()["detail"]
+        process = server.process
+    assert process.returncode == 0  # SIGTERM: graceful shutdown, clean exit
+
+
+def test_bench_serve_cli(tiny_tagger_dir, tmp_path):
+    out = tmp_path / "serve.json"
+    result = CliRunner().invoke(cli, ["bench", "serve", str(tiny_tagger_dir), "--requests", "12",
+                                      "--concurrency", "3", "--batch", "1", "--batch", "4",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    runs = json.loads(out.read_text())["runs"]
+    assert [run["batch"] for run in runs] == [1, 4]
+    for run in runs:
+        assert run["count"] == run["requests"] == 12 and run["errors"] == 0
+        lat = run["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+        assert run["server_ms"]["p50"] <= lat["p50"]  # the round trip holds the server's time
+        assert run["requests_per_s"] == pytest.approx(12 / run["seconds"], rel=0.01)
+        assert run["texts_per_s"] == pytest.approx(run["requests_per_s"] * run["batch"], rel=0.01)
+    assert "| tiny | 4 | 3 |" in result.output
