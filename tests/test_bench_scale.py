@@ -9,7 +9,8 @@ import numpy as np
 import scipy.sparse as sp
 from typer.testing import CliRunner
 
-from metricls.bench.scale import STAGES, bench_scale, generate_data, markdown_summary
+from metricls.bench.scale import STAGES, bench_scale, markdown_summary
+from metricls.bench.scale_data import generate_data
 from metricls.cli import app
 from metricls.data.labels import LabelVocab
 from metricls.metrics import precision_at_k

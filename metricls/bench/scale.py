@@ -1,9 +1,7 @@
 """bench_scale: wall time and peak memory of each pipeline stage on generated data of any size.
 
-Data, written in chunks and never whole in memory: `labels` labels with power-law frequencies
-(label l drawn with probability ~ (l + 1) ** -alpha), 1 to 4 distinct labels per item, and `dim`-d
-features = the sum of the item's labels' random unit centres plus Gaussian noise, in a .npy
-file the config names as `data.features_path`; the JSONL table holds only ids and labels.
+Data: `metricls.bench.scale_data` (power-law labels, features clustered by label in a .npy
+that the config reads as `data.features_path`), written in chunks, never whole in memory.
 
 Stages, each in a fresh Python process (``python -m metricls.bench.scale STAGE WORKDIR``):
 generate (the data), train (`train_embedder`, `epochs` epochs), prototypes (train-item
@@ -36,89 +34,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
-from metricls.artifacts import read_json, write_json, write_npy
+from metricls.artifacts import read_json, write_json
+from metricls.bench.scale_data import generate_data
+from metricls.config import Config, load_config
 from metricls.errors import InputError, MetriclsError
-from metricls.prototypes import normalize_rows
 
 log = logging.getLogger(__name__)
 STAGES = ("generate", "train", "prototypes", "build", "tag")
-CHUNK = 65_536  # items generated at a time
-MAX_LABELS = 4  # labels per item: 1 to this many, uniformly
-NOISE = 0.3  # per-dimension standard deviation of the feature noise (label centres: norm 1)
 
 
-# ---- data --------------------------------------------------------------------------------------
-def label_probabilities(n_labels: int, alpha: float = 1.0) -> np.ndarray:
-    """(L,) float64 power-law probabilities, p(l) ~ (l + 1) ** -alpha (0: uniform)."""
-    weights = np.arange(1, n_labels + 1, dtype=np.float64) ** -alpha
-    return weights / weights.sum()
-
-
-def draw_labels(rng: np.random.Generator, n_items: int, probs: np.ndarray) -> sp.csr_matrix:
-    """(n_items, L) float32 CSR multi-hot: 1 to `MAX_LABELS` distinct labels per item."""
-    counts = rng.integers(1, MAX_LABELS + 1, size=n_items)
-    cols = rng.choice(len(probs), size=int(counts.sum()), p=probs)
-    indptr = np.concatenate([[0], np.cumsum(counts)])
-    Y = sp.csr_matrix((np.ones(len(cols), np.float32), cols, indptr), shape=(n_items, len(probs)))
-    Y.sum_duplicates()
-    Y.data[:] = 1.0
-    return Y
-
-
-def generate_data(folder: Path, *, n_items: int, n_labels: int, dim: int, alpha: float = 1.0,
-                  splits: Sequence[float] | None = None, seed: int = 0) -> dict[str, Any]:
-    """Write ``items.jsonl`` (id, labels) and ``features.npy`` (n_items, dim) into `folder`.
-
-    With `splits` = (train, valid) shares, each item also gets a random ``split`` (the rest
-    "test"); without, the config's md5 split applies. Memory stays O(CHUNK * dim + n_labels *
-    dim); each file is written under a temporary name and renamed when complete.
-    """
-    rng = np.random.default_rng(seed)
-    centres = normalize_rows(rng.standard_normal((n_labels, dim), dtype=np.float32))  # (L, d)
-    probs = label_probabilities(n_labels, alpha)
-    counts = np.zeros(n_labels, dtype=np.int64)
-    table, tmp = folder / "items.jsonl", folder / f".items.jsonl.tmp-{os.getpid()}"
-
-    def fill(features: np.ndarray) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for start in range(0, n_items, CHUNK):
-                Y = draw_labels(rng, min(CHUNK, n_items - start), probs)
-                noise = rng.standard_normal((Y.shape[0], dim), dtype=np.float32)
-                features[start:start + Y.shape[0]] = Y @ centres + NOISE * noise
-                counts[:] += np.bincount(Y.indices, minlength=n_labels)
-                split = _draw_splits(rng, Y.shape[0], splits)
-                fh.writelines(_line(start + i, Y.indices[Y.indptr[i]:Y.indptr[i + 1]], split[i])
-                              for i in range(Y.shape[0]))
-
-    write_npy(folder / "features.npy", (n_items, dim), np.float32, fill)
-    os.replace(tmp, table)
-    return {"n_items": n_items, "labels_used": int((counts > 0).sum()),
-            "items_per_label": {"max": int(counts.max()), "median": float(np.median(counts)),
-                                "min": int(counts.min())},
-            "features_mb": round((folder / "features.npy").stat().st_size / 2**20, 1),
-            "table_mb": round(table.stat().st_size / 2**20, 1)}
-
-
-def _draw_splits(rng: np.random.Generator, n: int, splits: Sequence[float] | None) -> list:
-    if splits is None:
-        return [None] * n
-    u = rng.random(n)
-    return np.where(u < splits[0], "train", np.where(u < sum(splits), "valid", "test")).tolist()
-
-
-def _line(i: int, labels: np.ndarray, split: str | None) -> str:
-    names = ",".join(f'"l{label}"' for label in labels)
-    extra = f',"split":"{split}"' if split else ""
-    return f'{{"id":"i{i}","labels":[{names}]{extra}}}\n'
-
-
-def scale_config(folder: Path, params: dict[str, Any]) -> Any:
+def scale_config(folder: Path, params: dict[str, Any]) -> Config:
     """The config the stages share: a `features` backbone over the generated files, the
     defaults otherwise, then `params["overrides"]` (``KEY=VALUE`` strings)."""
-    from metricls.config import load_config
-
     files = {"data.path": folder / "items.jsonl", "data.features_path": folder / "features.npy"}
     epochs = params["epochs"]
     base = [f"{key}={json.dumps(str(path))}" for key, path in files.items()] + [
