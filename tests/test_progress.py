@@ -34,7 +34,8 @@ def test_evaluate_draws_a_bar_only_on_a_terminal(tiny_tagger_dir, monkeypatch, c
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     evaluate(tagger, items)
-    assert re.search(r"tag: +100%\|", terminal.getvalue())
+    # a fast run may close (and clear) the bar before it redraws past 0%
+    assert re.search(r"tag: +\d+%\|", terminal.getvalue())
     set_quiet(True)  # what --quiet does
     drawn = terminal.getvalue()
     evaluate(tagger, items)
