@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 TRAINED_FILES = ("label_vectors.safetensors", "training.json")
 MEMMAP_BYTES = 1 << 28  # embeddings larger than this go to a memory-mapped file in `scratch`
 TUNE_QUERIES = 10_000  # validation items the scoring grid search uses at most
+PQ_MIN_VECTORS = 10_000  # index.pq_m compresses ivf indexes of at least this many vectors
 
 
 def embed_items(model: EmbeddingModel, items: Items, scratch: Path | None,
@@ -111,10 +112,20 @@ def index_vectors(vectors: np.ndarray, queries: np.ndarray, cfg: Config,
     if shards > 1 and backend not in SHARDABLE:
         raise ConfigError(f"index.shards={cfg.index.shards} needs a FAISS backend "
                           f"{list(SHARDABLE)}, got index.backend={backend!r}")
-    index = make_index(backend, vectors.shape[1]) if shards == 1 else \
-        make_index("sharded", vectors.shape[1], base=backend, shards=shards)
+    params = {}
+    if cfg.index.pq_m is not None:
+        if backend != "ivf":
+            raise ConfigError(f"index.pq_m={cfg.index.pq_m} compresses ivf indexes only, got "
+                              f"index.backend={backend!r}")
+        if vectors.shape[1] % cfg.index.pq_m:
+            raise ConfigError(f"index.pq_m={cfg.index.pq_m} must divide the embedding "
+                              f"dimension {vectors.shape[1]}")
+        if len(vectors) >= PQ_MIN_VECTORS:  # fewer: too few to train codebooks, small anyway
+            params = {"pq_m": cfg.index.pq_m}
+    index = make_index(backend, vectors.shape[1], **params) if shards == 1 else \
+        make_index("sharded", vectors.shape[1], base=backend, shards=shards, base_params=params)
     index.build(vectors)
-    info: dict = {"backend": backend} | ({"shards": shards} if shards > 1 else {})
+    info: dict = {"backend": backend} | ({"shards": shards} if shards > 1 else {}) | params
     if backend != "flat" and len(queries):
         info.update(tune_index(index, queries, k=k, vectors=vectors,
                                target_recall=cfg.index.target_recall))

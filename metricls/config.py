@@ -43,6 +43,7 @@ class LexicalConfig:
     word_ngrams: int = 2
     char_ngrams: tuple[int, ...] = (3,)
     lowercase: bool = True
+    idf: bool = False  # weight n-grams by their inverse document frequency on the train split
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ class IndexConfig:
     target_recall: float = 0.99
     exact_below: int = 20_000
     shards: int = 1  # > 1: FAISS indexes split into this many shards, one file each
+    pq_m: int | None = None  # ivf: product-quantise indexes of >= 10,000 vectors to pq_m bytes each
     knn: int = 30
     candidates: int = 100
 
@@ -178,7 +180,7 @@ LIMITS: dict[str, tuple[Any, str]] = {
     "train.threads": (lambda v: v >= 0, ">= 0 (0 = all cores)"),
     "index.target_recall": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "index.knn": _GE1, "index.candidates": _GE1, "index.exact_below": (lambda v: v >= 0, ">= 0"),
-    "index.shards": _GE1,
+    "index.shards": _GE1, "index.pq_m": _GE1,
 }
 
 

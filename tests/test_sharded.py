@@ -131,3 +131,33 @@ def test_index_shards_config_builds_a_sharded_tagger(tiny_tagger_dir, tiny_tagge
     (tiny_tagger_copy / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match=re.escape("index.shards=2 needs a FAISS backend")):
         build_index(tiny_tagger_copy)
+
+
+def test_index_pq_m_compresses_the_large_ivf_indexes(tiny_tagger_dir, tiny_tagger_copy,
+                                                     monkeypatch):
+    from metricls import build as build_module
+
+    config = read_json(tiny_tagger_copy / "config.json")
+    n_items = Tagger.load(tiny_tagger_dir).item_index.ntotal
+    n_labels = len(Tagger.load(tiny_tagger_dir).vocab)
+    assert n_labels < 256 <= n_items  # items get compressed, prototypes stay IVF-flat
+    monkeypatch.setattr(build_module, "PQ_MIN_VECTORS", 256)
+    for bad, message in (({"backend": "hnsw", "pq_m": 4}, "compresses ivf indexes only"),
+                         ({"backend": "ivf", "pq_m": 5}, "must divide the embedding dimension")):
+        (tiny_tagger_copy / "config.json").write_text(json.dumps(
+            config | {"index": config["index"] | bad}))
+        with pytest.raises(ConfigError, match=re.escape(f"index.pq_m={bad['pq_m']}")) as err:
+            build_index(tiny_tagger_copy)
+        assert message in str(err.value)
+    (tiny_tagger_copy / "config.json").write_text(json.dumps(
+        config | {"index": config["index"] | {"backend": "ivf", "pq_m": 4}}))
+    tagger = build_index(tiny_tagger_copy)
+    assert type(tagger.item_index._index).__name__ == "IndexIVFPQ"
+    assert type(tagger.proto_index._index).__name__ == "IndexIVFFlat"
+    ann = read_json(tiny_tagger_copy / "manifest.json")["build"]["ann"]
+    assert ann["items"]["pq_m"] == 4 and "pq_m" not in ann["prototypes"]
+    reloaded = Tagger.load(tiny_tagger_copy)
+    assert reloaded.item_index._index.code_size == 4  # bytes a vector, not 32 x 4
+    texts = ["w1x0 w1x2 noise3", "w4x1 w7x3 w7x0 noise1"]
+    np.testing.assert_array_equal(reloaded.predict_scores(texts, k=3)[1],
+                                  tagger.predict_scores(texts, k=3)[1])
