@@ -27,12 +27,14 @@ SETTINGS: dict[str, list[dict[str, Any]]] = {
     "ivf": [{"nprobe": p} for p in (1, 4, 16, 64)],
     "scann": [{"leaves_to_search": s} for s in (8, 32, 128)],
     "ivf-pq": [{"nprobe": p} for p in (4, 16, 64)],
+    "ivf-pq128": [{"nprobe": p} for p in (4, 16, 64)],
     "sharded-flat": [{}],
     "sharded-ivf": [{"nprobe": p} for p in (1, 4, 16)],
 }
 # variants benchmarked beside the backends' defaults: (backend, build parameters)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "ivf-pq": ("ivf", {"pq_m": 32}),  # 32 bytes a vector instead of 1 KB at d = 256
+    "ivf-pq128": ("ivf", {"pq_m": 128}),  # 128 bytes a vector
     "sharded-flat": ("sharded", {"base": "flat", "shards": 4}),
     "sharded-ivf": ("sharded", {"base": "ivf", "shards": 4}),
 }
