@@ -43,7 +43,6 @@ class LexicalConfig:
     word_ngrams: int = 2
     char_ngrams: tuple[int, ...] = (3,)
     lowercase: bool = True
-    idf: bool = False  # weight n-grams by their inverse document frequency on the train split
 
 
 @dataclass(frozen=True)

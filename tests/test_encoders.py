@@ -34,33 +34,6 @@ def test_lexical_backbone_trains_sparse_rows():
     assert lex.bag.weight.grad.is_sparse
 
 
-def test_lexical_idf_weights_rare_ngrams_and_survives_save_load(tmp_path):
-    texts = ["common rare", "common other", "common words", "common again"]
-    lex = LexicalBackbone(dim=8, buckets=4096, word_ngrams=1, char_ngrams=(), idf=True)
-    bags = lex.prepare(texts)
-    lex.fit(bags)
-    weights = lex.idf_weights[bags.ids[bags.indptr[0]:bags.indptr[1]]]
-    # "common" is in all 4 texts: log(5/5) + 1 = 1; "rare" in one: log(5/2) + 1
-    assert sorted(weights.tolist()) == pytest.approx([1.0, np.log(2.5) + 1])
-    out = lex(bags.take(np.array([0])))  # the IDF-weighted mean of the two rows
-    table = lex.bag.weight.detach()
-    ids = bags.ids[:2]
-    expected = (lex.idf_weights[ids, None] * table[ids]).sum(0) / lex.idf_weights[ids].sum()
-    torch.testing.assert_close(out[0], expected)
-    out.sum().backward()
-    assert lex.bag.weight.grad.is_sparse
-    cfg = load_config(None, ["encoder.backbones=[lexical]", "encoder.lexical.idf=true",
-                             "encoder.lexical.buckets=4096"])
-    model = build_model(cfg.encoder)
-    model.backbones[0].fit(model.prepare(texts, None)[0])
-    model.save(tmp_path / "enc")
-    loaded = EmbeddingModel.load(tmp_path / "enc")
-    torch.testing.assert_close(loaded.backbones[0].idf_weights, model.backbones[0].idf_weights)
-    np.testing.assert_allclose(loaded.embed(texts), model.eval().embed(texts), atol=1e-6)
-    plain = build_model(load_config(None, ["encoder.backbones=[lexical]"]).encoder)
-    assert "idf" not in plain.describe()["backbones"][0]["config"]  # older folders still load
-
-
 def test_minilm_encodes_and_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("METRICLS_CACHE", str(tmp_path))
     backbone = MiniLMBackbone(max_seq_length=32)

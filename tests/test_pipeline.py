@@ -103,23 +103,6 @@ def test_trained_but_not_built_says_what_to_do(tmp_path, synthetic_path):
         Tagger.load(folder)
 
 
-def test_idf_lexical_tagger_weights_from_the_train_split(tmp_path, synthetic_path):
-    from metricls.data.dataset import Dataset
-
-    cfg = load_config(TINY, [f"data.path={synthetic_path}", "encoder.lexical.idf=true"])
-    folder = tmp_path / "idf"
-    train_embedder(cfg, out=folder)
-    tagger = build_index(folder)
-    lexical = tagger.model.backbones[0]
-    train = Dataset.load(cfg.data).train
-    bags = lexical.prepare(train.texts)
-    df = np.bincount(bags.ids, minlength=4096)
-    expected = np.log((1 + len(train)) / (1 + df)) + 1
-    np.testing.assert_allclose(lexical.idf_weights.numpy(), expected, rtol=1e-6)
-    report = evaluate(tagger, read_config_items(cfg.data).subset("test"))
-    assert report["P@1"] > 0.8
-
-
 def test_evaluate_counts_unknown_labels_as_misses(tiny_tagger_dir, tmp_path):
     source = Tagger.load(tiny_tagger_dir).config.data.path
     items = [json.loads(line) for line in Path(source).read_text().splitlines()][:50]

@@ -86,7 +86,7 @@ class NgramHasher:
 
 
 class LexicalBackbone(nn.Module):
-    """Trainable bag of hashed n-grams; mean of their vectors (or IDF-weighted), one per text.
+    """Trainable bag of hashed n-grams; mean of their vectors, one per text.
 
     Args:
         dim: output dimension.
@@ -94,9 +94,6 @@ class LexicalBackbone(nn.Module):
         word_ngrams: longest word n-gram.
         char_ngrams: character n-gram lengths taken inside each word.
         lowercase: lowercase texts before hashing.
-        idf: weight each bucket by its smoothed inverse document frequency,
-            ``log((1 + n) / (1 + df)) + 1`` over the texts given to `fit` (the train split),
-            normalised to sum to 1 per text, instead of the plain mean.
     """
 
     name = "lexical"
@@ -104,41 +101,20 @@ class LexicalBackbone(nn.Module):
     needs = "texts"
 
     def __init__(self, dim: int = 128, buckets: int = 262_144, word_ngrams: int = 2,
-                 char_ngrams: tuple[int, ...] = (3,), lowercase: bool = True,
-                 idf: bool = False) -> None:
+                 char_ngrams: tuple[int, ...] = (3,), lowercase: bool = True) -> None:
         super().__init__()
         self.config = {"dim": dim, "buckets": buckets, "word_ngrams": word_ngrams,
                        "char_ngrams": list(char_ngrams), "lowercase": lowercase}
-        if idf:  # only when on, so that folders saved before the option still load
-            self.config["idf"] = True
         self.out_dim = dim
-        self.idf = idf
         self.hasher = NgramHasher(buckets, word_ngrams, tuple(char_ngrams), lowercase)
-        self.bag = nn.EmbeddingBag(buckets, dim, mode="sum" if idf else "mean", sparse=True)
+        self.bag = nn.EmbeddingBag(buckets, dim, mode="mean", sparse=True)
         nn.init.normal_(self.bag.weight, std=0.1)
-        if idf:
-            self.register_buffer("idf_weights", torch.ones(buckets))
 
     def prepare(self, texts: list[str], *, cache: bool = False) -> Bags:
         """Hash the texts (cheap; `cache` is accepted for a uniform interface)."""
         return self.hasher.bags(texts)
 
-    def fit(self, bags: Bags) -> None:
-        """Set the IDF weights from the training texts' bags (nothing to do without `idf`)."""
-        if not self.idf:
-            return
-        df = np.bincount(bags.ids, minlength=self.hasher.buckets)  # ids are unique per text
-        idf = np.log((1.0 + len(bags)) / (1.0 + df)) + 1.0
-        self.idf_weights.copy_(torch.as_tensor(idf, dtype=torch.float32))
-
     def forward(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         flat, offsets = batch
         device = self.bag.weight.device
-        flat, offsets = flat.to(device), offsets.to(device)
-        if not self.idf:
-            return self.bag(flat, offsets)  # (B, dim)
-        weights = self.idf_weights[flat]
-        lengths = torch.diff(offsets, append=torch.tensor([len(flat)], device=device))
-        rows = torch.repeat_interleave(torch.arange(len(offsets), device=device), lengths)
-        totals = torch.zeros(len(offsets), device=device).index_add_(0, rows, weights)
-        return self.bag(flat, offsets, per_sample_weights=weights / totals[rows])
+        return self.bag(flat.to(device), offsets.to(device))  # (B, dim)

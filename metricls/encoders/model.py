@@ -150,7 +150,7 @@ def build_model(cfg: EncoderConfig, *, feature_dim: int | None = None,
         if name == "lexical":
             lex = cfg.lexical
             backbones.append(LexicalBackbone(lex.dim, lex.buckets, lex.word_ngrams,
-                                             lex.char_ngrams, lex.lowercase, lex.idf))
+                                             lex.char_ngrams, lex.lowercase))
         elif name == "minilm":
             backbones.append(MiniLMBackbone(cfg.minilm.max_seq_length, cfg.minilm.batch_size))
         else:

@@ -114,9 +114,6 @@ def _fit(cfg: Config, data: Dataset, ctx: DistContext) -> TrainResult:
         prepared = model.prepare(data.train.texts, data.train.features, cache=True)
         prepared_valid = (model.prepare(data.valid.texts, data.valid.features, cache=True)
                           if ctx.is_main else None)
-    for backbone, inputs in zip(model.backbones, prepared):
-        if hasattr(backbone, "fit"):  # statistics of the train split, e.g. lexical IDF
-            backbone.fit(inputs)
     label_vectors = nn.Parameter(torch.randn(len(data.vocab), model.out_dim, device=device) * 0.05)
     net = wrap(_Trainable(model, label_vectors), ctx)  # DDP when several processes
     loss_fn, triplets = build_loss(cfg.loss)
