@@ -8,7 +8,6 @@ and compared: ids and labels equal, largest score difference.
 from __future__ import annotations
 
 import os
-import platform
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from metricls.artifacts import write_json
+from metricls.bench.machine import machine_info
 from metricls.catalog import ENGINES, TagOptions, read_tags, tag_catalog
 
 
@@ -45,9 +45,8 @@ def bench_catalog(tagger: str | Path, data: str | Path = "debtags", *, num_actor
         runs = [tag_catalog(tagger, data, Path(tmp) / engine, engine=engine, options=options)
                 for engine in ENGINES]
         agreement = compare_tags(*(read_tags(Path(tmp) / engine) for engine in ENGINES))
-    result = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                          "platform": platform.platform(),
-                          "load_average_1min": [load_before[0], os.getloadavg()[0]]},
+    result = {"machine": machine_info() | {
+                  "load_average_1min": [load_before[0], os.getloadavg()[0]]},
               "tagger": str(tagger), "data": str(data), "runs": runs, "agreement": agreement}
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

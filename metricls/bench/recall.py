@@ -8,6 +8,7 @@ dimensions, plus 5% isotropic noise, then L2-normalised. Queries come from the s
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 from metricls.ann import make_index, recall_at_k_vs_exact
 from metricls.ann.scann_index import import_scann
 from metricls.artifacts import write_json
+from metricls.bench.machine import machine_info
 from metricls.errors import InputError, MetriclsError
 from metricls.prototypes import normalize_rows
 
@@ -127,7 +129,8 @@ def bench_recall(*, tagger: str | Path | None = None, quick: bool = False,
         rows += bench_set(f"synthetic-{n}", vectors[:n], vectors[n:], backends=backends,
                           singles=min(200, n_queries))
     summary = _summary(rows)
-    result = {"machine": _machine(threads), "rows": rows, "summary": summary}
+    machine = machine_info() | {"threads": threads or os.cpu_count()}
+    result = {"machine": machine, "rows": rows, "summary": summary}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)
@@ -188,14 +191,6 @@ def markdown_summary(result: dict[str, Any]) -> str:
                          f"{r['qps_batched']:,.0f} | {r['speedup_vs_flat']:.1f} | "
                          f"{r['memory_mb']:,.1f} | {r['build_s']:.1f} |")
     return "\n".join(lines)
-
-
-def _machine(threads: int) -> dict[str, Any]:
-    import os
-    import platform
-
-    return {"cpus": os.cpu_count(), "threads": threads or os.cpu_count(),
-            "platform": platform.platform(), "python": platform.python_version()}
 
 
 def _has_scann() -> bool:

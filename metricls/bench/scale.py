@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from metricls.artifacts import read_json, write_json
+from metricls.bench.machine import machine_info
 from metricls.bench.scale_data import generate_data
 from metricls.config import Config, load_config
 from metricls.errors import InputError, MetriclsError
@@ -235,7 +236,9 @@ def bench_scale(*, items: int = 1_000_000, labels: int = 10_000, dim: int = 256,
             done = stages[name]
             log.info("bench scale: %s done in %.1f s, peak RSS %.0f MB (anonymous %.0f MB)",
                      name, done["seconds"], done["peak_rss_mb"], done["peak_anon_mb"])
-    result = {"params": params, "machine": _machine(),
+    result = {"params": params, "machine": machine_info() | {
+                  "load_average_at_start": os.getloadavg()[0],
+                  "omp_wait_policy": stage_env()["OMP_WAIT_POLICY"]},
               "memory_method": "per-stage process: VmHWM (peak RSS, file-backed pages included) "
                                "and sampled peak RssAnon, see metricls/bench/scale.py",
               "dense_items_x_labels_gb": round(items * labels * 4 / 1e9, 1),
@@ -289,17 +292,6 @@ def stage_env() -> dict[str, str]:
     OpenMP threads that spin while waiting make small torch ops up to 100x slower whenever
     another process holds a core (measured on the 2-core machine: 83 ms instead of 1 ms)."""
     return {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-
-
-def _machine() -> dict[str, Any]:
-    import platform
-
-    with open("/proc/meminfo") as fh:
-        total = int(re.search(r"MemTotal:\s+(\d+)", fh.read()).group(1)) / 2**20
-    return {"cpus": os.cpu_count(), "memory_gb": round(total, 1),
-            "load_average_at_start": os.getloadavg()[0],
-            "omp_wait_policy": stage_env()["OMP_WAIT_POLICY"],
-            "platform": platform.platform(), "python": platform.python_version()}
 
 
 def main(argv: list[str]) -> int:

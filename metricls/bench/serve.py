@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import queue
 import signal
 import socket
@@ -23,13 +22,13 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from metricls.artifacts import read_json, write_json
+from metricls.bench.machine import machine_info
 from metricls.config import from_dict
 from metricls.data.dataset import read_config_items
 from metricls.errors import InputError, MetriclsError
@@ -138,7 +137,8 @@ def bench_serve(taggers: Sequence[str | Path], *, requests: int = 300, concurren
                              "concurrency": concurrency, "k": k, "workers": workers,
                              "requests": requests, **_stats(results, seconds, batch),
                              "loadavg_1m": [load_before, os.getloadavg()[0]]})
-    result = {"machine": _machine(), "client": f"httpx, {concurrency} threads, same machine",
+    result = {"machine": machine_info(("fastapi", "uvicorn", "httpx")),
+              "client": f"httpx, {concurrency} threads, same machine",
               "runs": runs}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -231,12 +231,3 @@ def markdown_summary(result: dict[str, Any]) -> str:
                      f"{lat['p95']:.1f} | {lat['p99']:.1f} | {server.get('p50', 0):.1f} | "
                      f"{r['errors']} |")
     return "\n".join(lines)
-
-
-def _machine() -> dict[str, Any]:
-    found = {"cpus": os.cpu_count(), "platform": platform.platform(),
-             "python": platform.python_version()}
-    for package in ("fastapi", "uvicorn", "httpx"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            found[package] = metadata.version(package)
-    return found
