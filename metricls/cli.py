@@ -326,9 +326,8 @@ def bench_peers_cmd(configs: Annotated[str, typer.Option(help="Comma-separated c
     """metricls against TF-IDF linear, tree and frozen-embedding peers on the same test split."""
     from metricls.bench.peers import bench_peers, markdown_table
 
-    result = bench_peers([c for c in configs.split(",") if c.strip()],
-                         peers=[p.strip() for p in peers.split(",") if p.strip()], out=out,
-                         quick=quick, reuse=reuse, frozen=frozen)
+    result = bench_peers(_csv(configs, str), peers=_csv(peers, str), out=out, quick=quick,
+                         reuse=reuse, frozen=frozen)
     typer.echo(markdown_table(result))
 
 
