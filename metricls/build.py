@@ -41,6 +41,8 @@ TRAINED_FILES = ("label_vectors.safetensors", "training.json")
 MEMMAP_BYTES = 1 << 28  # embeddings larger than this go to a memory-mapped file in `scratch`
 TUNE_QUERIES = 10_000  # validation items the scoring grid search uses at most
 PQ_MIN_VECTORS = 10_000  # index.pq_m compresses ivf indexes of at least this many vectors
+PER_LABEL = ("label_thresholds", "label_bias")  # Scoring fields with one value per label
+BIAS_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # tried on valid when the labels have learned biases
 
 
 def embed_items(model: EmbeddingModel, items: Items, scratch: Path | None,
@@ -57,10 +59,13 @@ def embed_items(model: EmbeddingModel, items: Items, scratch: Path | None,
 
 def assemble_tagger(cfg: Config, model: EmbeddingModel, data: Dataset,
                     label_vectors: np.ndarray | None = None, *,
+                    label_bias: np.ndarray | None = None,
                     scratch: Path | None = None) -> tuple[Tagger, dict]:
     """Index a trained (or untrained) model in memory and tune its scoring on `data.valid`.
 
     Args:
+        label_bias: (L,) learned per-label offsets (``train.label_bias``); used with the
+            learned prototypes only.
         scratch: a folder for large embeddings, memory-mapped (see `embed_items`).
 
     Returns:
@@ -70,9 +75,12 @@ def assemble_tagger(cfg: Config, model: EmbeddingModel, data: Dataset,
     with timed(seconds, "embed"):
         emb_train = embed_items(model, data.train, scratch, "train")
         emb_valid = embed_items(model, data.valid, scratch, "valid")
+    bias: list[float] = []
     with timed(seconds, "prototypes"):
         if cfg.index.prototypes == "learned" and label_vectors is not None:
             prototypes = np.asarray(label_vectors, dtype=np.float32)
+            if label_bias is not None:
+                bias = np.asarray(label_bias, dtype=np.float32).tolist()
         else:
             prototypes, _ = mean_prototypes(emb_train, y_train)
     with timed(seconds, "indexes"):  # built and tuned
@@ -83,7 +91,8 @@ def assemble_tagger(cfg: Config, model: EmbeddingModel, data: Dataset,
                     "ann": {"prototypes": proto_info, "items": item_info}, "seconds": seconds}
     tagger = Tagger(model=model, vocab=data.vocab, prototypes=prototypes,
                     proto_index=proto_index, item_index=item_index, item_labels=y_train,
-                    scoring=Scoring(knn=cfg.index.knn, candidates=cfg.index.candidates),
+                    scoring=Scoring(knn=cfg.index.knn, candidates=cfg.index.candidates,
+                                    label_bias=bias),
                     config=cfg)
     if len(emb_valid):
         with timed(seconds, "scoring"):
@@ -92,7 +101,7 @@ def assemble_tagger(cfg: Config, model: EmbeddingModel, data: Dataset,
             _, ids = tagger.score_embeddings(emb_valid, 10)
         tagger.metrics = {"valid": summarize(ranking_metrics(ids, data.valid.labels, data.vocab))}
     report["scoring"] = {k: v for k, v in tagger.scoring.to_dict().items()
-                         if k != "label_thresholds"}
+                         if k not in PER_LABEL}
     return tagger, report
 
 
@@ -133,7 +142,8 @@ def index_vectors(vectors: np.ndarray, queries: np.ndarray, cfg: Config,
 
 
 def tune_scoring(tagger: Tagger, emb: np.ndarray, Y: sp.csr_matrix) -> Scoring:
-    """Grid-search blend, k and temperature on valid (P@1 + P@5 + PSP@5), then thresholds.
+    """Grid-search blend, k, temperature and (with learned label biases) the bias weight on
+    valid for the best P@1 + P@5 + PSP@5, then tune thresholds.
 
     At most `TUNE_QUERIES` items (evenly spaced) are used.
     """
@@ -143,10 +153,12 @@ def tune_scoring(tagger: Tagger, emb: np.ndarray, Y: sp.csr_matrix) -> Scoring:
     props = tagger.vocab.propensities()
     best, best_score = base, -1.0
     found = tagger.search(emb, candidates=max(base.candidates, 20), knn=50)  # once, then slice
-    grid = list(itertools.product((10, 25, 50), (0.02, 0.05, 0.1)))
-    for knn, temp in progress(grid, desc="tune scoring"):
+    weights = BIAS_WEIGHTS if base.label_bias else (base.bias_weight,)
+    grid = list(itertools.product((10, 25, 50), (0.02, 0.05, 0.1), weights))
+    for knn, temp, weight in progress(grid, desc="tune scoring"):
         for blend in np.linspace(0.0, 1.0, 11):
-            trial = dataclasses.replace(base, knn=knn, temperature=temp, blend=float(blend))
+            trial = dataclasses.replace(base, knn=knn, temperature=temp, blend=float(blend),
+                                        bias_weight=weight)
             _, ids = tagger.combine(found, 5, trial)
             score = (precision_at_k(ids, Y, 1) + precision_at_k(ids, Y, 5)
                      + psp_at_k(ids, Y, 5, props))
@@ -192,7 +204,7 @@ def build_index(tagger_dir: str | Path, *, backend: str | None = None,
     vectors, _ = load_tensors(folder / "label_vectors.safetensors")
     with scratch_dir(folder) as scratch:
         tagger, report = assemble_tagger(cfg, model, data, vectors["label_vectors"],
-                                         scratch=scratch)
+                                         label_bias=vectors.get("label_bias"), scratch=scratch)
         write_tagger(tagger, folder, data, report, keep_from=folder)
     del tagger  # its indexes: free them before loading the written copy
     return Tagger.load(folder)

@@ -109,6 +109,9 @@ class TrainConfig:
     lexical_lr: float = 0.05
     weight_decay: float = 1e-5
     patience: int = 3
+    schedule: str = "cosine"  # learning rate: cosine decay to 0 over `epochs`, or constant
+    warmup: float = 0.0  # fraction of all steps with a linear warm-up (cosine only)
+    label_bias: bool = False  # learn a score offset per label: score = cos(item, label) + b_l
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # kept for older configs: false makes precision "auto" mean fp32
@@ -148,6 +151,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss.name": ("multi_similarity", "contrastive", "triplet", "decoupled_softmax"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "train.schedule": ("constant", "cosine"),
     "index.backend": ("auto", "flat", "hnsw", "ivf", "scann"),
     "index.prototypes": ("learned", "mean"),
 }
@@ -175,6 +179,7 @@ LIMITS: dict[str, tuple[Any, str]] = {
     "train.labels_per_batch": _GE1, "train.label_power": _FINITE,
     "train.lr": _POS, "train.lexical_lr": _POS, "train.weight_decay": _NONNEG,
     "train.patience": (lambda v: v >= 0, ">= 0"),
+    "train.warmup": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "train.seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
     "train.threads": (lambda v: v >= 0, ">= 0 (0 = all cores)"),
     "index.target_recall": (lambda v: 0 < v <= 1, "in (0, 1]"),

@@ -75,11 +75,13 @@ def add_label(tagger: Tagger, name: str, examples: Any = None, *, description: s
     L = len(tagger.vocab)
     Y = sp.hstack([tagger.item_labels, sp.csr_matrix((tagger.item_labels.shape[0], 1))],
                   format="csr", dtype=np.float32)
-    thresholds = list(tagger.scoring.label_thresholds)
+    thresholds, bias = list(tagger.scoring.label_thresholds), list(tagger.scoring.label_bias)
     if thresholds:
         thresholds.append(_fallback_threshold(tagger))
+    if bias:
+        bias.append(_fallback_bias(tagger))
     _commit(tagger, tagger.vocab.with_label(name, len(example_emb)),
-            np.vstack([tagger.prototypes, _mean(emb)]), Y, thresholds,
+            np.vstack([tagger.prototypes, _mean(emb)]), Y, thresholds, bias,
             new_items=example_emb if add_items else None, label=L, appended=True)
     tagger.label_changes.append(_change("add", name, example_emb, description, add_items))
     return L
@@ -104,6 +106,7 @@ def update_label(tagger: Tagger, name: str, examples: Any = None, *,
     emb, example_emb = _embed(tagger, name, examples, description)
     prototypes, counts = tagger.prototypes.copy(), tagger.vocab.counts.copy()
     Y, thresholds = tagger.item_labels, list(tagger.scoring.label_thresholds)
+    bias = list(tagger.scoring.label_bias)
     if mode == "replace":
         prototypes[i], counts[i] = _mean(emb)[0], len(example_emb)
         keep = np.ones(Y.shape[1], dtype=np.float32)
@@ -112,11 +115,13 @@ def update_label(tagger: Tagger, name: str, examples: Any = None, *,
         Y.eliminate_zeros()
         if thresholds:
             thresholds[i] = _fallback_threshold(tagger)
+        if bias:
+            bias[i] = _fallback_bias(tagger)
     else:
         prototypes[i] = _mean(counts[i] * prototypes[i][None] + emb.sum(axis=0, keepdims=True))[0]
         counts[i] += len(example_emb)
     vocab = LabelVocab(tagger.vocab.names, counts, tagger.vocab.n_items)
-    _commit(tagger, vocab, prototypes, Y, thresholds,
+    _commit(tagger, vocab, prototypes, Y, thresholds, bias,
             new_items=example_emb if add_items else None, label=i, appended=False)
     tagger.label_changes.append(_change(f"update:{mode}", name, example_emb, description,
                                         add_items))
@@ -126,8 +131,9 @@ def update_label(tagger: Tagger, name: str, examples: Any = None, *,
 def remove_label(tagger: Tagger, name: str) -> int:
     """Remove label `name` (in memory) and return the id it had; later ids shift down by one.
 
-    Its prototype, column of the item-label matrix, per-label threshold and vocabulary entry
-    go; the prototype index is rebuilt with the same parameters. Training items stay indexed.
+    Its prototype, column of the item-label matrix, per-label threshold and learned bias,
+    and vocabulary entry go; the prototype index is rebuilt with the same parameters.
+    Training items stay indexed.
     """
     name = _check_name(name)
     if len(tagger.vocab) == 1 and name in tagger.vocab:
@@ -135,8 +141,9 @@ def remove_label(tagger: Tagger, name: str) -> int:
     vocab, i = tagger.vocab.without_label(name)
     keep = np.arange(len(tagger.vocab)) != i
     thresholds = [t for j, t in enumerate(tagger.scoring.label_thresholds) if j != i]
+    bias = [b for j, b in enumerate(tagger.scoring.label_bias) if j != i]
     _commit(tagger, vocab, tagger.prototypes[keep], tagger.item_labels[:, keep], thresholds,
-            new_items=None, label=None, appended=False)
+            bias, new_items=None, label=None, appended=False)
     tagger.label_changes.append({"op": "remove", "label": name})
     return i
 
@@ -168,8 +175,10 @@ def save_tagger(tagger: Tagger, folder: str | Path) -> Path:
         if origin and (origin / "training.json").is_file():
             shutil.copy2(origin / "training.json", tmp / "training.json")
         if origin and (origin / "label_vectors.safetensors").is_file():
-            save_tensors(tmp / "label_vectors.safetensors",
-                         {"label_vectors": _label_vectors(tagger, origin)},
+            tensors = {"label_vectors": _label_vectors(tagger, origin)}
+            if tagger.scoring.label_bias:
+                tensors["label_bias"] = np.asarray(tagger.scoring.label_bias, dtype=np.float32)
+            save_tensors(tmp / "label_vectors.safetensors", tensors,
                          {"format": "metricls-label-vectors/1"})
         card = (origin / "README.md").read_text() if origin and (origin / "README.md").is_file() \
             else f"# metricls tagger `{tagger.config.name}`\n"
@@ -234,9 +243,14 @@ def _fallback_threshold(tagger: Tagger) -> float:
     return float(s.threshold if s.threshold is not None else np.median(s.label_thresholds))
 
 
+def _fallback_bias(tagger: Tagger) -> float:
+    """The learned bias of a label made from examples: the median of the trained ones."""
+    return float(np.median(tagger.scoring.label_bias))
+
+
 def _commit(tagger: Tagger, vocab: LabelVocab, prototypes: np.ndarray,
-            item_labels: sp.csr_matrix, thresholds: list[float], *, new_items: np.ndarray | None,
-            label: int | None, appended: bool) -> None:
+            item_labels: sp.csr_matrix, thresholds: list[float], bias: list[float], *,
+            new_items: np.ndarray | None, label: int | None, appended: bool) -> None:
     """Swap the new label state into `tagger`: every check on user input has passed by now.
 
     `new_items` (m, d) join the item index carrying only `label`; `appended`: the only new
@@ -256,7 +270,8 @@ def _commit(tagger: Tagger, vocab: LabelVocab, prototypes: np.ndarray,
     tagger.vocab = vocab
     tagger.prototypes = np.ascontiguousarray(prototypes, dtype=np.float32)
     tagger.item_labels = sp.csr_matrix(item_labels, dtype=np.float32)
-    tagger.scoring = dataclasses.replace(tagger.scoring, label_thresholds=thresholds)
+    tagger.scoring = dataclasses.replace(tagger.scoring, label_thresholds=thresholds,
+                                         label_bias=bias)
 
 
 def _append(index: AnnIndex, vectors: np.ndarray, what: str) -> None:

@@ -12,9 +12,13 @@ import scipy.sparse as sp
 class Scoring:
     """How neighbour search results become label scores.
 
-    score(l) = blend * (1 + cos(x, prototype_l)) / 2 + (1 - blend) * vote(l), where vote(l)
-    is the softmax(similarity / temperature)-weighted share of the `knn` nearest training
-    items that carry l. Both parts lie in [0, 1].
+    score(l) = blend * (1 + s_l) / 2 + (1 - blend) * vote(l), where vote(l) is the
+    softmax(similarity / temperature)-weighted share of the `knn` nearest training items that
+    carry l, and s_l = cos(x, prototype_l) + bias_weight * label_bias[l] for the `candidates`
+    most similar prototypes. Without label biases (the default) both parts lie in [0, 1].
+
+    `label_bias` holds the per-label offsets learned with ``train.label_bias`` (empty: none);
+    they re-rank the candidates that the prototype search returns by cosine alone.
     """
 
     blend: float = 0.5
@@ -23,6 +27,8 @@ class Scoring:
     candidates: int = 100
     threshold: float | None = None
     label_thresholds: list[float] = field(default_factory=list)
+    bias_weight: float = 1.0
+    label_bias: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,6 +51,17 @@ def vote_matrix(nn_scores: np.ndarray, nn_ids: np.ndarray, item_labels: sp.csr_m
     W = sp.csr_matrix((weights.ravel(), (rows, np.where(valid, nn_ids, 0).ravel())),
                       shape=(n, item_labels.shape[0]))
     return sp.csr_matrix(W @ item_labels)
+
+
+def with_label_bias(proto_scores: np.ndarray, proto_ids: np.ndarray,
+                    scoring: Scoring) -> np.ndarray:
+    """Prototype similarities plus ``bias_weight`` times each candidate label's learned bias
+    (unchanged without biases; padding, id -1, stays as it is)."""
+    if not scoring.label_bias or scoring.bias_weight == 0:
+        return proto_scores
+    bias = np.asarray(scoring.label_bias, dtype=np.float32)
+    shifted = proto_scores + scoring.bias_weight * bias[np.maximum(proto_ids, 0)]
+    return np.where(proto_ids >= 0, shifted, proto_scores).astype(np.float32)
 
 
 def prototype_matrix(proto_scores: np.ndarray, proto_ids: np.ndarray,

@@ -24,6 +24,7 @@ from metricls.scoring import (
     prototype_matrix,
     top_k,
     vote_matrix,
+    with_label_bias,
 )
 from metricls.validation import check_features, check_k, check_texts, to_number
 
@@ -161,7 +162,8 @@ class Tagger:
         n_labels = len(self.vocab)
         P = V = sp.csr_matrix((len(found.proto_ids), n_labels), dtype=np.float32)
         if scoring.blend > 0:
-            P = prototype_matrix(found.proto_scores, found.proto_ids, n_labels)
+            P = prototype_matrix(with_label_bias(found.proto_scores, found.proto_ids, scoring),
+                                 found.proto_ids, n_labels)
         if scoring.blend < 1:
             V = vote_matrix(found.item_scores[:, :scoring.knn], found.item_ids[:, :scoring.knn],
                             self.item_labels, scoring.temperature)

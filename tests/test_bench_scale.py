@@ -93,9 +93,13 @@ def test_validation_recall_in_blocks_equals_one_block(monkeypatch):
     prepared = model.prepare(None, rng.normal(size=(300, 8)).astype(np.float32))
     vectors = torch.randn(40, model.out_dim)
     Y = sp.csr_matrix((rng.random((300, 40)) < 0.1).astype(np.float32))
+    bias = torch.randn(40)
     whole = trainer._valid_recall(model, prepared, 300, vectors, Y)
+    biased = trainer._valid_recall(model, prepared, 300, vectors, Y, bias)
     monkeypatch.setattr(trainer, "SCORE_BLOCK", 7 * 40)  # 7 items at a time
     assert trainer._valid_recall(model, prepared, 300, vectors, Y) == whole > 0
+    assert trainer._valid_recall(model, prepared, 300, vectors, Y, bias) == biased > 0
+    assert biased != whole  # the biases change the ranking
 
 
 def test_scoring_in_batches_equals_one_batch(tiny_tagger_dir, monkeypatch):

@@ -32,6 +32,8 @@ def test_round_trip_through_dict_and_yaml(tmp_path):
     ("loss.name=softmax", "loss.name = 'softmax' is not one of"),
     ("encoder.backbones=[lexical, resnet]", "encoder.backbones = 'resnet' is not one of"),
     ("index.backend=annoy", "index.backend = 'annoy' is not one of"),
+    ("train.schedule=linear", "train.schedule = 'linear' is not one of"),
+    ("train.warmup=1.0", "train.warmup"),
     ("train", "override 'train': expected KEY=VALUE"),
 ])
 def test_bad_overrides_name_the_key(override, message):

@@ -149,10 +149,10 @@ def test_auto_precision_is_silent_fp32_on_cpu(caplog):
 
 
 def test_fit_with_bf16_on_cpu_trains_as_fp32(synthetic_path, tiny_tagger_dir, caplog):
-    """The fallback is plain fp32: epoch 1 matches the fp32 tiny tagger's epoch 1 exactly."""
-    cfg = load_config(TINY, [f"data.path={synthetic_path}", "train.precision=bf16",
-                             "train.epochs=1"])
+    """The fallback is plain fp32: training matches the fp32 tiny tagger's exactly (all its
+    epochs: the learning-rate schedule spans them)."""
+    cfg = load_config(TINY, [f"data.path={synthetic_path}", "train.precision=bf16"])
     with caplog.at_level(logging.WARNING, logger="metricls"):
         result = fit(cfg, Dataset.load(cfg.data))
     assert "training in fp32" in caplog.text
-    assert result.history[0] == _history(tiny_tagger_dir)[0]
+    assert result.history == _history(tiny_tagger_dir)

@@ -15,7 +15,7 @@ import numpy as np
 from metricls.ann import make_index
 from metricls.artifacts import read_json
 from metricls.bench.peer_run import K, PeerRun, Trial, best_trial
-from metricls.build import assemble_tagger
+from metricls.build import PER_LABEL, assemble_tagger
 from metricls.config import Config, from_dict, to_dict
 from metricls.data.dataset import Dataset
 from metricls.encoders.model import build_model
@@ -127,7 +127,8 @@ def run_metricls(cfg: Config, data: Dataset, *, reuse: Path | None = None) -> Pe
     tagger.embed(warm)  # load the frozen encoder before the clock starts
     report, tagged = evaluate_tagged(tagger, data.test, k=K)
     scoring = tagger.scoring.to_dict()
-    scoring["label_thresholds"] = len(scoring["label_thresholds"])
+    for key in PER_LABEL:  # one value per label: their count is enough here
+        scoring[key] = len(scoring[key])
     settings |= {"config": to_dict(cfg), "scoring": scoring}
     description = f"metricls `{cfg.name}` ({' + '.join(cfg.encoder.backbones)}, {cfg.loss.name})"
     return PeerRun(f"metricls:{cfg.name}", description, tagged.ids, train_s,
@@ -138,7 +139,8 @@ def _trained(cfg: Config, data: Dataset) -> tuple[Tagger, float, dict[str, Any]]
     """Train and index `cfg` on `data` in memory: the tagger, its seconds, what happened."""
     result = fit(cfg, data)
     start = time.perf_counter()
-    tagger, _ = assemble_tagger(cfg, result.model, data, result.label_vectors)
+    tagger, _ = assemble_tagger(cfg, result.model, data, result.label_vectors,
+                                label_bias=result.label_bias)
     build_s = time.perf_counter() - start
     return tagger, result.seconds + build_s, {
         "source": "trained", "fit_s": round(result.seconds, 2), "build_s": round(build_s, 2),

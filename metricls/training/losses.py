@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning import losses
-from pytorch_metric_learning.distances import CosineSimilarity
+from pytorch_metric_learning.distances import BaseDistance, CosineSimilarity
 from torch import Tensor, nn
 
 from metricls.config import LossConfig
@@ -51,21 +51,30 @@ class DecoupledSoftmaxLoss(losses.BaseMetricLossFunction):
         """Cosine similarity, as every metricls loss."""
         return CosineSimilarity()
 
-# Each entry builds a loss that accepts indices_tuple without labels; the bool says whether it
-# takes triplets (a, p, n) rather than pairs (a1, p, a2, n).
-LOSSES: dict[str, tuple[Callable[[LossConfig], nn.Module], bool]] = {
+# Each entry builds, from the config and a similarity, a loss that accepts indices_tuple without
+# labels; the bool says whether it takes triplets (a, p, n) rather than pairs (a1, p, a2, n).
+LOSSES: dict[str, tuple[Callable[[LossConfig, BaseDistance], nn.Module], bool]] = {
     "multi_similarity": (
-        lambda c: losses.MultiSimilarityLoss(alpha=c.alpha, beta=c.beta, base=c.base), False),
+        lambda c, d: losses.MultiSimilarityLoss(alpha=c.alpha, beta=c.beta, base=c.base,
+                                                distance=d), False),
     "contrastive": (
-        lambda c: losses.ContrastiveLoss(pos_margin=c.pos_margin, neg_margin=c.neg_margin,
-                                         distance=CosineSimilarity()), False),
-    "triplet": (
-        lambda c: losses.TripletMarginLoss(margin=c.margin, distance=CosineSimilarity()), True),
-    "decoupled_softmax": (lambda c: DecoupledSoftmaxLoss(temperature=c.temperature), False),
+        lambda c, d: losses.ContrastiveLoss(pos_margin=c.pos_margin, neg_margin=c.neg_margin,
+                                            distance=d), False),
+    "triplet": (lambda c, d: losses.TripletMarginLoss(margin=c.margin, distance=d), True),
+    "decoupled_softmax": (
+        lambda c, d: DecoupledSoftmaxLoss(temperature=c.temperature, distance=d), False),
 }
 
 
-def build_loss(cfg: LossConfig) -> tuple[nn.Module, bool]:
-    """The PML loss named by `cfg.name` and whether its miners must return triplets."""
+def build_loss(cfg: LossConfig, distance: BaseDistance | None = None) -> tuple[nn.Module, bool]:
+    """The PML loss named by `cfg.name` and whether its miners must return triplets.
+
+    Args:
+        cfg: the loss settings.
+        distance: the similarity the loss compares with; default `CosineSimilarity`. With
+            learned label biases the trainer passes `DotProductSimilarity` over embeddings
+            extended by a constant 1 and label vectors extended by their bias, so that a
+            label's similarity is cos(item, label) + bias.
+    """
     make, triplets = LOSSES[cfg.name]
-    return make(cfg), triplets
+    return make(cfg, distance if distance is not None else CosineSimilarity()), triplets

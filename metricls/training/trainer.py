@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
+from pytorch_metric_learning.distances import CosineSimilarity, DotProductSimilarity
 from torch import nn
 
 from metricls.artifacts import save_tensors, staged_dir, write_json, write_manifest
@@ -46,6 +48,7 @@ class TrainResult:
 
     model: EmbeddingModel
     label_vectors: np.ndarray  # (L, d) float32, L2-normalised
+    label_bias: np.ndarray | None = None  # (L,) float32 with train.label_bias, else None
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     seconds: float = 0.0
@@ -60,25 +63,59 @@ def seed_everything(seed: int) -> None:
 
 
 class _Trainable(nn.Module):
-    """The model and the label vectors as one module, so that DDP averages both gradients."""
+    """The model, the label vectors and their biases as one module, so that DDP averages every
+    gradient.
 
-    def __init__(self, model: EmbeddingModel, label_vectors: nn.Parameter) -> None:
+    With `label_bias`, forward returns the label vectors extended by a bias column, and
+    `extend` adds a constant-1 column to item embeddings: their dot product is then
+    cos(item, label) + bias, which the loss compares with `DotProductSimilarity`.
+    """
+
+    def __init__(self, model: EmbeddingModel, label_vectors: nn.Parameter,
+                 label_bias: nn.Parameter | None = None) -> None:
         super().__init__()
         self.model = model
         self.label_vectors = label_vectors
+        self.label_bias = label_bias
 
     def forward(self, prepared: list, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model(prepared, idx), F.normalize(self.label_vectors, dim=1)
+        vectors = F.normalize(self.label_vectors, dim=1)
+        if self.label_bias is not None:
+            vectors = torch.cat([vectors, self.label_bias[:, None]], dim=1)
+        return self.model(prepared, idx), vectors
+
+    def extend(self, emb: torch.Tensor) -> torch.Tensor:
+        """Item embeddings as the label side expects them: a 1 appended with label biases."""
+        if self.label_bias is None:
+            return emb
+        return torch.cat([emb, emb.new_ones(len(emb), 1)], dim=1)
 
 
-def _optimizers(model: nn.Module, label_vectors: nn.Parameter, cfg: Config) -> list:
-    sparse = [p for n, p in model.named_parameters() if n.endswith("bag.weight")]
-    dense = [p for n, p in model.named_parameters() if not n.endswith("bag.weight")]
+def _optimizers(net: _Trainable, cfg: Config) -> list:
+    """AdamW for the dense parameters (label vectors and biases included), SparseAdam for the
+    lexical bag."""
+    sparse = [p for n, p in net.named_parameters() if n.endswith("bag.weight")]
+    dense = [p for n, p in net.named_parameters() if not n.endswith("bag.weight")]
     opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(
-        [*dense, label_vectors], lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)]
+        dense, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)]
     if sparse:
         opts.append(torch.optim.SparseAdam(sparse, lr=cfg.train.lexical_lr))
     return opts
+
+
+def _schedulers(optimizers: list, cfg: Config, steps: int) -> list:
+    """Per-step learning-rate schedules: none for "constant"; for "cosine", a linear warm-up
+    over `train.warmup` of all steps, then cosine decay to 0 at the last step of `epochs`."""
+    if cfg.train.schedule == "constant":
+        return []
+    warmup = int(cfg.train.warmup * steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    return [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in optimizers]
 
 
 def fit(cfg: Config, data: Dataset) -> TrainResult:
@@ -115,15 +152,23 @@ def _fit(cfg: Config, data: Dataset, ctx: DistContext) -> TrainResult:
         prepared_valid = (model.prepare(data.valid.texts, data.valid.features, cache=True)
                           if ctx.is_main else None)
     label_vectors = nn.Parameter(torch.randn(len(data.vocab), model.out_dim, device=device) * 0.05)
-    net = wrap(_Trainable(model, label_vectors), ctx)  # DDP when several processes
-    loss_fn, triplets = build_loss(cfg.loss)
+    label_bias = (nn.Parameter(torch.zeros(len(data.vocab), device=device))
+                  if cfg.train.label_bias else None)
+    trainable = _Trainable(model, label_vectors, label_bias)
+    net = wrap(trainable, ctx)  # DDP when several processes
+    # embeddings are unit vectors, so a dot product is their cosine; with label biases the
+    # extended vectors' dot product is cos + bias (see _Trainable)
+    similarity = DotProductSimilarity() if label_bias is not None else CosineSimilarity()
+    loss_fn, triplets = build_loss(cfg.loss, similarity)
     m = cfg.miner
-    label_miner = LabelMiner(hard_negatives=m.label_hard_negatives, triplets=triplets)
+    label_miner = LabelMiner(hard_negatives=m.label_hard_negatives, triplets=triplets,
+                             distance=similarity)
     item_miner = SharedLabelMiner(min_jaccard=m.min_jaccard, hard_negatives=m.item_hard_negatives,
                                   triplets=triplets)
     sampler = LabelBatchSampler(y_train, cfg.train.batch_size, cfg.train.labels_per_batch,
                                 cfg.train.label_power, cfg.train.seed)
-    optimizers = _optimizers(model, label_vectors, cfg)
+    optimizers = _optimizers(trainable, cfg)
+    schedulers = _schedulers(optimizers, cfg, cfg.train.epochs * len(sampler))
     precision = resolve_precision(cfg.train.precision, cfg.train.amp, device)
     scaler = grad_scaler(precision)
     best, best_state, history, bad_epochs, best_epoch = -1.0, None, [], 0, 0
@@ -139,8 +184,9 @@ def _fit(cfg: Config, data: Dataset, ctx: DistContext) -> TrainResult:
             with autocast(precision, device):
                 emb, vectors = net(prepared, local)
                 emb = gather_rows(emb, sizes, ctx)  # every shard, in the order of idx
+                query = trainable.extend(emb)
                 loss = m.label_weight * loss_fn(
-                    emb, indices_tuple=label_miner(emb, yb, ref_emb=vectors), ref_emb=vectors)
+                    query, indices_tuple=label_miner(query, yb, ref_emb=vectors), ref_emb=vectors)
                 if m.item_weight > 0:
                     loss = loss + m.item_weight * loss_fn(
                         emb, indices_tuple=item_miner(emb, yb))
@@ -150,17 +196,21 @@ def _fit(cfg: Config, data: Dataset, ctx: DistContext) -> TrainResult:
             for opt in optimizers:
                 scaler.step(opt)
             scaler.update()
+            for sched in schedulers:
+                sched.step()
             losses.append(float(loss.detach()))
             batches.set_postfix(loss=f"{losses[-1]:.4f}")
         score = broadcast_float(  # rank 0 validates; every process takes the same decision
-            _valid_recall(model, prepared_valid, len(data.valid), label_vectors, y_valid)
+            _valid_recall(model, prepared_valid, len(data.valid), label_vectors, y_valid,
+                          label_bias)
             if ctx.is_main else 0.0, ctx)
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "valid_R@10": score})
         epochs.set_postfix(loss=f"{history[-1]['loss']:.4f}", valid_R10=f"{score:.4f}")
         log.info("epoch %d: loss %.4f valid R@10 %.4f", epoch + 1, history[-1]["loss"], score)
         if score > best:
             best, bad_epochs = score, 0
-            best_state = (copy.deepcopy(model.state_dict()), label_vectors.detach().clone())
+            best_state = (copy.deepcopy(model.state_dict()), label_vectors.detach().clone(),
+                          None if label_bias is None else label_bias.detach().clone())
             best_epoch = epoch + 1
         else:
             bad_epochs += 1
@@ -170,21 +220,24 @@ def _fit(cfg: Config, data: Dataset, ctx: DistContext) -> TrainResult:
     model.load_state_dict(best_state[0])
     model.eval()
     vectors = F.normalize(best_state[1], dim=1).cpu().numpy().astype(np.float32)
-    return TrainResult(model.cpu(), vectors, history, best_epoch, time.perf_counter() - start)
+    bias = None if best_state[2] is None else best_state[2].cpu().numpy().astype(np.float32)
+    return TrainResult(model.cpu(), vectors, bias, history, best_epoch,
+                       time.perf_counter() - start)
 
 
 def _valid_recall(model: EmbeddingModel, prepared: list, n: int, label_vectors: torch.Tensor,
-                  y_valid: sp.csr_matrix) -> float:
-    """Validation R@10 of prototype-only scores (the label vectors as they are now)."""
+                  y_valid: sp.csr_matrix, label_bias: torch.Tensor | None = None) -> float:
+    """Validation R@10 of prototype-only scores (the label vectors and biases as they are)."""
     if n == 0:
         return 0.0
     emb = model.embed_prepared(prepared, n)
     vectors = F.normalize(label_vectors.detach(), dim=1).cpu().numpy()
+    bias = 0.0 if label_bias is None else label_bias.detach().cpu().numpy()
     k = min(10, len(vectors))
     rows = max(1, SCORE_BLOCK // len(vectors))  # never a whole (n, L) score matrix
     ids = np.empty((n, k), dtype=np.int64)
     for start in range(0, n, rows):
-        scores = emb[start:start + rows] @ vectors.T  # (rows, L)
+        scores = emb[start:start + rows] @ vectors.T + bias  # (rows, L)
         ids[start:start + rows] = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     return recall_at_k(ids, y_valid, k)
 
@@ -219,7 +272,10 @@ def _write_tagger(folder: Path, cfg: Config, data: Dataset, result: TrainResult)
         write_json(tmp / "config.json", to_dict(cfg))
         write_json(tmp / "labels.json", data.vocab.to_dict())
         result.model.save(tmp / "encoder")
-        save_tensors(tmp / "label_vectors.safetensors", {"label_vectors": result.label_vectors},
+        tensors = {"label_vectors": result.label_vectors}
+        if result.label_bias is not None:
+            tensors["label_bias"] = result.label_bias
+        save_tensors(tmp / "label_vectors.safetensors", tensors,
                      {"format": "metricls-label-vectors/1"})
         write_json(tmp / "training.json", {"history": result.history,
                                            "best_epoch": result.best_epoch,
