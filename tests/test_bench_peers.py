@@ -151,6 +151,21 @@ def test_a_tagger_of_another_config_or_data_is_not_reused(tmp_path, synthetic_pa
     assert "other data" in caplog.text
 
 
+def test_a_tagger_saved_with_a_stale_config_key_is_retrained_not_fatal(
+        tmp_path, synthetic_path, tiny_tagger_dir, caplog):
+    import shutil
+
+    folder = tmp_path / "old"
+    shutil.copytree(tiny_tagger_dir, folder)
+    saved = read_json(folder / "config.json")
+    saved["train"]["gone_key"] = 1  # written by a metricls that had this key
+    (folder / "config.json").write_text(json.dumps(saved))
+    cfg = load_config(TINY, [f"data.path={synthetic_path}"])
+    with caplog.at_level(logging.WARNING, logger="metricls"):
+        assert reusable_tagger(folder, cfg, Dataset.load(cfg.data)) is None
+    assert "its config does not read" in caplog.text and "gone_key" in caplog.text
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--peers", "svm"], "--peers: unknown peer 'svm'"),
     (["--quick", "--reuse"], "--reuse evaluates taggers trained on the full data"),

@@ -150,17 +150,13 @@ def _trained(cfg: Config, data: Dataset) -> tuple[Tagger, float, dict[str, Any]]
 def reusable_tagger(folder: Path, cfg: Config, data: Dataset) -> Tagger | None:
     """The tagger in `folder` if it was built from `cfg` (as resolved now; `data.path` aside) and
     from a file with the sha256 of `data`'s, with the same labels; else None, logging why."""
-    problem = None
     if not (folder / "manifest.json").exists() or not (folder / "training.json").exists():
         problem = "no trained and built tagger there"
     else:
-        saved = from_dict(read_json(folder / "config.json"), source=str(folder / "config.json"))
-        # the data is compared by content below, so a moved or renamed file still matches
-        differ = [key for key in _differences(to_dict(saved), to_dict(cfg)) if key != "data.path"]
-        if differ:
-            problem = f"its config differs in {differ}"
-        elif read_json(folder / "manifest.json").get("data", {}).get("sha256") != data.sha256:
-            problem = "it was built from other data"
+        problem = _config_problem(folder, cfg)
+    if problem is None and \
+            read_json(folder / "manifest.json").get("data", {}).get("sha256") != data.sha256:
+        problem = "it was built from other data"
     if problem is None:
         try:
             tagger = Tagger.load(folder)
@@ -172,6 +168,17 @@ def reusable_tagger(folder: Path, cfg: Config, data: Dataset) -> Tagger | None:
             problem = "its labels differ from the data's"
     log.warning("not reusing %s: %s; training %s here instead", folder, problem, cfg.name)
     return None
+
+
+def _config_problem(folder: Path, cfg: Config) -> str | None:
+    """Why the config saved in `folder` is not `cfg` (None when it is, `data.path` aside)."""
+    try:
+        saved = from_dict(read_json(folder / "config.json"), source=str(folder / "config.json"))
+    except MetriclsError as exc:  # e.g. a key that an older metricls wrote and this one lacks
+        return f"its config does not read ({exc})"
+    # the data is compared by content by the caller, so a moved or renamed file still matches
+    differ = [key for key in _differences(to_dict(saved), to_dict(cfg)) if key != "data.path"]
+    return f"its config differs in {differ}" if differ else None
 
 
 def _differences(saved: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> list[str]:
