@@ -83,8 +83,10 @@ def run_ovr(feats: TfidfFeatures, data: Dataset) -> PeerRun:
     trials = []
     for setting in progress(OVR_GRID, desc="tfidf-ovr"):
         start = time.perf_counter()
-        # threads, not processes: liblinear trains without the GIL, and X is not copied
-        with warnings.catch_warnings(), parallel_config(backend="threading", n_jobs=-1):
+        # one label at a time: liblinear seeds and draws from C's process-wide rand(), so
+        # labels fitted in parallel threads shuffle differently from run to run (two runs
+        # chose different C on valid)
+        with warnings.catch_warnings(), parallel_config(backend="threading", n_jobs=1):
             warnings.simplefilter("ignore", UserWarning)  # a label on no or every train item
             svm = LinearSVC(C=setting["C"], tol=0.1, random_state=0)  # it shuffles
             model = OneVsRestClassifier(svm).fit(X, Y)
