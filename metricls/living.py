@@ -75,13 +75,8 @@ def add_label(tagger: Tagger, name: str, examples: Any = None, *, description: s
     L = len(tagger.vocab)
     Y = sp.hstack([tagger.item_labels, sp.csr_matrix((tagger.item_labels.shape[0], 1))],
                   format="csr", dtype=np.float32)
-    thresholds, bias = list(tagger.scoring.label_thresholds), list(tagger.scoring.label_bias)
-    if thresholds:
-        thresholds.append(_fallback_threshold(tagger))
-    if bias:
-        bias.append(_fallback_bias(tagger))
     _commit(tagger, tagger.vocab.with_label(name, len(example_emb)),
-            np.vstack([tagger.prototypes, _mean(emb)]), Y, thresholds, bias,
+            np.vstack([tagger.prototypes, _mean(emb)]), Y, _label_lists(tagger, append=True),
             new_items=example_emb if add_items else None, label=L, appended=True)
     tagger.label_changes.append(_change("add", name, example_emb, description, add_items))
     return L
@@ -105,23 +100,19 @@ def update_label(tagger: Tagger, name: str, examples: Any = None, *,
     i = tagger.vocab.index(_check_name(name))
     emb, example_emb = _embed(tagger, name, examples, description)
     prototypes, counts = tagger.prototypes.copy(), tagger.vocab.counts.copy()
-    Y, thresholds = tagger.item_labels, list(tagger.scoring.label_thresholds)
-    bias = list(tagger.scoring.label_bias)
+    Y, per_label = tagger.item_labels, _label_lists(tagger)
     if mode == "replace":
         prototypes[i], counts[i] = _mean(emb)[0], len(example_emb)
         keep = np.ones(Y.shape[1], dtype=np.float32)
         keep[i] = 0.0
         Y = sp.csr_matrix(Y @ sp.diags(keep))
         Y.eliminate_zeros()
-        if thresholds:
-            thresholds[i] = _fallback_threshold(tagger)
-        if bias:
-            bias[i] = _fallback_bias(tagger)
+        per_label = _label_lists(tagger, reset=i)
     else:
         prototypes[i] = _mean(counts[i] * prototypes[i][None] + emb.sum(axis=0, keepdims=True))[0]
         counts[i] += len(example_emb)
     vocab = LabelVocab(tagger.vocab.names, counts, tagger.vocab.n_items)
-    _commit(tagger, vocab, prototypes, Y, thresholds, bias,
+    _commit(tagger, vocab, prototypes, Y, per_label,
             new_items=example_emb if add_items else None, label=i, appended=False)
     tagger.label_changes.append(_change(f"update:{mode}", name, example_emb, description,
                                         add_items))
@@ -140,10 +131,8 @@ def remove_label(tagger: Tagger, name: str) -> int:
         raise InputError(f"label {name!r} is the tagger's only label; a tagger needs at least one")
     vocab, i = tagger.vocab.without_label(name)
     keep = np.arange(len(tagger.vocab)) != i
-    thresholds = [t for j, t in enumerate(tagger.scoring.label_thresholds) if j != i]
-    bias = [b for j, b in enumerate(tagger.scoring.label_bias) if j != i]
-    _commit(tagger, vocab, tagger.prototypes[keep], tagger.item_labels[:, keep], thresholds,
-            bias, new_items=None, label=None, appended=False)
+    _commit(tagger, vocab, tagger.prototypes[keep], tagger.item_labels[:, keep],
+            _label_lists(tagger, drop=i), new_items=None, label=None, appended=False)
     tagger.label_changes.append({"op": "remove", "label": name})
     return i
 
@@ -248,13 +237,37 @@ def _fallback_bias(tagger: Tagger) -> float:
     return float(np.median(tagger.scoring.label_bias))
 
 
+# The Scoring fields holding one value per label, and the value a label without its own gets.
+_PER_LABEL_FALLBACKS = {"label_thresholds": _fallback_threshold, "label_bias": _fallback_bias}
+
+
+def _label_lists(tagger: Tagger, *, append: bool = False, reset: int | None = None,
+                 drop: int | None = None) -> dict[str, list[float]]:
+    """Copies of the scoring's per-label lists (tuned thresholds, learned biases) with a new
+    last label's fallback appended, label `reset` set back to its fallback, or label `drop`
+    removed; a list that is empty (never tuned, never learned) stays empty."""
+    lists = {}
+    for key, fallback in _PER_LABEL_FALLBACKS.items():
+        values = list(getattr(tagger.scoring, key))
+        if values:
+            if append:
+                values.append(fallback(tagger))
+            if reset is not None:
+                values[reset] = fallback(tagger)
+            if drop is not None:
+                del values[drop]
+        lists[key] = values
+    return lists
+
+
 def _commit(tagger: Tagger, vocab: LabelVocab, prototypes: np.ndarray,
-            item_labels: sp.csr_matrix, thresholds: list[float], bias: list[float], *,
+            item_labels: sp.csr_matrix, per_label: dict[str, list[float]], *,
             new_items: np.ndarray | None, label: int | None, appended: bool) -> None:
     """Swap the new label state into `tagger`: every check on user input has passed by now.
 
-    `new_items` (m, d) join the item index carrying only `label`; `appended`: the only new
-    prototype is the last row (added to the index), else the prototype index is rebuilt.
+    `per_label` replaces the scoring's per-label lists (see `_label_lists`); `new_items`
+    (m, d) join the item index carrying only `label`; `appended`: the only new prototype is the
+    last row (added to the index), else the prototype index is rebuilt.
     """
     if new_items is not None and len(new_items):
         rows = sp.csr_matrix((np.ones(len(new_items), np.float32),
@@ -270,8 +283,7 @@ def _commit(tagger: Tagger, vocab: LabelVocab, prototypes: np.ndarray,
     tagger.vocab = vocab
     tagger.prototypes = np.ascontiguousarray(prototypes, dtype=np.float32)
     tagger.item_labels = sp.csr_matrix(item_labels, dtype=np.float32)
-    tagger.scoring = dataclasses.replace(tagger.scoring, label_thresholds=thresholds,
-                                         label_bias=bias)
+    tagger.scoring = dataclasses.replace(tagger.scoring, **per_label)
 
 
 def _append(index: AnnIndex, vectors: np.ndarray, what: str) -> None:
