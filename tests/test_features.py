@@ -57,6 +57,17 @@ def test_dataset_summary_has_the_features_hash(files):
     assert len(summary["features_sha256"]) == 64 and summary["n_train"] > 300
 
 
+def test_features_path_is_read_with_a_packaged_dataset_name(tmp_path):
+    """`data.path: debtags` (a name, not a file path) still reads its `features_path`."""
+    n = len(read_items("debtags", id_column="package", text_columns=["summary"]))
+    vectors = np.arange(n * 2, dtype=np.float32).reshape(n, 2)
+    np.save(tmp_path / "debtags.npy", vectors)
+    cfg = load_config("configs/debtags.yaml", [f"data.features_path={tmp_path / 'debtags.npy'}"])
+    data = Dataset.load(cfg.data)
+    assert data.train.features is not None and data.train.features.shape == (len(data.train), 2)
+    assert data.features_sha256 is not None
+
+
 def test_bad_features_files_name_the_file_and_row(files, tmp_path):
     table, n = files["table"], len(files["vectors"])
     with _raises(f"{tmp_path / 'none.npy'}: no such features file"):

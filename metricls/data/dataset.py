@@ -82,4 +82,5 @@ def _without(label_lists: list[list[str]], excluded: tuple[str, ...],
 
 
 def _same_file(a: str | Path, b: str | Path) -> bool:
-    return Path(str(a)).expanduser().resolve() == Path(str(b)).expanduser().resolve()
+    """Whether two paths or dataset names ("debtags") name the same file."""
+    return resolve_dataset(a).resolve() == resolve_dataset(b).resolve()
