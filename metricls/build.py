@@ -33,8 +33,9 @@ from metricls.evaluation import ranking_metrics, summarize
 from metricls.metrics import precision_at_k, psp_at_k
 from metricls.progress import progress
 from metricls.prototypes import mean_prototypes
+from metricls.rerank import DEPTH, MIN_ITEMS, Reranker, fit_trees, ranked
 from metricls.scoring import Scoring, tune_global_threshold, tune_label_thresholds
-from metricls.tagger import Tagger
+from metricls.tagger import Neighbours, Tagger
 
 log = logging.getLogger(__name__)
 TRAINED_FILES = ("label_vectors.safetensors", "training.json")
@@ -96,7 +97,9 @@ def assemble_tagger(cfg: Config, model: EmbeddingModel, data: Dataset,
                     config=cfg)
     if len(emb_valid):
         with timed(seconds, "scoring"):
-            tagger.scoring = tune_scoring(tagger, emb_valid, data.labels("valid"))
+            tagger.scoring, tagger.reranker, report["rerank"] = tune_scoring(
+                tagger, emb_valid, data.labels("valid"), rerank=cfg.index.rerank,
+                seed=cfg.train.seed)
         with timed(seconds, "valid_metrics"):
             _, ids = tagger.score_embeddings(emb_valid, 10)
         tagger.metrics = {"valid": summarize(ranking_metrics(ids, data.valid.labels, data.vocab))}
@@ -141,34 +144,78 @@ def index_vectors(vectors: np.ndarray, queries: np.ndarray, cfg: Config,
     return index, info
 
 
-def tune_scoring(tagger: Tagger, emb: np.ndarray, Y: sp.csr_matrix) -> Scoring:
-    """Grid-search blend, k, temperature and (with learned label biases) the bias weight on
-    valid for the best P@1 + P@5 + PSP@5, then tune thresholds.
+def objective(ids: np.ndarray, Y: sp.csr_matrix, props: np.ndarray) -> float:
+    """What scoring is tuned for on valid: P@1 + P@5 + PSP@5."""
+    return precision_at_k(ids, Y, 1) + precision_at_k(ids, Y, 5) + psp_at_k(ids, Y, 5, props)
 
-    At most `TUNE_QUERIES` items (evenly spaced) are used.
+
+def tune_scoring(tagger: Tagger, emb: np.ndarray, Y: sp.csr_matrix, *, rerank: bool = False,
+                 seed: int = 0) -> tuple[Scoring, Reranker | None, dict | str]:
+    """Tune how a tagger scores on valid (at most `TUNE_QUERIES` items, evenly spaced).
+
+    Grid-searches blend, k, temperature and (with learned label biases) the bias weight for the
+    best `objective`; with `rerank`, then fits a reranker (`tune_reranker`) and keeps it when
+    it scores better out of fold. Thresholds are tuned last, on the scores the tagger will give
+    (the reranker's out-of-fold probabilities when it has one).
+
+    Returns:
+        The scoring, the reranker or None, and what happened to the reranker (a report).
     """
     step = max(1, -(-len(emb) // TUNE_QUERIES))
     emb, Y = emb[::step], sp.csr_matrix(Y)[::step]
     base = tagger.scoring
     props = tagger.vocab.propensities()
     best, best_score = base, -1.0
-    found = tagger.search(emb, candidates=max(base.candidates, 20), knn=50)  # once, then slice
+    found = tagger.search(emb, candidates=max(base.candidates, DEPTH), knn=50)  # once, then slice
     weights = BIAS_WEIGHTS if base.label_bias else (base.bias_weight,)
     grid = list(itertools.product((10, 25, 50), (0.02, 0.05, 0.1), weights))
     for knn, temp, weight in progress(grid, desc="tune scoring"):
         for blend in np.linspace(0.0, 1.0, 11):
             trial = dataclasses.replace(base, knn=knn, temperature=temp, blend=float(blend),
                                         bias_weight=weight)
-            _, ids = tagger.combine(found, 5, trial)
-            score = (precision_at_k(ids, Y, 1) + precision_at_k(ids, Y, 5)
-                     + psp_at_k(ids, Y, 5, props))
+            score = objective(tagger.combine(found, 5, trial)[1], Y, props)
             if score > best_score:
                 best, best_score = trial, score
-    scores, ids = tagger.combine(found, 20, best)
+    log.info("scoring tuned on valid: %s", best)
+    reranker, scores_ids, report = None, None, "off (index.rerank: false)"
+    if rerank:
+        reranker, scores_ids, report = tune_reranker(tagger, found, best, Y, best_score, seed)
+    scores, ids = scores_ids if scores_ids is not None else tagger.combine(found, 20, best)
     threshold = tune_global_threshold(scores, ids, Y)
     per_label = tune_label_thresholds(scores, ids, Y, fallback=threshold)
-    log.info("scoring tuned on valid: %s", best)
-    return dataclasses.replace(best, threshold=threshold, label_thresholds=per_label)
+    return dataclasses.replace(best, threshold=threshold, label_thresholds=per_label), reranker, \
+        report
+
+
+def tune_reranker(tagger: Tagger, found: Neighbours, scoring: Scoring, Y: sp.csr_matrix,
+                  plain: float, seed: int) -> tuple[Reranker | None, tuple | None, dict | str]:
+    """Fit a reranker on the validation queries `found` (labels `Y`).
+
+    It is scored out of fold (two folds of the queries, by position) and kept, refitted on all
+    of them, when its out-of-fold `objective` beats `plain` (the scoring's own). Returns the
+    reranker or None, its out-of-fold (scores, ids), and a report.
+    """
+    n = len(found.proto_ids)
+    if n < MIN_ITEMS:
+        return None, None, f"skipped: {n} validation items, {MIN_ITEMS} needed"
+    cand = tagger.candidates(found, scoring, DEPTH)
+    real = cand.ids >= 0
+    rows = np.repeat(np.arange(n), cand.ids.shape[1])
+    y = (np.asarray(Y[rows, np.maximum(cand.ids, 0).ravel()]).reshape(cand.ids.shape) > 0) & real
+    fold = np.arange(n) % 2
+    if any(len(np.unique(y[(fold == f)[:, None] & real])) < 2 for f in (0, 1)):
+        return None, None, "skipped: a validation fold has no true (or no false) candidate"
+    oof = np.zeros(cand.ids.shape, np.float32)
+    for f in (0, 1):
+        fit = (fold != f)[:, None] & real
+        oof[fold == f] = Reranker(fit_trees(cand.features[fit], y[fit], seed)).score(
+            cand.features[fold == f])
+    scores, ids = ranked(oof, cand.ids, 20)
+    score = objective(ids, Y, tagger.vocab.propensities())
+    report = {"kept": score > plain, "out_of_fold": round(score, 4), "plain": round(plain, 4)}
+    if score <= plain:
+        return None, None, report
+    return Reranker(fit_trees(cand.features[real], y[real], seed)), (scores, ids), report
 
 
 def build_index(tagger_dir: str | Path, *, backend: str | None = None,
@@ -227,7 +274,7 @@ def untrained_baseline(cfg: Config, data: Dataset) -> tuple[Tagger, dict]:
 
     It searches exactly (flat): the baseline measures the embeddings, not an ANN index.
     """
-    index = {**to_dict(cfg.index), "prototypes": "mean", "backend": "flat"}
+    index = {**to_dict(cfg.index), "prototypes": "mean", "backend": "flat", "rerank": False}
     base_cfg = from_dict(to_dict(cfg) | {"index": index})
     encoder = dataclasses.replace(base_cfg.encoder, backbones=("minilm",))
     model = build_model(encoder, head=False)

@@ -131,6 +131,7 @@ class IndexConfig:
     pq_m: int | None = None  # ivf: product-quantise indexes of >= 10,000 vectors to pq_m bytes each
     knn: int = 30
     candidates: int = 100
+    rerank: bool = True  # fit a reranker of the candidates on valid, kept if it scores better
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,14 @@ from metricls.data.items import Items
 from metricls.data.labels import LabelVocab
 from metricls.encoders.model import EmbeddingModel
 from metricls.errors import ArtifactError, InputError, NotFittedError
+from metricls.rerank import (
+    FEATURES,
+    WIDE_KNN,
+    Candidates,
+    LabelStats,
+    Reranker,
+    candidate_features,
+)
 from metricls.scoring import (
     Scoring,
     apply_thresholds,
@@ -30,6 +38,7 @@ from metricls.validation import check_features, check_k, check_texts, to_number
 
 Inputs = Sequence[str] | np.ndarray | Items
 SCORE_BATCH = 2048  # rows scored at a time (as evaluation.tag_items batches)
+RERANKER = "reranker.safetensors"  # present when build-index fitted a reranker
 
 
 class Neighbours(NamedTuple):
@@ -52,7 +61,8 @@ class Tagger:
 
     def __init__(self, *, model: EmbeddingModel, vocab: LabelVocab, prototypes: np.ndarray,
                  proto_index: AnnIndex, item_index: AnnIndex, item_labels: sp.csr_matrix,
-                 scoring: Scoring, config: Config, metrics: dict | None = None) -> None:
+                 scoring: Scoring, config: Config, metrics: dict | None = None,
+                 reranker: Reranker | None = None) -> None:
         self.model = model
         self.vocab = vocab
         self.prototypes = prototypes  # (L, d) float32, label id = row
@@ -60,6 +70,7 @@ class Tagger:
         self.item_index = item_index
         self.item_labels = sp.csr_matrix(item_labels, dtype=np.float32)  # (n_train, L)
         self.scoring = scoring
+        self.reranker = reranker  # None: scores are the blend of `scoring` (see `combine`)
         self.config = config
         self.metrics = metrics or {}
         self.origin: Path | None = None  # the folder it was loaded from (see `save`)
@@ -158,7 +169,11 @@ class Tagger:
         return Neighbours(*protos, *items)
 
     def combine(self, found: Neighbours, k: int, scoring: Scoring) -> tuple[np.ndarray, np.ndarray]:
-        """Blend prototype similarity and the neighbour vote into top-k (scores, ids)."""
+        """Top-k (scores, ids): the reranker's probabilities when the tagger has one, else the
+        blend of prototype similarity and the neighbour vote."""
+        if self.reranker is not None:
+            return self.reranker.top_k(self.candidates(found, scoring, max(self.reranker.depth,
+                                                                            k)), k)
         n_labels = len(self.vocab)
         P = V = sp.csr_matrix((len(found.proto_ids), n_labels), dtype=np.float32)
         if scoring.blend > 0:
@@ -169,10 +184,25 @@ class Tagger:
                             self.item_labels, scoring.temperature)
         return top_k(blend_scores(P, V, scoring.blend), k)
 
+    def candidates(self, found: Neighbours, scoring: Scoring, depth: int) -> Candidates:
+        """The reranker's view of the `depth` best prototypes: their ids and features."""
+        return candidate_features(*found, self.item_labels, self._label_stats(), scoring, depth)
+
+    def _label_stats(self) -> LabelStats:
+        """Label counts and co-occurrence of `item_labels`, cached until it changes."""
+        Y = self.item_labels
+        key = (id(Y), Y.shape, Y.nnz)
+        if getattr(self, "_stats_key", None) != key:
+            self._stats, self._stats_key = LabelStats.of(Y), key
+        return self._stats
+
     def neighbours(self, emb: np.ndarray, k: int) -> Neighbours:
-        """The search behind `score_embeddings`: enough prototypes for top-k, and the scoring's
-        knn items unless the scoring ignores their vote (blend 1)."""
+        """The search behind `score_embeddings`: enough prototypes for top-k, and the knn items
+        that the reranker or the scoring's vote reads (none for blend 1 without a reranker)."""
         s = self.scoring
+        if self.reranker is not None:
+            return self.search(emb, candidates=max(s.candidates, self.reranker.depth, k),
+                               knn=max(s.knn, WIDE_KNN))
         return self.search(emb, candidates=max(s.candidates, k), knn=s.knn if s.blend < 1 else 0)
 
     def score_embeddings(self, emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -221,6 +251,9 @@ class Tagger:
         self.proto_index.save(folder / "ann" / "prototypes")
         self.item_index.save(folder / "ann" / "items")
         write_json(folder / "scoring.json", self.scoring.to_dict())
+        if self.reranker is not None:
+            save_tensors(folder / RERANKER, self.reranker.to_tensors(),
+                         {"format": "metricls-reranker/1", "features": ",".join(FEATURES)})
 
     @classmethod
     def load(cls, path: str | Path) -> Tagger:
@@ -238,11 +271,15 @@ class Tagger:
         shape = tuple(int(v) for v in csr["shape"])
         item_labels = sp.csr_matrix((np.ones(len(csr["indices"]), np.float32), csr["indices"],
                                      csr["indptr"]), shape=shape)
+        reranker = None
+        if (folder / RERANKER).exists():
+            reranker = Reranker.from_tensors(load_tensors(folder / RERANKER)[0],
+                                             str(folder / RERANKER))
         tagger = cls(model=model, vocab=vocab, prototypes=tensors["prototypes"],
                      proto_index=load_index(folder / "ann" / "prototypes"),
                      item_index=load_index(folder / "ann" / "items"), item_labels=item_labels,
                      scoring=Scoring.from_dict(read_json(folder / "scoring.json")),
-                     config=config, metrics=manifest.get("metrics", {}))
+                     config=config, metrics=manifest.get("metrics", {}), reranker=reranker)
         tagger._check_consistent(folder)
         tagger.origin = folder
         return tagger

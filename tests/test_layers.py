@@ -12,6 +12,7 @@ LAYERS = [
     {"build", "training"},
     {"evaluation"},
     {"tagger", "living"},
+    {"rerank"},
     {"scoring", "prototypes", "ann", "miners", "encoders"},
     {"data"},
     {"config", "validation", "metrics", "artifacts", "progress"},

@@ -1,0 +1,259 @@
+"""Reranker: gradient-boosted trees that turn each candidate label's evidence into a probability.
+
+Cosine similarity to a prototype ranks items well within one label, but it is not comparable
+across labels: a broad label (`role::program`) sits at cosine 0.66 from its own items where a
+narrow one (`role::devel-lib`) sits at 0.85, so the narrow label wins the first place too often.
+The reranker learns, on the validation split, P(candidate is a true label | its evidence) from
+a few features per candidate (`FEATURES`): its cosine, how common the label is, the neighbour
+votes, its rank and its distance to the best candidate. Scores then read as probabilities.
+
+The trees are fitted with scikit-learn's `HistGradientBoostingClassifier` and kept as plain
+arrays (`TreeEnsemble`), saved as safetensors and evaluated with numpy, so a tagger folder
+never holds a pickle and loads with any scikit-learn version, or none.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import scipy.sparse as sp
+
+from metricls.errors import ArtifactError
+from metricls.scoring import Scoring, vote_matrix, with_label_bias
+
+log = logging.getLogger(__name__)
+
+FEATURES = ("cosine", "log_count", "vote", "vote_wide", "log_rank", "gap_to_top", "top_cosine",
+            "co_occurrence")
+DEPTH = 20  # candidates (by cosine) the reranker scores per query, at least k
+WIDE_KNN, WIDE_TEMPERATURE = 30, 1.0  # the "vote_wide" feature: a flat vote of 30 neighbours
+LEADERS = 3  # "co_occurrence": how often the label goes with one of the 3 best candidates
+MIN_ITEMS = 50  # validation items needed to fit one
+TREES, LEARNING_RATE, LEAVES = 100, 0.1, 15  # at most; scikit-learn stops early on a held-out 10%
+
+
+class Candidates(NamedTuple):
+    """The labels a reranker scores for each query: ids (n, c) by cosine, -1 padding, and
+    their features (n, c, len(FEATURES))."""
+
+    ids: np.ndarray
+    features: np.ndarray
+
+
+@dataclass(frozen=True)
+class LabelStats:
+    """What the features read from the training labels: counts and co-occurrence."""
+
+    log_counts: np.ndarray  # (L,) log(1 + items per label)
+    given: sp.csr_matrix  # (L, L): [m, l] = P(l | m), the share of m's items that carry l (l != m)
+
+    @classmethod
+    def of(cls, item_labels: sp.csr_matrix) -> LabelStats:
+        Y = sp.csr_matrix(item_labels, dtype=np.float32)
+        Y.data[:] = 1.0
+        pairs = sp.csr_matrix(Y.T @ Y)
+        counts = pairs.diagonal()
+        pairs.setdiag(0)
+        pairs.eliminate_zeros()
+        given = sp.csr_matrix(sp.diags(1.0 / np.maximum(counts, 1.0)) @ pairs, dtype=np.float32)
+        return cls(np.log1p(counts).astype(np.float32), given)
+
+
+def candidate_features(proto_scores: np.ndarray, proto_ids: np.ndarray, item_scores: np.ndarray,
+                       item_ids: np.ndarray, item_labels: sp.csr_matrix, stats: LabelStats,
+                       scoring: Scoring, depth: int) -> Candidates:
+    """Features of the `depth` best candidates by (biased) cosine of each query.
+
+    Args:
+        proto_scores, proto_ids: the prototype search, (n, >= depth), best first.
+        item_scores, item_ids: the training-item search, (n, >= WIDE_KNN when there are that
+            many items).
+        item_labels: (n_train, L) labels of the indexed training items.
+        stats: `LabelStats.of(item_labels)`.
+        scoring: its `knn`, `temperature` and label biases shape the "vote" and "cosine".
+    """
+    cos = with_label_bias(proto_scores, proto_ids, scoring)[:, :depth]
+    ids = proto_ids[:, :depth]
+    found = ids >= 0
+    safe = np.maximum(ids, 0)
+    n, c = ids.shape
+    votes = [vote_matrix(item_scores[:, :k], item_ids[:, :k], item_labels, t)
+             for k, t in ((scoring.knn, scoring.temperature), (WIDE_KNN, WIDE_TEMPERATURE))]
+    vote, wide = (_pick(V, safe) for V in votes)
+    top = np.where(found[:, :1], cos[:, :1], 0.0)
+    cos = np.where(found, cos, top - 2.0)  # padding: far below every real candidate
+    rank = np.broadcast_to(np.log1p(np.arange(c, dtype=np.float32)), (n, c))
+    X = np.stack([cos, stats.log_counts[safe], vote, wide, rank, top - cos,
+                  np.broadcast_to(top, (n, c)), _co_occurrence(stats.given, safe, found, cos)],
+                 axis=-1)
+    return Candidates(ids, X.astype(np.float32))
+
+
+def _co_occurrence(given: sp.csr_matrix, ids: np.ndarray, found: np.ndarray,
+                   cos: np.ndarray) -> np.ndarray:
+    """(n, c): max over the `LEADERS` best candidates m of max(cos_m, 0) * P(candidate | m)."""
+    n, c = ids.shape
+    lead = min(LEADERS, c)
+    if n == 0 or lead == 0:
+        return np.zeros((n, c), np.float32)
+    weight = np.where(found[:, :lead], np.maximum(cos[:, :lead], 0.0), 0.0)  # (n, lead)
+    m = np.broadcast_to(ids[:, :lead, None], (n, lead, c)).ravel()
+    l_ = np.broadcast_to(ids[:, None, :], (n, lead, c)).ravel()
+    share = np.asarray(given[m, l_], dtype=np.float32).reshape(n, lead, c)
+    return (weight[:, :, None] * share).max(axis=1)
+
+
+def _pick(V: sp.csr_matrix, ids: np.ndarray) -> np.ndarray:
+    """(n, c) entries V[i, ids[i, j]] of a sparse (n, L) matrix."""
+    if ids.size == 0:
+        return np.zeros(ids.shape, np.float32)
+    rows = np.repeat(np.arange(ids.shape[0]), ids.shape[1])
+    return np.asarray(V[rows, ids.ravel()], dtype=np.float32).reshape(ids.shape)
+
+
+@dataclass(frozen=True)
+class TreeEnsemble:
+    """A boosted tree ensemble as flat arrays; logit(x) = baseline + sum of the trees' leaves.
+
+    Node i of any tree: go to `left[i]` when x[feature[i]] <= threshold[i], else `right[i]`;
+    a leaf points to itself and holds `value[i]`. `roots` are the trees' first nodes.
+    """
+
+    feature: np.ndarray  # (nodes,) int64
+    threshold: np.ndarray  # (nodes,) float64
+    left: np.ndarray  # (nodes,) int64, global node ids
+    right: np.ndarray  # (nodes,) int64
+    value: np.ndarray  # (nodes,) float64
+    roots: np.ndarray  # (trees,) int64
+    tree_depths: np.ndarray  # (trees,) int64, levels below each root
+    baseline: float
+    n_features: int
+
+    @classmethod
+    def from_sklearn(cls, model) -> TreeEnsemble:
+        """Export a fitted binary `HistGradientBoostingClassifier` (numeric features only)."""
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("feature", "threshold", "left",
+                                                              "right", "value")}
+        roots, depths, offset = [], [], 0
+        for (tree,) in model._predictors:  # one tree per boosting iteration (binary)
+            nodes = tree.nodes
+            leaf = nodes["is_leaf"].astype(bool)
+            own = np.arange(len(nodes)) + offset
+            parts["feature"].append(np.where(leaf, 0, nodes["feature_idx"]))
+            parts["threshold"].append(np.where(leaf, np.inf, nodes["num_threshold"]))
+            parts["left"].append(np.where(leaf, own, nodes["left"].astype(np.int64) + offset))
+            parts["right"].append(np.where(leaf, own, nodes["right"].astype(np.int64) + offset))
+            parts["value"].append(np.where(leaf, nodes["value"], 0.0))
+            roots.append(offset)
+            offset += len(nodes)
+            depths.append(int(nodes["depth"].max()))
+        arrays = {k: np.concatenate(v) for k, v in parts.items()}
+        return cls(feature=arrays["feature"].astype(np.int64),
+                   threshold=arrays["threshold"].astype(np.float64),
+                   left=arrays["left"].astype(np.int64), right=arrays["right"].astype(np.int64),
+                   value=arrays["value"].astype(np.float64), roots=np.asarray(roots, np.int64),
+                   tree_depths=np.asarray(depths, np.int64),
+                   baseline=float(np.ravel(model._baseline_prediction)[0]),
+                   n_features=int(model.n_features_in_))
+
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        """(n,) raw scores of (n, n_features) rows: all trees walked together, level by level,
+        each level only over the trees that are still that deep."""
+        n = len(X)
+        if n == 0 or len(self.roots) == 0:
+            return np.full(n, self.baseline)
+        columns = np.ascontiguousarray(X.T, dtype=np.float64).ravel()  # feature f of row r: f*n+r
+        children = np.stack([self.left, self.right], axis=1).ravel()  # node i: 2i left, 2i+1 right
+        order = np.argsort(-self.tree_depths, kind="stable")  # deepest trees first
+        depths = self.tree_depths[order]
+        node = np.broadcast_to(self.roots[order], (n, len(order))).copy()
+        row = np.arange(n)[:, None]
+        for level in range(int(depths[0])):
+            live = int(np.searchsorted(-depths, -level, side="left"))  # trees deeper than level
+            at = node[:, :live]
+            right = columns[self.feature[at] * n + row] > self.threshold[at]
+            node[:, :live] = children[2 * at + right]
+        return self.baseline + self.value[node].sum(axis=1)
+
+    def to_tensors(self) -> dict[str, np.ndarray]:
+        arrays = {k: getattr(self, k) for k in ("feature", "threshold", "left", "right", "value",
+                                                 "roots", "tree_depths")}
+        return arrays | {"n_features": np.array([self.n_features], np.int64),
+                         "baseline": np.array([self.baseline], np.float64)}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, np.ndarray], source: str) -> TreeEnsemble:
+        """Rebuild from `to_tensors`, checking that every pointer stays inside the arrays."""
+        try:
+            out = cls(feature=t["feature"].astype(np.int64), threshold=t["threshold"],
+                      left=t["left"].astype(np.int64), right=t["right"].astype(np.int64),
+                      value=t["value"], roots=t["roots"].astype(np.int64),
+                      tree_depths=t["tree_depths"].astype(np.int64),
+                      baseline=float(t["baseline"][0]), n_features=int(t["n_features"][0]))
+        except (KeyError, ValueError, TypeError, IndexError) as exc:
+            raise ArtifactError(f"{source}: not a reranker ({exc}); rebuild with "
+                                "`metricls build-index`") from None
+        nodes = len(out.value)
+        same = all(len(a) == nodes for a in (out.feature, out.threshold, out.left, out.right))
+        inside = all(((a >= 0) & (a < nodes)).all() for a in (out.left, out.right, out.roots))
+        shallow = len(out.tree_depths) == len(out.roots) and (out.tree_depths >= 0).all() \
+            and (out.tree_depths <= nodes).all()
+        if not (same and inside and shallow and ((out.feature >= 0)
+                                                  & (out.feature < out.n_features)).all()):
+            raise ArtifactError(f"{source}: the reranker's trees are inconsistent; rebuild with "
+                                "`metricls build-index`")
+        return out
+
+
+@dataclass(frozen=True)
+class Reranker:
+    """Trees over `FEATURES` of the top `depth` candidates; `score` gives probabilities."""
+
+    trees: TreeEnsemble
+    depth: int = DEPTH
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """(n, c) probabilities for (n, c, len(FEATURES)) candidate features."""
+        n, c, f = features.shape
+        z = self.trees.logits(features.reshape(n * c, f)).reshape(n, c)
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+    def to_tensors(self) -> dict[str, np.ndarray]:
+        return self.trees.to_tensors() | {"candidates": np.array([self.depth], np.int64)}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, np.ndarray], source: str) -> Reranker:
+        trees = TreeEnsemble.from_tensors(t, source)
+        depth = int(t["candidates"][0]) if "candidates" in t and t["candidates"].size else 0
+        if depth < 1 or trees.n_features != len(FEATURES):
+            raise ArtifactError(f"{source}: expected a reranker over {len(FEATURES)} features of "
+                                f">= 1 candidates; rebuild with `metricls build-index`")
+        return cls(trees, depth)
+
+    def top_k(self, cand: Candidates, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k most probable candidates per query: (scores f32, ids i64), -inf / -1 padding."""
+        return ranked(self.score(cand.features), cand.ids, k)
+
+
+def ranked(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sort each row's candidates by score (padding, id -1, last) and keep k, padding to k."""
+    scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    s, i = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+    if s.shape[1] < k:
+        pad = k - s.shape[1]
+        s = np.pad(s, ((0, 0), (0, pad)), constant_values=-np.inf)
+        i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
+    return s, i
+
+
+def fit_trees(X: np.ndarray, y: np.ndarray, seed: int) -> TreeEnsemble:
+    """Boosted trees for P(y | X) (binary), scikit-learn's histogram gradient boosting."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    model = HistGradientBoostingClassifier(max_iter=TREES, learning_rate=LEARNING_RATE,
+                                           max_leaf_nodes=LEAVES, random_state=seed)
+    return TreeEnsemble.from_sklearn(model.fit(X, y))

@@ -1,0 +1,222 @@
+"""The reranker: exported trees match scikit-learn, features mean what they say, it is fitted
+on valid only when it helps out of fold, saved, loaded, and damaged files are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from conftest import TINY
+from sklearn.ensemble import HistGradientBoostingClassifier
+
+from metricls import Tagger, build_index, load_config, train_embedder
+from metricls.artifacts import load_tensors, read_json, save_tensors, write_manifest
+from metricls.build import objective, tune_reranker
+from metricls.data.dataset import Dataset
+from metricls.errors import ArtifactError
+from metricls.evaluation import evaluate
+from metricls.rerank import (
+    FEATURES,
+    LabelStats,
+    Reranker,
+    TreeEnsemble,
+    candidate_features,
+    ranked,
+)
+from metricls.scoring import Scoring
+from metricls.tagger import RERANKER, Neighbours
+
+
+def test_exported_trees_give_scikit_learns_logits_and_survive_a_round_trip():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 5))
+    X[:, 4] = np.round(X[:, 4])  # ties on a threshold
+    y = (X[:, 0] + X[:, 1] * X[:, 2] + 0.5 * rng.normal(size=3000)) > 0.5
+    model = HistGradientBoostingClassifier(max_iter=40, max_leaf_nodes=15, random_state=0)
+    model.fit(X, y)
+    trees = TreeEnsemble.from_sklearn(model)
+    assert len(set(trees.tree_depths.tolist())) > 1  # trees of several depths walk together
+    Xt = np.vstack([rng.normal(size=(500, 5)), X[:50]])
+    np.testing.assert_allclose(trees.logits(Xt), model.decision_function(Xt), atol=1e-9)
+    again = TreeEnsemble.from_tensors(trees.to_tensors(), "here")
+    np.testing.assert_array_equal(again.logits(Xt), trees.logits(Xt))
+    assert trees.logits(np.zeros((0, 5))).shape == (0,)
+
+
+def test_damaged_trees_are_refused_with_the_file_named():
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(400, len(FEATURES))), rng.random(400) > 0.5
+    trees = TreeEnsemble.from_sklearn(
+        HistGradientBoostingClassifier(max_iter=5, random_state=0).fit(X, y))
+    tensors = Reranker(trees, 20).to_tensors()
+    bad = dict(tensors, left=tensors["left"] + 10**6)
+    with pytest.raises(ArtifactError, match=r"x/reranker\.safetensors: the reranker's trees"):
+        Reranker.from_tensors(bad, "x/reranker.safetensors")
+    with pytest.raises(ArtifactError, match="x/r: not a reranker"):
+        Reranker.from_tensors({k: v for k, v in tensors.items() if k != "value"}, "x/r")
+    with pytest.raises(ArtifactError, match=f"over {len(FEATURES)} features of >= 1 candidates"):
+        Reranker.from_tensors(dict(tensors, candidates=np.array([0])), "x/r")
+
+
+def test_candidate_features_read_the_searches():
+    # 2 queries, 3 labels, 4 training items; query 1 found only 2 prototypes (padding -1)
+    proto_scores = np.array([[0.9, 0.5, 0.1], [0.8, 0.3, -np.inf]], np.float32)
+    proto_ids = np.array([[2, 0, 1], [1, 0, -1]])
+    item_scores = np.array([[0.9, 0.8], [0.7, 0.6]], np.float32)
+    item_ids = np.array([[0, 1], [2, 3]])
+    item_labels = sp.csr_matrix(np.array([[0, 0, 1], [1, 0, 1], [0, 1, 0], [0, 1, 0]],
+                                         np.float32))
+    stats = LabelStats.of(item_labels)
+    counts = np.log1p(np.array([1.0, 2.0, 2.0], np.float32))
+    np.testing.assert_allclose(stats.log_counts, counts)
+    # P(l | m): label 0's one item also carries 2; half of label 2's items carry 0
+    np.testing.assert_allclose(stats.given.toarray(), [[0, 0, 1], [0, 0, 0], [0.5, 0, 0]])
+    found = Neighbours(proto_scores, proto_ids, item_scores, item_ids)
+    cand = candidate_features(*found, item_labels, stats, Scoring(knn=2, temperature=1e-3), 3)
+    X = dict(zip(FEATURES, np.moveaxis(cand.features, -1, 0)))
+    np.testing.assert_array_equal(cand.ids, proto_ids)
+    np.testing.assert_allclose(X["cosine"][0], [0.9, 0.5, 0.1], rtol=1e-6)
+    assert X["cosine"][1, 2] < X["cosine"][1, 1] - 1  # padding sits far below
+    np.testing.assert_allclose(X["log_count"][0], counts[[2, 0, 1]])
+    # temperature 1e-3: the nearest item decides the vote; the wide vote is flat over both
+    np.testing.assert_allclose(X["vote"][0], [1.0, 0.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(X["vote_wide"][0], [1.0, 0.5, 0.0], atol=0.05)
+    np.testing.assert_allclose(X["vote"][1], [1.0, 0.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(X["log_rank"][0], np.log1p([0, 1, 2]), rtol=1e-6)
+    np.testing.assert_allclose(X["gap_to_top"][0], [0.0, 0.4, 0.8], atol=1e-6)
+    np.testing.assert_allclose(X["top_cosine"][1], [0.8, 0.8, 0.8], rtol=1e-6)
+    # query 0 leads with 2 (cos 0.9), then 0 (0.5): 0 gets 0.9 * P(0 | 2), 2 gets 0.5 * P(2 | 0)
+    np.testing.assert_allclose(X["co_occurrence"][0], [0.5 * 1.0, 0.9 * 0.5, 0.0], atol=1e-6)
+    np.testing.assert_allclose(X["co_occurrence"][1], [0.0, 0.0, 0.0], atol=1e-6)
+
+
+def test_ranked_sorts_puts_padding_last_and_pads_to_k():
+    scores, ids = ranked(np.array([[0.2, 0.9, 0.5]], np.float32), np.array([[4, 7, -1]]), 5)
+    assert ids.tolist() == [[7, 4, -1, -1, -1]]
+    assert scores[0, :2].tolist() == pytest.approx([0.9, 0.2]) and np.isinf(scores[0, 2:]).all()
+
+
+def _miscalibrated(n: int, seed: int = 0) -> tuple[Neighbours, sp.csr_matrix, sp.csr_matrix]:
+    """Queries whose true label is broad (label 0, low cosine) or narrow (labels 1-5, high
+    cosine): ranking by cosine puts a wrong narrow label first for most broad queries."""
+    rng = np.random.default_rng(seed)
+    L = 6
+    true = np.where(rng.random(n) < 0.6, 0, rng.integers(1, L, n))
+    cos = rng.uniform(0.55, 0.75, (n, L))  # narrow labels look alike when wrong ...
+    cos[np.arange(n), true] = np.where(true == 0, rng.uniform(0.6, 0.7, n),
+                                       rng.uniform(0.85, 0.95, n))  # ... and high when right
+    order = np.argsort(-cos, axis=1)
+    Y = sp.csr_matrix((np.ones(n, np.float32), (np.arange(n), true)), shape=(n, L))
+    train = sp.csr_matrix(np.eye(L, dtype=np.float32)[np.r_[np.zeros(60, int), np.arange(L)]])
+    found = Neighbours(np.take_along_axis(cos, order, 1).astype(np.float32), order,
+                       np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64))
+    return found, Y, train
+
+
+class _Stub:
+    """What `tune_reranker` reads of a tagger."""
+
+    def __init__(self, train: sp.csr_matrix) -> None:
+        from metricls.data.labels import LabelVocab
+
+        self.item_labels = train
+        self.vocab = LabelVocab.fit([[f"l{j}"] for j in train.indices])
+
+    def candidates(self, found, scoring, depth):
+        return candidate_features(*found, self.item_labels, LabelStats.of(self.item_labels),
+                                  scoring, depth)
+
+
+def test_the_reranker_learns_to_rank_a_broad_label_first_and_is_kept():
+    found, Y, train = _miscalibrated(1200)
+    stub = _Stub(train)
+    props = stub.vocab.propensities()
+    plain = objective(found.proto_ids, Y, props)
+    reranker, (scores, ids), report = tune_reranker(stub, found, Scoring(), Y, plain, seed=0)
+    assert report["kept"] and report["out_of_fold"] > plain
+    real = scores[ids >= 0]  # 6 labels: padded to 20 with -inf
+    assert reranker is not None and real.size == 6 * 1200 and ((real > 0) & (real < 1)).all()
+    assert _p1(found.proto_ids, Y) < 0.6 < 0.9 < _p1(ids, Y)  # out of fold: unseen queries
+    # fresh queries from the same process
+    test, Y_test, _ = _miscalibrated(500, seed=1)
+    _, test_ids = reranker.top_k(stub.candidates(test, Scoring(), reranker.depth), 5)
+    assert _p1(test_ids, Y_test) > 0.9 > 0.6 > _p1(test.proto_ids, Y_test)
+
+
+def _p1(ids: np.ndarray, Y: sp.csr_matrix) -> float:
+    return float(np.mean(np.asarray(Y[np.arange(len(ids)), ids[:, 0]]).ravel()))
+
+
+def test_the_reranker_is_skipped_when_valid_cannot_support_it():
+    found, Y, train = _miscalibrated(30)
+    assert tune_reranker(_Stub(train), found, Scoring(), Y, 0.0, 0)[2].startswith(
+        "skipped: 30 validation items")
+    found, Y, train = _miscalibrated(200)
+    none_true = sp.csr_matrix(Y.shape, dtype=np.float32)
+    assert tune_reranker(_Stub(train), found, Scoring(), none_true, 0.0, 0)[2].startswith(
+        "skipped: a validation fold has no true")
+    # kept only when it beats the plain scoring out of fold
+    reranker, _, report = tune_reranker(_Stub(train), found, Scoring(), Y, 99.0, 0)
+    assert reranker is None and report["kept"] is False
+
+
+@pytest.fixture(scope="module")
+def plain_dir(tmp_path_factory, synthetic_path):
+    folder = tmp_path_factory.mktemp("plain") / "tagger"
+    cfg = load_config(TINY, [f"data.path={synthetic_path}", "index.rerank=false"])
+    train_embedder(cfg, out=folder)
+    build_index(folder)
+    return folder
+
+
+def test_build_index_records_its_reranker_decision(tiny_tagger_dir, plain_dir):
+    report = read_json(tiny_tagger_dir / "manifest.json")["build"]["rerank"]
+    # the tiny data is easy (valid P@1 1.0): out of fold, the reranker cannot beat the blend
+    assert set(report) == {"kept", "out_of_fold", "plain"}
+    assert report["kept"] == (report["out_of_fold"] > report["plain"])
+    assert (tiny_tagger_dir / RERANKER).exists() == report["kept"]
+    assert read_json(plain_dir / "manifest.json")["build"]["rerank"].startswith("off")
+    assert Tagger.load(plain_dir).reranker is None and not (plain_dir / RERANKER).exists()
+
+
+@pytest.fixture
+def reranked_dir(tiny_tagger_copy, synthetic_path) -> Path:
+    """The tiny tagger with a reranker fitted on its valid split (kept whatever it scores)."""
+    tagger = Tagger.load(tiny_tagger_copy)
+    data = Dataset.load(load_config(TINY, [f"data.path={synthetic_path}"]).data)
+    found = tagger.search(tagger.embed(data.valid), candidates=20, knn=50)
+    reranker, _, report = tune_reranker(tagger, found, tagger.scoring, data.labels("valid"),
+                                        plain=-1.0, seed=0)
+    assert report["kept"]
+    tagger.reranker = reranker
+    tagger.save(tiny_tagger_copy)
+    return tiny_tagger_copy
+
+
+def test_a_reranker_is_saved_loaded_and_scores_probabilities(reranked_dir, synthetic_path):
+    tagger = Tagger.load(reranked_dir)
+    assert tagger.reranker is not None
+    texts = ["w0x1 w3x2 noise1", "w5x0 w5x1 noise2 noise3", "noise4"]
+    scores, ids = tagger.predict_scores(texts, k=5)
+    assert ((scores > 0) & (scores < 1)).all() and (np.diff(scores, axis=1) <= 0).all()
+    np.testing.assert_array_equal(Tagger.load(reranked_dir).predict_scores(texts, k=5)[1], ids)
+    data = Dataset.load(load_config(TINY, [f"data.path={synthetic_path}"]).data)
+    assert evaluate(tagger, data.test)["P@1"] > 0.8
+    # k beyond the reranker's depth still ranks every label once
+    wide = tagger.predict_scores(texts[:1], k=len(tagger.vocab))[1][0]
+    assert sorted(wide[wide >= 0].tolist()) == list(range(len(tagger.vocab)))
+    # living labels: a new label is a candidate like any other
+    tagger.add_label("facet9::new", ["brandnew words here", "brandnew other words"])
+    assert tagger.predict(["brandnew words"], k=1)[0][0][0] == "facet9::new"
+
+
+def test_a_damaged_reranker_is_refused_with_its_name(reranked_dir):
+    tensors, meta = load_tensors(reranked_dir / RERANKER)
+    tensors["roots"] = tensors["roots"] + 10**6
+    save_tensors(reranked_dir / RERANKER, tensors, meta)
+    old = read_json(reranked_dir / "manifest.json")  # re-signed: only the trees are bad
+    write_manifest(reranked_dir, data=old["data"], metrics=old["metrics"])
+    with pytest.raises(ArtifactError, match=r"reranker\.safetensors: the reranker's trees"):
+        Tagger.load(reranked_dir)
