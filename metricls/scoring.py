@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -33,6 +34,16 @@ class Scoring:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @functools.cached_property
+    def bias_array(self) -> np.ndarray:
+        """`label_bias` as a float32 array, made once per Scoring (it is frozen)."""
+        return np.asarray(self.label_bias, dtype=np.float32)
+
+    @functools.cached_property
+    def threshold_array(self) -> np.ndarray:
+        """`label_thresholds` as a float32 array, made once per Scoring."""
+        return np.asarray(self.label_thresholds, dtype=np.float32)
+
     @classmethod
     def from_dict(cls, d: dict) -> Scoring:
         return cls(**d)
@@ -59,8 +70,7 @@ def with_label_bias(proto_scores: np.ndarray, proto_ids: np.ndarray,
     (unchanged without biases; padding, id -1, stays as it is)."""
     if not scoring.label_bias or scoring.bias_weight == 0:
         return proto_scores
-    bias = np.asarray(scoring.label_bias, dtype=np.float32)
-    shifted = proto_scores + scoring.bias_weight * bias[np.maximum(proto_ids, 0)]
+    shifted = proto_scores + scoring.bias_weight * scoring.bias_array[np.maximum(proto_ids, 0)]
     return np.where(proto_ids >= 0, shifted, proto_scores).astype(np.float32)
 
 
@@ -110,8 +120,7 @@ def apply_thresholds(scores: np.ndarray, ids: np.ndarray, scoring: Scoring,
     if threshold is not None:
         return found & (scores >= threshold)
     if scoring.label_thresholds:
-        table = np.asarray(scoring.label_thresholds, dtype=np.float32)
-        return found & (scores >= table[np.maximum(ids, 0)])
+        return found & (scores >= scoring.threshold_array[np.maximum(ids, 0)])
     if scoring.threshold is not None:
         return found & (scores >= scoring.threshold)
     return found

@@ -47,3 +47,15 @@ def test_thresholds_tuned_for_f1():
     assert keep.tolist() == [[True, False], [True, False], [True, True]]
     assert apply_thresholds(scores, ids, Scoring(), 0.75).tolist() == [
         [True, False], [True, False], [False, False]]
+
+
+def test_per_label_arrays_are_made_once_per_scoring():
+    import dataclasses
+
+    s = Scoring(label_thresholds=[0.5, 0.7], label_bias=[0.1, -0.1])
+    assert s.threshold_array is s.threshold_array and s.bias_array is s.bias_array
+    assert s.threshold_array.tolist() == pytest.approx([0.5, 0.7])
+    changed = dataclasses.replace(s, label_thresholds=[0.9, 0.1, 0.3])
+    assert changed.threshold_array.tolist() == pytest.approx([0.9, 0.1, 0.3])
+    assert "threshold_array" not in changed.to_dict() and changed == Scoring.from_dict(
+        changed.to_dict())
