@@ -190,10 +190,9 @@ class Tagger:
 
     def _label_stats(self) -> LabelStats:
         """Label counts and co-occurrence of `item_labels`, cached until it changes."""
-        Y = self.item_labels
-        key = (id(Y), Y.shape, Y.nnz)
-        if getattr(self, "_stats_key", None) != key:
-            self._stats, self._stats_key = LabelStats.of(Y), key
+        Y = self.item_labels  # living labels replace it with a new matrix, never edit it
+        if getattr(self, "_stats_of", None) is not Y:
+            self._stats, self._stats_of = LabelStats.of(Y), Y
         return self._stats
 
     def neighbours(self, emb: np.ndarray, k: int) -> Neighbours:
