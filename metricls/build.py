@@ -291,5 +291,6 @@ def model_card(tagger: Tagger, data: Dataset, report: dict) -> str:
             f"Encoder: backbones {list(tagger.config.encoder.backbones)}, "
             f"dimension {tagger.model.out_dim}; loss `{tagger.config.loss.name}`.\n\n"
             f"Index: `{report['backend']}` over {report['prototypes']} prototypes; "
-            f"scoring {report['scoring']}.\n\n| valid metric | value |\n|---|---|\n{rows}\n\n"
+            f"scoring {report['scoring']}; reranker {report.get('rerank', 'none')}.\n\n"
+            f"| valid metric | value |\n|---|---|\n{rows}\n\n"
             "Load it with `metricls.Tagger.load(path)`; check it with `metricls verify PATH`.\n")

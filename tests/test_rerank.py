@@ -177,6 +177,8 @@ def test_build_index_records_its_reranker_decision(tiny_tagger_dir, plain_dir):
     assert set(report) == {"kept", "out_of_fold", "plain"}
     assert report["kept"] == (report["out_of_fold"] > report["plain"])
     assert (tiny_tagger_dir / RERANKER).exists() == report["kept"]
+    card = (tiny_tagger_dir / "README.md").read_text()
+    assert f"reranker {{'kept': {report['kept']}, 'out_of_fold': {report['out_of_fold']}" in card
     assert read_json(plain_dir / "manifest.json")["build"]["rerank"].startswith("off")
     assert Tagger.load(plain_dir).reranker is None and not (plain_dir / RERANKER).exists()
 
