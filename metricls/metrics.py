@@ -20,6 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from metricls.errors import InputError
+from metricls.validation import check_k
 
 __all__ = [
     "label_recall_at_k",
@@ -44,13 +45,13 @@ class _Ranked(NamedTuple):
 
 def precision_at_k(ids: np.ndarray, Y: sp.spmatrix, k: int) -> float:
     """Mean over all rows of (hits in the top k) / k."""
-    k = _check_k(k)
+    k = check_k(k)
     return _precision(_rank(ids, Y, k), k)
 
 
 def recall_at_k(ids: np.ndarray, Y: sp.spmatrix, k: int) -> float:
     """Mean over rows with at least one true label of (hits in the top k) / (true labels)."""
-    k = _check_k(k)
+    k = check_k(k)
     return _recall(_rank(ids, Y, k), k)
 
 
@@ -59,7 +60,7 @@ def ndcg_at_k(ids: np.ndarray, Y: sp.spmatrix, k: int) -> float:
 
     IDCG is the DCG of a perfect ranking of min(k, n_true) hits.
     """
-    k = _check_k(k)
+    k = check_k(k)
     return _ndcg(_rank(ids, Y, k), k)
 
 
@@ -75,14 +76,14 @@ def psp_at_k(ids: np.ndarray, Y: sp.spmatrix, k: int, propensities: np.ndarray) 
         k: the cut-off.
         propensities: (L,) propensity of every column of `Y` (see `propensities`).
     """
-    k = _check_k(k)
+    k = check_k(k)
     ranked = _rank(ids, Y, k)
     return _psp(ranked, k, _check_propensities(propensities, ranked.truth.shape[1]))
 
 
 def macro_recall_at_k(ids: np.ndarray, Y: sp.spmatrix, k: int) -> float:
     """Mean over labels with at least one positive of the share of its items ranking it top k."""
-    k = _check_k(k)
+    k = check_k(k)
     return _macro_recall(_rank(ids, Y, k), k)
 
 
@@ -93,7 +94,7 @@ def label_recall_at_k(ids: np.ndarray, Y: sp.spmatrix, k: int) -> tuple[np.ndarr
         (support, found), each (L,) int64; ``found / support`` is the label's recall@k and
         `macro_recall_at_k` is its mean over labels with ``support > 0``.
     """
-    k = _check_k(k)
+    k = check_k(k)
     return _label_hits(_rank(ids, Y, k), k)
 
 
@@ -134,7 +135,7 @@ def ranking_report(ids: np.ndarray, Y: sp.spmatrix, *, propensities: np.ndarray,
     """
     if isinstance(ks, (int, np.integer)) or len(ks) == 0:
         raise InputError(f"ks: expected a non-empty sequence of positive ints, got {ks!r}")
-    ks = sorted({_check_k(k, "ks") for k in ks})
+    ks = sorted({check_k(k, "ks") for k in ks})
     ranked = _rank(ids, Y, max(ks))
     inverse = _check_propensities(propensities, ranked.truth.shape[1])
     metrics = {"P": _precision, "R": _recall, "nDCG": _ndcg, "macro_R": _macro_recall}
@@ -253,12 +254,6 @@ def _check_truth(Y: sp.spmatrix, n_rows: int) -> sp.csr_matrix:
     truth.eliminate_zeros()
     truth.data[:] = 1.0
     return truth
-
-
-def _check_k(k: int, name: str = "k") -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise InputError(f"{name}: expected a positive int, got {k!r}")
-    return int(k)
 
 
 def _check_propensities(props: np.ndarray, n_labels: int) -> np.ndarray:

@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from metricls.artifacts import MANIFEST, check_folder, read_json, versions
 from metricls.errors import InputError
 from metricls.tagger import Tagger
-from metricls.validation import check_features, check_texts, describe
+from metricls.validation import check_features, check_k, check_positive_int, check_texts, describe
 
 log = logging.getLogger(__name__)
 SETTINGS_ENV = "METRICLS_SERVE_SETTINGS"  # JSON {"tagger": path, limits...} for --workers > 1
@@ -47,9 +47,7 @@ class Limits:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"{f.name}: expected a positive int, got {describe(value)}")
+            check_k(getattr(self, f.name), f.name)
 
 
 # ---- request and response bodies ----------------------------------------------------------------
@@ -206,8 +204,7 @@ def serve(tagger: str | Path, *, host: str = "127.0.0.1", port: int = 8000, work
     import uvicorn
 
     checked = Limits(**limits)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise InputError(f"workers: expected a positive int, got {describe(workers)}")
+    check_positive_int(workers, "workers")
     if workers == 1:
         app: FastAPI | str = create_app(tagger, **limits)
     else:

@@ -36,11 +36,17 @@ def describe(value: Any, width: int = 40) -> str:
     return f"{type(value).__name__} {text}"
 
 
+def check_positive_int(value: Any, name: str) -> int:
+    """`value` as an int >= 1 (numpy ints accepted, bools rejected), or InputError naming
+    `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{name}: expected a positive int, got {describe(value)}")
+    return int(value)
+
+
 def check_k(k: Any, name: str = "k") -> int:
-    """A positive int (numpy ints accepted, bools rejected)."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise InputError(f"{name}: expected a positive int, got {describe(k)}")
-    return int(k)
+    """A positive int: how many tags, neighbours or ranks."""
+    return check_positive_int(k, name)
 
 
 def _as_sequence(values: Any, name: str) -> list:

@@ -92,7 +92,7 @@ def test_bad_parameters_and_damaged_folders(data, tmp_path):
     with pytest.raises(InputError, match=r"base: expected one of \['flat', 'hnsw', 'ivf'\], "
                                          r"got 'scann'"):
         make_index("sharded", DIM, base="scann")
-    with pytest.raises(InputError, match="shards: expected a positive int, got 0"):
+    with pytest.raises(InputError, match="shards: expected a positive int, got int 0"):
         make_index("sharded", DIM, shards=0)
     with pytest.raises(InputError, match=r"unknown parameter\(s\) \['efsearch'\]"):
         make_index("sharded", DIM, base="hnsw", base_params={"efsearch": 4})

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from metricls.errors import ArtifactError, InputError, NotFittedError
+from metricls.validation import check_positive_int
 
 META_FILE = "backend.json"
 META_KEYS = ("backend", "metric", "dim", "n", "params")
@@ -204,13 +205,6 @@ def check_vectors(x: Any, name: str, dim: int, *, allow_empty: bool) -> np.ndarr
         raise InputError(f"{name}: {len(rows)} row(s) with NaN or infinite values (after "
                          f"conversion to float32), e.g. rows {rows[:5].tolist()}")
     return array
-
-
-def check_positive_int(value: Any, name: str) -> int:
-    """`value` as a positive int, or InputError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InputError(f"{name}: expected a positive int, got {value!r}")
-    return int(value)
 
 
 def check_optional_int(params: dict[str, Any], name: str, backend: str) -> None:

@@ -24,7 +24,13 @@ from metricls.data.tables import (
     read_text,
 )
 from metricls.errors import InputError
-from metricls.validation import dedupe, describe, label_list_problem, to_number
+from metricls.validation import (
+    check_positive_int,
+    dedupe,
+    describe,
+    label_list_problem,
+    to_number,
+)
 
 __all__ = ["SUPPORTED_SUFFIXES", "Items", "iter_items", "read_items", "read_texts",
            "resolve_dataset"]
@@ -296,8 +302,7 @@ def iter_items(path: str | Path, *, rows: int, id_column: str = "id",
     _names(vector_column, "vector_column", many=False)
     if not (texts_cols or feat_cols or vector_column):
         raise InputError("iter_items: pass text_columns, feature_columns or vector_column")
-    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
-        raise InputError(f"rows: expected a positive int, got {rows!r}")
+    check_positive_int(rows, "rows")
     resolved = resolve_dataset(path)
     tables = iter_tables(resolved, str(resolved), rows)
     return _item_blocks(tables, id_column, texts_cols, feat_cols, vector_column)

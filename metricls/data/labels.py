@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 from metricls.errors import InputError
 from metricls.metrics import propensities as _propensities
-from metricls.validation import describe
+from metricls.validation import check_positive_int, describe
 
 __all__ = ["LabelVocab"]
 
@@ -61,9 +61,7 @@ class LabelVocab:
         """
         if label_lists is None:
             raise InputError("labels: fitting a label vocabulary needs labels, got None")
-        if isinstance(min_count, bool) or not isinstance(min_count, (int, np.integer)) \
-                or min_count < 1:
-            raise InputError(f"min_count: expected a positive int, got {describe(min_count)}")
+        check_positive_int(min_count, "min_count")
         rows = list(label_lists)
         if any(isinstance(row, str) for row in rows):
             raise InputError("labels: expected one list of labels per item, got a bare string")
