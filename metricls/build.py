@@ -33,7 +33,7 @@ from metricls.evaluation import ranking_metrics, summarize
 from metricls.metrics import precision_at_k, psp_at_k
 from metricls.progress import progress
 from metricls.prototypes import mean_prototypes
-from metricls.rerank import DEPTH, MIN_ITEMS, Reranker, fit_trees, ranked
+from metricls.rerank import DEPTH, MIN_ITEMS, Reranker, fit_trees, pick, ranked
 from metricls.scoring import Scoring, tune_global_threshold, tune_label_thresholds
 from metricls.tagger import Neighbours, Tagger
 
@@ -200,8 +200,7 @@ def tune_reranker(tagger: Tagger, found: Neighbours, scoring: Scoring, Y: sp.csr
         return None, None, f"skipped: {n} validation items, {MIN_ITEMS} needed"
     cand = tagger.candidates(found, scoring, DEPTH)
     real = cand.ids >= 0
-    rows = np.repeat(np.arange(n), cand.ids.shape[1])
-    y = (np.asarray(Y[rows, np.maximum(cand.ids, 0).ravel()]).reshape(cand.ids.shape) > 0) & real
+    y = (pick(Y, np.maximum(cand.ids, 0)) > 0) & real
     fold = np.arange(n) % 2
     if any(len(np.unique(y[(fold == f)[:, None] & real])) < 2 for f in (0, 1)):
         return None, None, "skipped: a validation fold has no true (or no false) candidate"

@@ -166,7 +166,7 @@ def save_tagger(tagger: Tagger, folder: str | Path) -> Path:
         if origin and (origin / "label_vectors.safetensors").is_file():
             tensors = {"label_vectors": _label_vectors(tagger, origin)}
             if tagger.scoring.label_bias:
-                tensors["label_bias"] = np.asarray(tagger.scoring.label_bias, dtype=np.float32)
+                tensors["label_bias"] = tagger.scoring.bias_array
             save_tensors(tmp / "label_vectors.safetensors", tensors,
                          {"format": "metricls-label-vectors/1"})
         card = (origin / "README.md").read_text() if origin and (origin / "README.md").is_file() \

@@ -14,7 +14,7 @@ never holds a pickle and loads with any scikit-learn version, or none.
 
 from __future__ import annotations
 
-import logging
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -23,8 +23,6 @@ import scipy.sparse as sp
 
 from metricls.errors import ArtifactError
 from metricls.scoring import Scoring, vote_matrix, with_label_bias
-
-log = logging.getLogger(__name__)
 
 FEATURES = ("cosine", "log_count", "vote", "vote_wide", "log_rank", "gap_to_top", "top_cosine",
             "co_occurrence")
@@ -82,7 +80,7 @@ def candidate_features(proto_scores: np.ndarray, proto_ids: np.ndarray, item_sco
     n, c = ids.shape
     votes = [vote_matrix(item_scores[:, :k], item_ids[:, :k], item_labels, t)
              for k, t in ((scoring.knn, scoring.temperature), (WIDE_KNN, WIDE_TEMPERATURE))]
-    vote, wide = (_pick(V, safe) for V in votes)
+    vote, wide = (pick(V, safe) for V in votes)
     top = np.where(found[:, :1], cos[:, :1], 0.0)
     cos = np.where(found, cos, top - 2.0)  # padding: far below every real candidate
     rank = np.broadcast_to(np.log1p(np.arange(c, dtype=np.float32)), (n, c))
@@ -106,7 +104,7 @@ def _co_occurrence(given: sp.csr_matrix, ids: np.ndarray, found: np.ndarray,
     return (weight[:, :, None] * share).max(axis=1)
 
 
-def _pick(V: sp.csr_matrix, ids: np.ndarray) -> np.ndarray:
+def pick(V: sp.csr_matrix, ids: np.ndarray) -> np.ndarray:
     """(n, c) entries V[i, ids[i, j]] of a sparse (n, L) matrix."""
     if ids.size == 0:
         return np.zeros(ids.shape, np.float32)
@@ -166,17 +164,25 @@ class TreeEnsemble:
         if n == 0 or len(self.roots) == 0:
             return np.full(n, self.baseline)
         columns = np.ascontiguousarray(X.T, dtype=np.float64).ravel()  # feature f of row r: f*n+r
-        children = np.stack([self.left, self.right], axis=1).ravel()  # node i: 2i left, 2i+1 right
-        order = np.argsort(-self.tree_depths, kind="stable")  # deepest trees first
-        depths = self.tree_depths[order]
-        node = np.broadcast_to(self.roots[order], (n, len(order))).copy()
+        children, roots, live_per_level = self._walk
+        node = np.broadcast_to(roots, (n, len(roots))).copy()
         row = np.arange(n)[:, None]
-        for level in range(int(depths[0])):
-            live = int(np.searchsorted(-depths, -level, side="left"))  # trees deeper than level
+        for live in live_per_level:
             at = node[:, :live]
             right = columns[self.feature[at] * n + row] > self.threshold[at]
             node[:, :live] = children[2 * at + right]
         return self.baseline + self.value[node].sum(axis=1)
+
+    @functools.cached_property
+    def _walk(self) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """What `logits` walks, derived once: the children (node i: 2i left, 2i+1 right), the
+        roots deepest tree first, and per level how many of those trees are still that deep."""
+        children = np.stack([self.left, self.right], axis=1).ravel()
+        order = np.argsort(-self.tree_depths, kind="stable")
+        depths = self.tree_depths[order]
+        live = [int(np.searchsorted(-depths, -level, side="left"))
+                for level in range(int(depths[0]) if len(depths) else 0)]
+        return children, self.roots[order], live
 
     def to_tensors(self) -> dict[str, np.ndarray]:
         arrays = {k: getattr(self, k) for k in ("feature", "threshold", "left", "right", "value",

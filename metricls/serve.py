@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from metricls.artifacts import MANIFEST, check_folder, read_json, versions
 from metricls.errors import InputError
 from metricls.tagger import Tagger
-from metricls.validation import check_features, check_k, check_positive_int, check_texts, describe
+from metricls.validation import check_features, check_positive_int, check_texts, describe
 
 log = logging.getLogger(__name__)
 SETTINGS_ENV = "METRICLS_SERVE_SETTINGS"  # JSON {"tagger": path, limits...} for --workers > 1
@@ -47,7 +47,7 @@ class Limits:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            check_k(getattr(self, f.name), f.name)
+            check_positive_int(getattr(self, f.name), f.name)
 
 
 # ---- request and response bodies ----------------------------------------------------------------
