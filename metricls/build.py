@@ -36,6 +36,7 @@ from metricls.prototypes import mean_prototypes
 from metricls.rerank import DEPTH, MIN_ITEMS, Reranker, fit_trees, pick, ranked
 from metricls.scoring import Scoring, tune_global_threshold, tune_label_thresholds
 from metricls.tagger import Neighbours, Tagger
+from metricls.tfidf import TfidfPrototypes
 
 log = logging.getLogger(__name__)
 TRAINED_FILES = ("label_vectors.safetensors", "training.json")
@@ -85,23 +86,34 @@ def assemble_tagger(cfg: Config, model: EmbeddingModel, data: Dataset,
         else:
             prototypes, _ = mean_prototypes(emb_train, y_train)
     with timed(seconds, "indexes"):  # built and tuned
-        proto_index, proto_info = index_vectors(prototypes, emb_valid, cfg, k=10)
+        proto_index, proto_info = index_vectors(prototypes, emb_valid, cfg, k=10,
+                                                target_recall=cfg.index.target_recall)
         item_index, item_info = index_vectors(emb_train, emb_valid, cfg,
-                                              k=min(cfg.index.knn, 50))
+                                              k=min(cfg.index.knn, 50),
+                                              target_recall=cfg.index.item_target_recall)
+    tfidf = None
+    if cfg.index.tfidf and cfg.index.rerank and model.needs == {"texts"}:
+        with timed(seconds, "tfidf"):
+            tfidf = TfidfPrototypes.fit(data.train.texts, y_train)
     report: dict = {"backend": cfg.index.backend, "prototypes": cfg.index.prototypes,
                     "ann": {"prototypes": proto_info, "items": item_info}, "seconds": seconds}
+    if tfidf is not None:
+        report["tfidf"] = {"terms": len(tfidf.terms), "nonzeros": int(tfidf.centroids.nnz)}
     tagger = Tagger(model=model, vocab=data.vocab, prototypes=prototypes,
                     proto_index=proto_index, item_index=item_index, item_labels=y_train,
                     scoring=Scoring(knn=cfg.index.knn, candidates=cfg.index.candidates,
                                     label_bias=bias),
-                    config=cfg)
+                    config=cfg, tfidf=tfidf)
     if len(emb_valid):
         with timed(seconds, "scoring"):
             tagger.scoring, tagger.reranker, report["rerank"] = tune_scoring(
                 tagger, emb_valid, data.labels("valid"), rerank=cfg.index.rerank,
-                seed=cfg.train.seed)
+                seed=cfg.train.seed, texts=data.valid.texts)
+        if tagger.reranker is None:
+            tagger.tfidf = None  # only the reranker reads it
+            report.pop("tfidf", None)
         with timed(seconds, "valid_metrics"):
-            _, ids = tagger.score_embeddings(emb_valid, 10)
+            _, ids = tagger.score_embeddings(emb_valid, 10, data.valid.texts)
         tagger.metrics = {"valid": summarize(ranking_metrics(ids, data.valid.labels, data.vocab))}
     report["scoring"] = {k: v for k, v in tagger.scoring.to_dict().items()
                          if k not in PER_LABEL}
@@ -116,9 +128,10 @@ def timed(seconds: dict[str, float], name: str) -> Iterator[None]:
     seconds[name] = round(time.perf_counter() - start, 2)
 
 
-def index_vectors(vectors: np.ndarray, queries: np.ndarray, cfg: Config,
-                  k: int) -> tuple[AnnIndex, dict]:
-    """An index of the config's backend over `vectors`, its search tuned on `queries`."""
+def index_vectors(vectors: np.ndarray, queries: np.ndarray, cfg: Config, k: int,
+                  target_recall: float) -> tuple[AnnIndex, dict]:
+    """An index of the config's backend over `vectors`, its search tuned on `queries` for
+    `target_recall` at `k`."""
     backend = choose_backend(cfg.index.backend, len(vectors), cfg.index.exact_below)
     shards = min(cfg.index.shards, len(vectors))
     if shards > 1 and backend not in SHARDABLE:
@@ -140,7 +153,7 @@ def index_vectors(vectors: np.ndarray, queries: np.ndarray, cfg: Config,
     info: dict = {"backend": backend} | ({"shards": shards} if shards > 1 else {}) | params
     if backend != "flat" and len(queries):
         info.update(tune_index(index, queries, k=k, vectors=vectors,
-                               target_recall=cfg.index.target_recall))
+                               target_recall=target_recall))
     return index, info
 
 
@@ -150,7 +163,8 @@ def objective(ids: np.ndarray, Y: sp.csr_matrix, props: np.ndarray) -> float:
 
 
 def tune_scoring(tagger: Tagger, emb: np.ndarray, Y: sp.csr_matrix, *, rerank: bool = False,
-                 seed: int = 0) -> tuple[Scoring, Reranker | None, dict | str]:
+                 seed: int = 0, texts: list[str] | None = None
+                 ) -> tuple[Scoring, Reranker | None, dict | str]:
     """Tune how a tagger scores on valid (at most `TUNE_QUERIES` items, evenly spaced).
 
     Grid-searches blend, k, temperature and (with learned label biases) the bias weight for the
@@ -158,15 +172,20 @@ def tune_scoring(tagger: Tagger, emb: np.ndarray, Y: sp.csr_matrix, *, rerank: b
     it scores better out of fold. Thresholds are tuned last, on the scores the tagger will give
     (the reranker's out-of-fold probabilities when it has one).
 
+    `texts` (one per row of `emb`) feed the TF-IDF prototypes' features, when the tagger has
+    them.
+
     Returns:
         The scoring, the reranker or None, and what happened to the reranker (a report).
     """
     step = max(1, -(-len(emb) // TUNE_QUERIES))
     emb, Y = emb[::step], sp.csr_matrix(Y)[::step]
+    texts = texts[::step] if texts is not None else None
     base = tagger.scoring
     props = tagger.vocab.propensities()
     best, best_score = base, -1.0
-    found = tagger.search(emb, candidates=max(base.candidates, DEPTH), knn=50)  # once, then slice
+    found = tagger.search(emb, candidates=max(base.candidates, DEPTH), knn=50,  # once, then slice
+                          texts=texts)
     weights = BIAS_WEIGHTS if base.label_bias else (base.bias_weight,)
     grid = list(itertools.product((10, 25, 50), (0.02, 0.05, 0.1), weights))
     for knn, temp, weight in progress(grid, desc="tune scoring"):
@@ -226,7 +245,8 @@ def build_index(tagger_dir: str | Path, *, backend: str | None = None,
         backend: "hnsw", "flat", "ivf", "scann", or "auto" (exact below
             `index.exact_below` vectors, else HNSW); default: the config's.
         prototypes: "learned" (the trained label vectors) or "mean" (mean item embeddings).
-        target_recall: recall@10 against exact search that the ANN parameters are tuned for.
+        target_recall: recall@10 against exact search that the prototype index is tuned for
+            (the item index: `index.item_target_recall`).
 
     Returns:
         The loaded `Tagger`.
@@ -273,7 +293,8 @@ def untrained_baseline(cfg: Config, data: Dataset) -> tuple[Tagger, dict]:
 
     It searches exactly (flat): the baseline measures the embeddings, not an ANN index.
     """
-    index = {**to_dict(cfg.index), "prototypes": "mean", "backend": "flat", "rerank": False}
+    index = {**to_dict(cfg.index), "prototypes": "mean", "backend": "flat", "rerank": False,
+             "tfidf": False}
     base_cfg = from_dict(to_dict(cfg) | {"index": index})
     encoder = dataclasses.replace(base_cfg.encoder, backbones=("minilm",))
     model = build_model(encoder, head=False)

@@ -118,7 +118,7 @@ class TagBatch:
                       features=_matrix(block.column("features")) if "features" in names else None)
         emb = self.tagger.embed(items)
         tags = self.tagger.predict_embeddings(emb, k=self.options.k,
-                                              threshold=self.options.threshold)
+                                              threshold=self.options.threshold, texts=items.texts)
         columns = {"row": block.column("row"), "id": block.column("id"),
                    "labels": pa.array([[name for name, _ in row] for row in tags],
                                       pa.list_(pa.string())),

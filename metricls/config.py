@@ -126,12 +126,14 @@ class IndexConfig:
     backend: str = "hnsw"
     prototypes: str = "learned"
     target_recall: float = 0.99
+    item_target_recall: float = 0.95  # the item index only feeds votes over 10-30 neighbours
     exact_below: int = 20_000
     shards: int = 1  # > 1: FAISS indexes split into this many shards, one file each
     pq_m: int | None = None  # ivf: product-quantise indexes of >= 10,000 vectors to pq_m bytes each
     knn: int = 30
     candidates: int = 100
     rerank: bool = True  # fit a reranker of the candidates on valid, kept if it scores better
+    tfidf: bool = True  # text taggers: TF-IDF label prototypes as two more reranker features
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,7 @@ LIMITS: dict[str, tuple[Any, str]] = {
     "train.seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
     "train.threads": (lambda v: v >= 0, ">= 0 (0 = all cores)"),
     "index.target_recall": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "index.item_target_recall": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "index.knn": _GE1, "index.candidates": _GE1, "index.exact_below": (lambda v: v >= 0, ">= 0"),
     "index.shards": _GE1, "index.pq_m": _GE1,
 }

@@ -57,7 +57,7 @@ def tag_items(tagger: Tagger, items: Items, *, k: int = 10, cache: bool = False,
         t0 = time.perf_counter()
         emb = tagger.model.embed(batch.texts, batch.features, cache=cache)
         t1 = time.perf_counter()
-        found = tagger.neighbours(emb, k)
+        found = tagger.neighbours(emb, k, batch.texts)
         t2 = time.perf_counter()
         ids.append(tagger.combine(found, k, tagger.scoring)[1])
         timings["embed_s"] += t1 - t0

@@ -1,8 +1,9 @@
 """Living labels: add, update and remove labels of a built tagger in memory, then save it.
 
 A label is a prototype (one row of `prototypes`, one vector of the prototype index) plus a
-column of the item-label matrix behind the neighbour vote. Adding a label embeds its examples
-(texts, feature rows or Items) and appends their normalised mean as the prototype, at id L;
+column of the item-label matrix behind the neighbour vote (and, for a reranker that reads
+TF-IDF, a row of the TF-IDF prototypes, made from the same texts). Adding a label embeds its
+examples (texts, feature rows or Items) and appends their normalised mean as the prototype, at id L;
 zero-shot, the label's own text (a description, else its name as words) is embedded instead.
 Removing one deletes its row and column everywhere and shifts the later ids down by one; the
 prototype index is rebuilt with the same parameters, since HNSW and ScaNN cannot remove vectors
@@ -30,6 +31,7 @@ from metricls.data.items import Items, read_texts
 from metricls.data.labels import LabelVocab
 from metricls.errors import ArtifactError, InputError
 from metricls.prototypes import normalize_rows
+from metricls.tfidf import TfidfPrototypes
 from metricls.validation import check_texts, describe
 
 if TYPE_CHECKING:
@@ -71,13 +73,14 @@ def add_label(tagger: Tagger, name: str, examples: Any = None, *, description: s
     if name in tagger.vocab:
         raise InputError(f"label {name!r} already exists (id {tagger.vocab.index(name)}); use "
                          "update_label to change it")
-    emb, example_emb = _embed(tagger, name, examples, description)
+    emb, example_emb, texts = _embed(tagger, name, examples, description)
     L = len(tagger.vocab)
     Y = sp.hstack([tagger.item_labels, sp.csr_matrix((tagger.item_labels.shape[0], 1))],
                   format="csr", dtype=np.float32)
     _commit(tagger, tagger.vocab.with_label(name, len(example_emb)),
             np.vstack([tagger.prototypes, _mean(emb)]), Y, _label_lists(tagger, append=True),
-            new_items=example_emb if add_items else None, label=L, appended=True)
+            new_items=example_emb if add_items else None, label=L, appended=True,
+            tfidf=_tfidf(tagger, texts))
     tagger.label_changes.append(_change("add", name, example_emb, description, add_items))
     return L
 
@@ -98,8 +101,9 @@ def update_label(tagger: Tagger, name: str, examples: Any = None, *,
     if mode not in MODES:
         raise InputError(f"mode: expected one of {list(MODES)}, got {describe(mode)}")
     i = tagger.vocab.index(_check_name(name))
-    emb, example_emb = _embed(tagger, name, examples, description)
+    emb, example_emb, texts = _embed(tagger, name, examples, description)
     prototypes, counts = tagger.prototypes.copy(), tagger.vocab.counts.copy()
+    tfidf = _tfidf(tagger, texts, row=i, old_weight=0 if mode == "replace" else counts[i])
     Y, per_label = tagger.item_labels, _label_lists(tagger)
     if mode == "replace":
         prototypes[i], counts[i] = _mean(emb)[0], len(example_emb)
@@ -113,7 +117,7 @@ def update_label(tagger: Tagger, name: str, examples: Any = None, *,
         counts[i] += len(example_emb)
     vocab = LabelVocab(tagger.vocab.names, counts, tagger.vocab.n_items)
     _commit(tagger, vocab, prototypes, Y, per_label,
-            new_items=example_emb if add_items else None, label=i, appended=False)
+            new_items=example_emb if add_items else None, label=i, appended=False, tfidf=tfidf)
     tagger.label_changes.append(_change(f"update:{mode}", name, example_emb, description,
                                         add_items))
     return i
@@ -131,8 +135,10 @@ def remove_label(tagger: Tagger, name: str) -> int:
         raise InputError(f"label {name!r} is the tagger's only label; a tagger needs at least one")
     vocab, i = tagger.vocab.without_label(name)
     keep = np.arange(len(tagger.vocab)) != i
+    tfidf = None if tagger.tfidf is None else dataclasses.replace(
+        tagger.tfidf, centroids=tagger.tfidf.centroids[keep])
     _commit(tagger, vocab, tagger.prototypes[keep], tagger.item_labels[:, keep],
-            _label_lists(tagger, drop=i), new_items=None, label=None, appended=False)
+            _label_lists(tagger, drop=i), new_items=None, label=None, appended=False, tfidf=tfidf)
     tagger.label_changes.append({"op": "remove", "label": name})
     return i
 
@@ -186,17 +192,24 @@ def _check_name(name: Any) -> str:
 
 
 def _embed(tagger: Tagger, name: str, examples: Any,
-           description: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """(m, d) embeddings of the examples and the label text, and those of the examples alone."""
+           description: str | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(m, d) embeddings of the examples and the label text, those of the examples alone, and
+    the texts among them (for the TF-IDF prototypes)."""
     d = tagger.model.out_dim
     example_emb = np.zeros((0, d), dtype=np.float32)
+    texts: list[str] = []
     if examples is not None:
         try:
-            example_emb = tagger.embed(_check_examples(examples))
+            found = _check_examples(examples)
+            example_emb = tagger.embed(found)
         except InputError as exc:  # the tagger names its argument "inputs"
             raise InputError("examples" + str(exc).removeprefix("inputs")) from None
+        if isinstance(found, Items):
+            texts = list(found.texts or [])
+        elif not isinstance(found, np.ndarray):
+            texts = list(found)
     if description is None and examples is not None:
-        return example_emb, example_emb
+        return example_emb, example_emb, texts
     text = label_text(name) if description is None else description
     if not isinstance(text, str) or not text.strip():
         raise InputError(f"description: expected a non-empty text, got {describe(text)}")
@@ -204,7 +217,21 @@ def _embed(tagger: Tagger, name: str, examples: Any,
         raise InputError("description: this tagger reads feature vectors and cannot embed a "
                          "label text; give examples as an (n, d) array")
     log.info("label %r: embedding the text %r", name, text)
-    return np.vstack([example_emb, tagger.embed([text])]), example_emb
+    return np.vstack([example_emb, tagger.embed([text])]), example_emb, [*texts, text]
+
+
+def _tfidf(tagger: Tagger, texts: list[str], *, row: int | None = None,
+           old_weight: int = 0) -> TfidfPrototypes | None:
+    """The tagger's TF-IDF prototypes with `texts` making a new last row (`row` None) or row
+    `row`, where the old row counts as `old_weight` texts (0: replaced), as `_mean` does."""
+    if tagger.tfidf is None:
+        return None
+    C = tagger.tfidf.centroids
+    new = tagger.tfidf.prototype(texts) if texts else sp.csr_matrix((1, C.shape[1]))
+    if row is None:
+        return tagger.tfidf.with_centroids(sp.vstack([C, new]))
+    new = new + old_weight * C[row]
+    return tagger.tfidf.with_centroids(sp.vstack([C[:row], new, C[row + 1:]]))
 
 
 def _mean(emb: np.ndarray) -> np.ndarray:
@@ -262,12 +289,14 @@ def _label_lists(tagger: Tagger, *, append: bool = False, reset: int | None = No
 
 def _commit(tagger: Tagger, vocab: LabelVocab, prototypes: np.ndarray,
             item_labels: sp.csr_matrix, per_label: dict[str, list[float]], *,
-            new_items: np.ndarray | None, label: int | None, appended: bool) -> None:
+            new_items: np.ndarray | None, label: int | None, appended: bool,
+            tfidf: TfidfPrototypes | None) -> None:
     """Swap the new label state into `tagger`: every check on user input has passed by now.
 
     `per_label` replaces the scoring's per-label lists (see `_label_lists`); `new_items`
     (m, d) join the item index carrying only `label`; `appended`: the only new prototype is the
-    last row (added to the index), else the prototype index is rebuilt.
+    last row (added to the index), else the prototype index is rebuilt; `tfidf` replaces the
+    TF-IDF prototypes.
     """
     if new_items is not None and len(new_items):
         rows = sp.csr_matrix((np.ones(len(new_items), np.float32),
@@ -284,6 +313,7 @@ def _commit(tagger: Tagger, vocab: LabelVocab, prototypes: np.ndarray,
     tagger.prototypes = np.ascontiguousarray(prototypes, dtype=np.float32)
     tagger.item_labels = sp.csr_matrix(item_labels, dtype=np.float32)
     tagger.scoring = dataclasses.replace(tagger.scoring, **per_label)
+    tagger.tfidf = tfidf
 
 
 def _append(index: AnnIndex, vectors: np.ndarray, what: str) -> None:

@@ -15,6 +15,7 @@ never holds a pickle and loads with any scikit-learn version, or none.
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -23,14 +24,28 @@ import scipy.sparse as sp
 
 from metricls.errors import ArtifactError
 from metricls.scoring import Scoring, vote_matrix, with_label_bias
+from metricls.tfidf import rank_in_rows
 
 FEATURES = ("cosine", "log_count", "vote", "vote_wide", "log_rank", "gap_to_top", "top_cosine",
-            "co_occurrence")
+            "co_occurrence", "tfidf_cosine", "tfidf_log_rank")
 DEPTH = 20  # candidates (by cosine) the reranker scores per query, at least k
 WIDE_KNN, WIDE_TEMPERATURE = 30, 1.0  # the "vote_wide" feature: a flat vote of 30 neighbours
 LEADERS = 3  # "co_occurrence": how often the label goes with one of the 3 best candidates
 MIN_ITEMS = 50  # validation items needed to fit one
 TREES, LEARNING_RATE, LEAVES = 100, 0.1, 15  # at most; scikit-learn stops early on a held-out 10%
+BAG = 5  # such ensembles averaged, each stopped on its own random 10%: less variance
+COMPILED_FROM_ROWS = 256  # fewer rows: the numpy walk beats one compiled call per tree
+
+
+class Neighbours(NamedTuple):
+    """What one search found: prototypes and training items, each (n, k) in FAISS order, and
+    the (n, L) cosines to the TF-IDF prototypes when the tagger has them and read the texts."""
+
+    proto_scores: np.ndarray
+    proto_ids: np.ndarray
+    item_scores: np.ndarray
+    item_ids: np.ndarray
+    tfidf: sp.csr_matrix | None = None
 
 
 class Candidates(NamedTuple):
@@ -60,33 +75,36 @@ class LabelStats:
         return cls(np.log1p(counts).astype(np.float32), given)
 
 
-def candidate_features(proto_scores: np.ndarray, proto_ids: np.ndarray, item_scores: np.ndarray,
-                       item_ids: np.ndarray, item_labels: sp.csr_matrix, stats: LabelStats,
+def candidate_features(found: Neighbours, item_labels: sp.csr_matrix, stats: LabelStats,
                        scoring: Scoring, depth: int) -> Candidates:
     """Features of the `depth` best candidates by (biased) cosine of each query.
 
     Args:
-        proto_scores, proto_ids: the prototype search, (n, >= depth), best first.
-        item_scores, item_ids: the training-item search, (n, >= WIDE_KNN when there are that
-            many items).
+        found: the prototype search (n, >= depth), the training-item search (n, >= WIDE_KNN
+            when there are that many items), and the TF-IDF cosines (zero features without).
         item_labels: (n_train, L) labels of the indexed training items.
         stats: `LabelStats.of(item_labels)`.
         scoring: its `knn`, `temperature` and label biases shape the "vote" and "cosine".
     """
-    cos = with_label_bias(proto_scores, proto_ids, scoring)[:, :depth]
-    ids = proto_ids[:, :depth]
-    found = ids >= 0
+    item_scores, item_ids = found.item_scores, found.item_ids
+    cos = with_label_bias(found.proto_scores, found.proto_ids, scoring)[:, :depth]
+    ids = found.proto_ids[:, :depth]
+    real = ids >= 0
     safe = np.maximum(ids, 0)
     n, c = ids.shape
     votes = [vote_matrix(item_scores[:, :k], item_ids[:, :k], item_labels, t)
              for k, t in ((scoring.knn, scoring.temperature), (WIDE_KNN, WIDE_TEMPERATURE))]
     vote, wide = (pick(V, safe) for V in votes)
-    top = np.where(found[:, :1], cos[:, :1], 0.0)
-    cos = np.where(found, cos, top - 2.0)  # padding: far below every real candidate
+    top = np.where(real[:, :1], cos[:, :1], 0.0)
+    cos = np.where(real, cos, top - 2.0)  # padding: far below every real candidate
     rank = np.broadcast_to(np.log1p(np.arange(c, dtype=np.float32)), (n, c))
+    tfidf = tfidf_rank = np.zeros((n, c), np.float32)
+    if found.tfidf is not None:
+        tfidf = pick(found.tfidf, safe)
+        tfidf_rank = np.log1p(rank_in_rows(found.tfidf, tfidf))
     X = np.stack([cos, stats.log_counts[safe], vote, wide, rank, top - cos,
-                  np.broadcast_to(top, (n, c)), _co_occurrence(stats.given, safe, found, cos)],
-                 axis=-1)
+                  np.broadcast_to(top, (n, c)), _co_occurrence(stats.given, safe, real, cos),
+                  tfidf, tfidf_rank], axis=-1)
     return Candidates(ids, X.astype(np.float32))
 
 
@@ -157,9 +175,82 @@ class TreeEnsemble:
                    baseline=float(np.ravel(model._baseline_prediction)[0]),
                    n_features=int(model.n_features_in_))
 
+    @classmethod
+    def average(cls, parts: list[TreeEnsemble]) -> TreeEnsemble:
+        """One ensemble whose logit is the mean of the `parts`' logits: their trees side by
+        side, every leaf value divided by their number."""
+        offsets = np.cumsum([0] + [len(p.value) for p in parts[:-1]])
+
+        def joined(name: str, shift: bool = False) -> np.ndarray:
+            return np.concatenate([getattr(p, name) + (o if shift else 0)
+                                   for p, o in zip(parts, offsets)])
+
+        return cls(feature=joined("feature"), threshold=joined("threshold"),
+                   left=joined("left", True), right=joined("right", True),
+                   value=joined("value") / len(parts), roots=joined("roots", True),
+                   tree_depths=joined("tree_depths"),
+                   baseline=float(np.mean([p.baseline for p in parts])),
+                   n_features=parts[0].n_features)
+
     def logits(self, X: np.ndarray) -> np.ndarray:
-        """(n,) raw scores of (n, n_features) rows: all trees walked together, level by level,
-        each level only over the trees that are still that deep."""
+        """(n,) raw scores of (n, n_features) rows, by scikit-learn's compiled tree walk when it
+        is installed and agrees (`_compiled`), else by `walk`."""
+        compiled = self._compiled if len(X) >= COMPILED_FROM_ROWS else None
+        if compiled is None:
+            return self.walk(X)
+        rows = np.ascontiguousarray(X, dtype=np.float64)
+        return self.baseline + sum(predict(rows) for predict in compiled)
+
+    @functools.cached_property
+    def _compiled(self) -> list | None:
+        """One compiled predictor per tree: scikit-learn's `TreePredictor` over these arrays (a
+        private API, hence checked against `walk` on probe rows), or None to walk with numpy."""
+        try:
+            from sklearn.ensemble._hist_gradient_boosting.common import PREDICTOR_RECORD_DTYPE
+            from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
+            from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+        except ImportError:
+            return None
+        bounds = np.append(self.roots, len(self.value))
+        if len(self.roots) == 0 or (np.diff(bounds) <= 0).any():
+            return None  # trees not stored one after another
+        no_bitsets = np.zeros((0, 8), np.uint32)
+        known = (no_bitsets, np.zeros(self.n_features, np.uint32), _openmp_effective_n_threads())
+        compiled = []
+        for start, stop in itertools.pairwise(bounds):
+            part = slice(start, stop)
+            left, right = self.left[part] - start, self.right[part] - start
+            size = stop - start
+            if ((left < 0) | (left >= size) | (right < 0) | (right >= size)).any():
+                return None
+            nodes = np.zeros(size, PREDICTOR_RECORD_DTYPE)
+            nodes["is_leaf"] = left == np.arange(size)
+            nodes["left"], nodes["right"] = left, right
+            nodes["feature_idx"] = self.feature[part]
+            nodes["num_threshold"] = self.threshold[part]
+            nodes["value"] = self.value[part]
+            tree = TreePredictor(nodes, no_bitsets, no_bitsets)
+            compiled.append(functools.partial(tree.predict, known_cat_bitsets=known[0],
+                                              f_idx_map=known[1], n_threads=known[2]))
+        probe = self._probe()
+        try:
+            same = np.allclose(self.baseline + sum(p(probe) for p in compiled), self.walk(probe))
+        except (TypeError, ValueError, AttributeError):
+            return None
+        return compiled if same else None
+
+    def _probe(self) -> np.ndarray:
+        """Rows that reach every side of every split: each feature at, just below and just
+        above each threshold, the other features drawn from those values."""
+        finite = np.isfinite(self.threshold)
+        values = np.concatenate([self.threshold[finite] + d for d in (-1e-6, 0.0, 1e-6)]
+                                or [np.zeros(1)])
+        rng = np.random.default_rng(0)
+        return np.ascontiguousarray(rng.choice(values, (256, self.n_features)), dtype=np.float64)
+
+    def walk(self, X: np.ndarray) -> np.ndarray:
+        """(n,) raw scores of (n, n_features) rows with numpy: all trees walked together, level
+        by level, each level only over the trees that are still that deep."""
         n = len(X)
         if n == 0 or len(self.roots) == 0:
             return np.full(n, self.baseline)
@@ -257,9 +348,10 @@ def ranked(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.
 
 
 def fit_trees(X: np.ndarray, y: np.ndarray, seed: int) -> TreeEnsemble:
-    """Boosted trees for P(y | X) (binary), scikit-learn's histogram gradient boosting."""
+    """Boosted trees for P(y | X) (binary): `BAG` of scikit-learn's histogram gradient boosting
+    ensembles (seeds seed, seed + 1, ...), averaged."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    model = HistGradientBoostingClassifier(max_iter=TREES, learning_rate=LEARNING_RATE,
-                                           max_leaf_nodes=LEAVES, random_state=seed)
-    return TreeEnsemble.from_sklearn(model.fit(X, y))
+    return TreeEnsemble.average([TreeEnsemble.from_sklearn(HistGradientBoostingClassifier(
+        max_iter=TREES, learning_rate=LEARNING_RATE, max_leaf_nodes=LEAVES,
+        random_state=seed + b).fit(X, y)) for b in range(BAG)])

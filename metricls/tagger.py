@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -22,6 +22,7 @@ from metricls.rerank import (
     WIDE_KNN,
     Candidates,
     LabelStats,
+    Neighbours,
     Reranker,
     candidate_features,
 )
@@ -34,20 +35,13 @@ from metricls.scoring import (
     vote_matrix,
     with_label_bias,
 )
+from metricls.tfidf import TfidfPrototypes
 from metricls.validation import check_features, check_k, check_texts, to_number
 
 Inputs = Sequence[str] | np.ndarray | Items
 SCORE_BATCH = 2048  # rows scored at a time (as evaluation.tag_items batches)
 RERANKER = "reranker.safetensors"  # present when build-index fitted a reranker
-
-
-class Neighbours(NamedTuple):
-    """What one search of both indexes found, each (n, k) in FAISS order."""
-
-    proto_scores: np.ndarray
-    proto_ids: np.ndarray
-    item_scores: np.ndarray
-    item_ids: np.ndarray
+TFIDF = "tfidf.safetensors"  # present when build-index made TF-IDF prototypes
 
 
 class Tagger:
@@ -62,7 +56,7 @@ class Tagger:
     def __init__(self, *, model: EmbeddingModel, vocab: LabelVocab, prototypes: np.ndarray,
                  proto_index: AnnIndex, item_index: AnnIndex, item_labels: sp.csr_matrix,
                  scoring: Scoring, config: Config, metrics: dict | None = None,
-                 reranker: Reranker | None = None) -> None:
+                 reranker: Reranker | None = None, tfidf: TfidfPrototypes | None = None) -> None:
         self.model = model
         self.vocab = vocab
         self.prototypes = prototypes  # (L, d) float32, label id = row
@@ -71,6 +65,7 @@ class Tagger:
         self.item_labels = sp.csr_matrix(item_labels, dtype=np.float32)  # (n_train, L)
         self.scoring = scoring
         self.reranker = reranker  # None: scores are the blend of `scoring` (see `combine`)
+        self.tfidf = tfidf  # label prototypes over TF-IDF vectors of the texts, for the reranker
         self.config = config
         self.metrics = metrics or {}
         self.origin: Path | None = None  # the folder it was loaded from (see `save`)
@@ -127,13 +122,17 @@ class Tagger:
         return self._tags(*self._predict(inputs, k), threshold, cut)
 
     def predict_embeddings(self, emb: np.ndarray, *, k: int = 5,
-                           threshold: float | str | None = None) -> list[list[tuple[str, float]]]:
-        """`predict` on (n, d) embeddings from `embed`: tag and keep the vectors, embed once."""
+                           threshold: float | str | None = None,
+                           texts: Sequence[str] | None = None) -> list[list[tuple[str, float]]]:
+        """`predict` on (n, d) embeddings from `embed`: tag and keep the vectors, embed once.
+        A tagger whose reranker reads TF-IDF (`reads_texts`) needs the `texts` too."""
         k, cut = self._selection(k, threshold)
         emb = check_features(emb, self.model.out_dim, name="embeddings")
+        if texts is not None:
+            texts = check_texts(texts, name="texts")
         if len(emb) == 0:
             return []
-        return self._tags(*self.score_embeddings(emb, k), threshold, cut)
+        return self._tags(*self.score_embeddings(emb, k, texts), threshold, cut)
 
     def _selection(self, k: int, threshold: float | str | None) -> tuple[int, float | None]:
         """k capped at the label count, and the numeric threshold (None for None or "tuned")."""
@@ -157,16 +156,28 @@ class Tagger:
         texts, feats, n = self._inputs(inputs)
         if n == 0:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-        return self.score_embeddings(self.model.embed(texts, feats), k)
+        return self.score_embeddings(self.model.embed(texts, feats), k, texts)
 
-    def search(self, emb: np.ndarray, *, candidates: int, knn: int) -> Neighbours:
+    @property
+    def reads_texts(self) -> bool:
+        """Whether scoring reads the texts beside their embeddings (the reranker's TF-IDF)."""
+        return self.tfidf is not None and self.reranker is not None
+
+    def search(self, emb: np.ndarray, *, candidates: int, knn: int,
+               texts: Sequence[str] | None = None) -> Neighbours:
         """Nearest prototypes and nearest training items of (n, d) embeddings (no item search
-        for `knn` 0: (n, 0) results)."""
+        for `knn` 0: (n, 0) results), and the texts' TF-IDF prototype cosines when given."""
         protos = self.proto_index.search(emb, min(candidates, len(self.vocab)))
         knn = min(knn, self.item_index.ntotal)
         items = self.item_index.search(emb, knn) if knn > 0 else (
             np.zeros((len(emb), 0), np.float32), np.zeros((len(emb), 0), np.int64))
-        return Neighbours(*protos, *items)
+        tfidf = None
+        if self.tfidf is not None and texts is not None:
+            if len(texts) != len(emb):
+                raise InputError(f"texts: expected one per embedding ({len(emb)}), got "
+                                 f"{len(texts)}")
+            tfidf = self.tfidf.scores(texts)
+        return Neighbours(*protos, *items, tfidf)
 
     def combine(self, found: Neighbours, k: int, scoring: Scoring) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids): the reranker's probabilities when the tagger has one, else the
@@ -186,7 +197,7 @@ class Tagger:
 
     def candidates(self, found: Neighbours, scoring: Scoring, depth: int) -> Candidates:
         """The reranker's view of the `depth` best prototypes: their ids and features."""
-        return candidate_features(*found, self.item_labels, self._label_stats(), scoring, depth)
+        return candidate_features(found, self.item_labels, self._label_stats(), scoring, depth)
 
     def _label_stats(self) -> LabelStats:
         """Label counts and co-occurrence of `item_labels`, cached until it changes."""
@@ -195,19 +206,28 @@ class Tagger:
             self._stats, self._stats_of = LabelStats.of(Y), Y
         return self._stats
 
-    def neighbours(self, emb: np.ndarray, k: int) -> Neighbours:
+    def neighbours(self, emb: np.ndarray, k: int,
+                   texts: Sequence[str] | None = None) -> Neighbours:
         """The search behind `score_embeddings`: enough prototypes for top-k, and the knn items
-        that the reranker or the scoring's vote reads (none for blend 1 without a reranker)."""
+        that the reranker or the scoring's vote reads (none for blend 1 without a reranker),
+        and the TF-IDF cosines of the `texts` (required when `reads_texts`)."""
         s = self.scoring
         if self.reranker is not None:
+            if self.reads_texts and texts is None:
+                raise InputError("texts: this tagger's reranker reads the texts beside their "
+                                 "embeddings (TF-IDF prototypes); pass texts=")
             return self.search(emb, candidates=max(s.candidates, self.reranker.depth, k),
-                               knn=max(s.knn, WIDE_KNN))
+                               knn=max(s.knn, WIDE_KNN), texts=texts)
         return self.search(emb, candidates=max(s.candidates, k), knn=s.knn if s.blend < 1 else 0)
 
-    def score_embeddings(self, emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Search both indexes for (n, d) embeddings and blend into top-k (scores, ids), in
-        batches of `SCORE_BATCH` rows so that memory stays O(batch x candidates)."""
-        parts = [self.combine(self.neighbours(emb[s:s + SCORE_BATCH], k), k, self.scoring)
+    def score_embeddings(self, emb: np.ndarray, k: int,
+                         texts: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Search both indexes for (n, d) embeddings (and their texts, see `neighbours`) and
+        score into top-k (scores, ids), in batches of `SCORE_BATCH` rows so that memory stays
+        O(batch x candidates)."""
+        parts = [self.combine(self.neighbours(emb[s:s + SCORE_BATCH], k,
+                                              None if texts is None else texts[s:s + SCORE_BATCH]),
+                              k, self.scoring)
                  for s in range(0, max(len(emb), 1), SCORE_BATCH)]
         return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 
@@ -253,6 +273,8 @@ class Tagger:
         if self.reranker is not None:
             save_tensors(folder / RERANKER, self.reranker.to_tensors(),
                          {"format": "metricls-reranker/1", "features": ",".join(FEATURES)})
+        if self.tfidf is not None:
+            save_tensors(folder / TFIDF, self.tfidf.to_tensors(), {"format": "metricls-tfidf/1"})
 
     @classmethod
     def load(cls, path: str | Path) -> Tagger:
@@ -274,11 +296,16 @@ class Tagger:
         if (folder / RERANKER).exists():
             reranker = Reranker.from_tensors(load_tensors(folder / RERANKER)[0],
                                              str(folder / RERANKER))
+        tfidf = None
+        if (folder / TFIDF).exists():
+            tfidf = TfidfPrototypes.from_tensors(load_tensors(folder / TFIDF)[0],
+                                                 str(folder / TFIDF))
         tagger = cls(model=model, vocab=vocab, prototypes=tensors["prototypes"],
                      proto_index=load_index(folder / "ann" / "prototypes"),
                      item_index=load_index(folder / "ann" / "items"), item_labels=item_labels,
                      scoring=Scoring.from_dict(read_json(folder / "scoring.json")),
-                     config=config, metrics=manifest.get("metrics", {}), reranker=reranker)
+                     config=config, metrics=manifest.get("metrics", {}), reranker=reranker,
+                     tfidf=tfidf)
         tagger._check_consistent(folder)
         tagger.origin = folder
         return tagger
@@ -293,6 +320,8 @@ class Tagger:
             (self.item_index.ntotal, self.item_labels.shape[0], "ann/items"),
             (self.item_labels.shape[1], L, "item_labels.safetensors"),
             (len(self.scoring.label_thresholds) in (0, L), True, "scoring.json")]
+        if self.tfidf is not None:
+            checks.append((self.tfidf.centroids.shape[0], L, TFIDF))
         for found, expected, name in checks:
             if found != expected:
                 raise ArtifactError(f"{folder / name}: expected {expected} (from labels.json and "

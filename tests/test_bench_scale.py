@@ -107,10 +107,11 @@ def test_scoring_in_batches_equals_one_batch(tiny_tagger_dir, monkeypatch):
     from metricls import tagger as tagger_module
 
     tagger = Tagger.load(tiny_tagger_dir)
-    emb = tagger.embed([f"w{i % 20}x{i % 4} noise{i % 30}" for i in range(50)])
-    whole = tagger.score_embeddings(emb, 5)
+    texts = [f"w{i % 20}x{i % 4} noise{i % 30}" for i in range(50)]
+    emb = tagger.embed(texts)
+    whole = tagger.score_embeddings(emb, 5, texts)  # texts: the reranker reads their TF-IDF
     monkeypatch.setattr(tagger_module, "SCORE_BATCH", 7)
-    batched = tagger.score_embeddings(emb, 5)
+    batched = tagger.score_embeddings(emb, 5, texts)
     np.testing.assert_array_equal(batched[1], whole[1])
     np.testing.assert_array_equal(batched[0], whole[0])
 
@@ -121,6 +122,7 @@ def test_prototype_only_scoring_never_searches_the_items(tiny_tagger_dir):
     from metricls import Tagger
 
     tagger = Tagger.load(tiny_tagger_dir)
+    tagger.reranker = None  # the blend's scoring, not the reranker's (which reads items)
     tagger.scoring = dataclasses.replace(tagger.scoring, blend=1.0)
     texts = ["w1x0 w1x2 noise3", "w4x1 w7x3 w7x0 noise1"]
     expected = tagger.predict_scores(texts, k=5)

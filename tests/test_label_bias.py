@@ -45,12 +45,14 @@ def test_biases_are_learned_saved_and_used(biased_dir, synthetic_path):
     # cover all of the tiny tagger's labels)
     texts = ["alpha beta gamma", "delta epsilon"]
     emb = tagger.embed(texts)
+    reranker, tagger.reranker = tagger.reranker, None  # the blend's scores
     scoring = dataclasses.replace(tagger.scoring, blend=1.0, bias_weight=1.0)
     scores, ids = tagger.combine(tagger.search(emb, candidates=len(tagger.vocab), knn=0), 3,
                                  scoring)
     expected = (1 + emb @ tagger.prototypes.T + bias[None]) / 2
     np.testing.assert_array_equal(ids, np.argsort(-expected, axis=1, kind="stable")[:, :3])
     np.testing.assert_allclose(scores, np.take_along_axis(expected, ids, 1), rtol=1e-5)
+    tagger.reranker = reranker
     # and it is a working tagger
     cfg = load_config(TINY, [f"data.path={synthetic_path}"])
     from metricls.data.dataset import Dataset

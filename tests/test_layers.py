@@ -13,7 +13,7 @@ LAYERS = [
     {"evaluation"},
     {"tagger", "living"},
     {"rerank"},
-    {"scoring", "prototypes", "ann", "miners", "encoders"},
+    {"scoring", "prototypes", "tfidf", "ann", "miners", "encoders"},
     {"data"},
     {"config", "validation", "metrics", "artifacts", "progress"},
     {"errors"},

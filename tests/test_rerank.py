@@ -19,14 +19,19 @@ from metricls.errors import ArtifactError
 from metricls.evaluation import evaluate
 from metricls.rerank import (
     FEATURES,
+    LEARNING_RATE,
+    LEAVES,
+    TREES,
     LabelStats,
+    Neighbours,
     Reranker,
     TreeEnsemble,
     candidate_features,
+    fit_trees,
     ranked,
 )
 from metricls.scoring import Scoring
-from metricls.tagger import RERANKER, Neighbours
+from metricls.tagger import RERANKER
 
 
 def test_exported_trees_give_scikit_learns_logits_and_survive_a_round_trip():
@@ -40,9 +45,57 @@ def test_exported_trees_give_scikit_learns_logits_and_survive_a_round_trip():
     assert len(set(trees.tree_depths.tolist())) > 1  # trees of several depths walk together
     Xt = np.vstack([rng.normal(size=(500, 5)), X[:50]])
     np.testing.assert_allclose(trees.logits(Xt), model.decision_function(Xt), atol=1e-9)
+    np.testing.assert_allclose(trees.walk(Xt), model.decision_function(Xt), atol=1e-9)
     again = TreeEnsemble.from_tensors(trees.to_tensors(), "here")
     np.testing.assert_array_equal(again.logits(Xt), trees.logits(Xt))
     assert trees.logits(np.zeros((0, 5))).shape == (0,)
+
+
+def test_averaged_ensembles_give_the_mean_logit_and_fit_trees_bags():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(3000, 4))
+    y = (X[:, 0] * X[:, 1] + 0.5 * rng.normal(size=3000)) > 0
+    models = [HistGradientBoostingClassifier(max_iter=20, random_state=s).fit(X, y)
+              for s in range(3)]
+    Xt = rng.normal(size=(400, 4))
+    mean = np.mean([m.decision_function(Xt) for m in models], axis=0)
+    averaged = TreeEnsemble.average([TreeEnsemble.from_sklearn(m) for m in models])
+    np.testing.assert_allclose(averaged.logits(Xt), mean, atol=1e-9)
+    np.testing.assert_allclose(averaged.walk(Xt), mean, atol=1e-9)
+    assert averaged._compiled is not None  # the trees still lie one after another
+    # fit_trees averages BAG ensembles with seeds seed, seed + 1, ...
+    bagged = fit_trees(X, y, 7)
+    single = TreeEnsemble.from_sklearn(HistGradientBoostingClassifier(
+        max_iter=TREES, learning_rate=LEARNING_RATE, max_leaf_nodes=LEAVES,
+        random_state=7).fit(X, y))
+    assert len(bagged.roots) > len(single.roots)
+    np.testing.assert_array_equal(fit_trees(X, y, 7).logits(Xt), bagged.logits(Xt))
+
+
+def test_the_compiled_walk_is_used_when_it_agrees_and_numpy_walks_otherwise(monkeypatch):
+    import sys
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(2000, 4))
+    y = (X[:, 0] - X[:, 3] + 0.3 * rng.normal(size=2000)) > 0
+    model = HistGradientBoostingClassifier(max_iter=30, random_state=0).fit(X, y)
+    Xt = rng.normal(size=(300, 4))
+    trees = TreeEnsemble.from_sklearn(model)
+    assert trees._compiled is not None  # scikit-learn's predictors over the exported arrays
+    np.testing.assert_allclose(trees.logits(Xt), model.decision_function(Xt), atol=1e-9)
+    # without scikit-learn (or with one whose private predictor moved): numpy, same logits
+    monkeypatch.setitem(sys.modules, "sklearn.ensemble._hist_gradient_boosting.predictor", None)
+    bare = TreeEnsemble.from_tensors(trees.to_tensors(), "here")
+    assert bare._compiled is None
+    np.testing.assert_allclose(bare.logits(Xt), model.decision_function(Xt), atol=1e-9)
+    # trees stored out of order cannot be compiled per tree: numpy walks them
+    monkeypatch.undo()
+    t = trees.to_tensors()
+    t["roots"] = t["roots"][::-1].copy()
+    t["tree_depths"] = t["tree_depths"][::-1].copy()
+    shuffled = TreeEnsemble.from_tensors(t, "here")
+    assert shuffled._compiled is None
+    np.testing.assert_allclose(shuffled.logits(Xt), model.decision_function(Xt), atol=1e-9)
 
 
 def test_damaged_trees_are_refused_with_the_file_named():
@@ -73,8 +126,11 @@ def test_candidate_features_read_the_searches():
     np.testing.assert_allclose(stats.log_counts, counts)
     # P(l | m): label 0's one item also carries 2; half of label 2's items carry 0
     np.testing.assert_allclose(stats.given.toarray(), [[0, 0, 1], [0, 0, 0], [0.5, 0, 0]])
-    found = Neighbours(proto_scores, proto_ids, item_scores, item_ids)
-    cand = candidate_features(*found, item_labels, stats, Scoring(knn=2, temperature=1e-3), 3)
+    # TF-IDF cosines to the 3 labels; query 1 shares no term with label 1
+    tfidf = sp.csr_matrix(np.array([[0.2, 0.7, 0.4], [0.3, 0.0, 0.6]], np.float32))
+    found = Neighbours(proto_scores, proto_ids, item_scores, item_ids, tfidf)
+    scoring = Scoring(knn=2, temperature=1e-3)
+    cand = candidate_features(found, item_labels, stats, scoring, 3)
     X = dict(zip(FEATURES, np.moveaxis(cand.features, -1, 0)))
     np.testing.assert_array_equal(cand.ids, proto_ids)
     np.testing.assert_allclose(X["cosine"][0], [0.9, 0.5, 0.1], rtol=1e-6)
@@ -90,6 +146,15 @@ def test_candidate_features_read_the_searches():
     # query 0 leads with 2 (cos 0.9), then 0 (0.5): 0 gets 0.9 * P(0 | 2), 2 gets 0.5 * P(2 | 0)
     np.testing.assert_allclose(X["co_occurrence"][0], [0.5 * 1.0, 0.9 * 0.5, 0.0], atol=1e-6)
     np.testing.assert_allclose(X["co_occurrence"][1], [0.0, 0.0, 0.0], atol=1e-6)
+    # the candidates' TF-IDF cosines (labels 2, 0, 1 / 1, 0) and log(1 + labels above them)
+    np.testing.assert_allclose(X["tfidf_cosine"][0], [0.4, 0.2, 0.7], rtol=1e-6)
+    np.testing.assert_allclose(X["tfidf_log_rank"][0], np.log1p([1, 2, 0]), rtol=1e-6)
+    np.testing.assert_allclose(X["tfidf_cosine"][1, :2], [0.0, 0.3], rtol=1e-6)
+    np.testing.assert_allclose(X["tfidf_log_rank"][1, :2], np.log1p([2, 1]), rtol=1e-6)
+    # a tagger without TF-IDF prototypes (or no texts): the two features are 0
+    plain = candidate_features(found._replace(tfidf=None), item_labels, stats, scoring, 3)
+    np.testing.assert_array_equal(plain.features[..., -2:], 0.0)
+    np.testing.assert_array_equal(plain.features[..., :-2], cand.features[..., :-2])
 
 
 def test_ranked_sorts_puts_padding_last_and_pads_to_k():
@@ -125,7 +190,7 @@ class _Stub:
         self.vocab = LabelVocab.fit([[f"l{j}"] for j in train.indices])
 
     def candidates(self, found, scoring, depth):
-        return candidate_features(*found, self.item_labels, LabelStats.of(self.item_labels),
+        return candidate_features(found, self.item_labels, LabelStats.of(self.item_labels),
                                   scoring, depth)
 
 
@@ -173,14 +238,16 @@ def plain_dir(tmp_path_factory, synthetic_path):
 
 def test_build_index_records_its_reranker_decision(tiny_tagger_dir, plain_dir):
     report = read_json(tiny_tagger_dir / "manifest.json")["build"]["rerank"]
-    # the tiny data is easy (valid P@1 1.0): out of fold, the reranker cannot beat the blend
+    # kept only when it beats the blend out of fold; the TF-IDF prototypes go with it
     assert set(report) == {"kept", "out_of_fold", "plain"}
     assert report["kept"] == (report["out_of_fold"] > report["plain"])
     assert (tiny_tagger_dir / RERANKER).exists() == report["kept"]
+    assert (tiny_tagger_dir / "tfidf.safetensors").exists() == report["kept"]
     card = (tiny_tagger_dir / "README.md").read_text()
     assert f"reranker {{'kept': {report['kept']}, 'out_of_fold': {report['out_of_fold']}" in card
     assert read_json(plain_dir / "manifest.json")["build"]["rerank"].startswith("off")
     assert Tagger.load(plain_dir).reranker is None and not (plain_dir / RERANKER).exists()
+    assert Tagger.load(plain_dir).tfidf is None and not (plain_dir / "tfidf.safetensors").exists()
 
 
 @pytest.fixture
@@ -188,7 +255,8 @@ def reranked_dir(tiny_tagger_copy, synthetic_path) -> Path:
     """The tiny tagger with a reranker fitted on its valid split (kept whatever it scores)."""
     tagger = Tagger.load(tiny_tagger_copy)
     data = Dataset.load(load_config(TINY, [f"data.path={synthetic_path}"]).data)
-    found = tagger.search(tagger.embed(data.valid), candidates=20, knn=50)
+    found = tagger.search(tagger.embed(data.valid), candidates=20, knn=50,
+                          texts=data.valid.texts)
     reranker, _, report = tune_reranker(tagger, found, tagger.scoring, data.labels("valid"),
                                         plain=-1.0, seed=0)
     assert report["kept"]

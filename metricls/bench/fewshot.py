@@ -143,7 +143,7 @@ def _variants(holdout_dir: Path, full: Tagger, data: Dataset, labels: list[str],
 def _score(variant: str, tagger: Tagger, emb: np.ndarray, test: Any,
            labels: list[str]) -> dict[str, Any]:
     """The metrics of the module doc for one tagger on the test embeddings."""
-    _, ids = tagger.score_embeddings(emb, 10)
+    _, ids = tagger.score_embeddings(emb, 10, test.texts)
     Y, _ = tagger.vocab.to_csr(test.labels)
     known = [tagger.vocab.index(n) for n in labels if n in tagger.vocab]
     recall = dict.fromkeys(labels, 0.0)

@@ -1,0 +1,145 @@
+"""TfidfPrototypes: label prototypes in a sparse TF-IDF space, beside the learned dense ones.
+
+Each label's prototype is the normalised mean of its training items' TF-IDF vectors (a
+Rocchio classifier); a text's cosine to every prototype is one sparse product. Exact word
+evidence is what a dense embedding blurs (a package name, `gtk`, `perl`), so the reranker
+reads each candidate's TF-IDF cosine and its rank among all labels beside the dense features
+(on debtags: P@5 +0.004, PSP@5 +0.01 to +0.02, for 0.13 s per 3,000 texts).
+
+Tokens, weights and norms follow scikit-learn's `TfidfVectorizer(sublinear_tf=True,
+min_df=2)`, computed with numpy and scipy so that a tagger folder loads without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from metricls.errors import ArtifactError
+
+TOKEN = re.compile(r"(?u)\b\w\w+\b")  # words of two or more characters, lowercased
+MIN_DF = 2  # a term must occur in this many training texts
+MAX_TERMS = 2000  # the heaviest terms kept per prototype (most labels have fewer)
+
+
+@dataclass(frozen=True)
+class TfidfPrototypes:
+    """Label prototypes over the training vocabulary.
+
+    Attributes:
+        terms: the vocabulary; a term's column is its position.
+        idf: (V,) smoothed inverse document frequencies, log((1 + n) / (1 + df)) + 1.
+        centroids: (L, V) unit rows (a label without texts has an empty row).
+    """
+
+    terms: tuple[str, ...]
+    idf: np.ndarray
+    centroids: sp.csr_matrix
+
+    @classmethod
+    def fit(cls, texts: Sequence[str], item_labels: sp.csr_matrix) -> TfidfPrototypes:
+        """Learn the vocabulary and IDF from `texts` and each label's prototype from its items.
+
+        Args:
+            texts: the training texts.
+            item_labels: (n, L) labels of those texts.
+        """
+        df = Counter(term for text in texts for term in set(_tokens(text)))
+        terms = tuple(sorted(t for t, c in df.items() if c >= MIN_DF))
+        idf = np.log((1.0 + len(texts)) / (1.0 + np.array([df[t] for t in terms], np.float64)))
+        empty = cls(terms, (idf + 1.0).astype(np.float32), sp.csr_matrix((0, len(terms))))
+        Y = sp.csr_matrix(item_labels, dtype=np.float32)
+        return empty.with_centroids(sp.csr_matrix(Y.T @ empty.vectors(texts)))
+
+    @functools.cached_property
+    def _columns(self) -> dict[str, int]:
+        return {t: i for i, t in enumerate(self.terms)}
+
+    def vectors(self, texts: Sequence[str]) -> sp.csr_matrix:
+        """(n, V) unit TF-IDF rows with sublinear term frequency (1 + log count)."""
+        columns, indptr, indices, counts = self._columns, [0], [], []
+        for text in texts:
+            found = Counter(c for c in map(columns.get, _tokens(text)) if c is not None)
+            indices.extend(found)
+            counts.extend(found.values())
+            indptr.append(len(indices))
+        data = np.log(np.asarray(counts, np.float32)) + 1.0
+        X = sp.csr_matrix((data, np.asarray(indices, np.int64), np.asarray(indptr, np.int64)),
+                          shape=(len(texts), len(self.terms)))
+        X.data *= self.idf[X.indices]
+        return _unit_rows(X)
+
+    def scores(self, texts: Sequence[str]) -> sp.csr_matrix:
+        """(n, L) cosine of each text to each prototype (zero where they share no term)."""
+        return sp.csr_matrix(self.vectors(texts) @ self.centroids.T)
+
+    def prototype(self, texts: Sequence[str]) -> sp.csr_matrix:
+        """(1, V) the unnormalised prototype of `texts` (sum of their vectors)."""
+        return sp.csr_matrix(self.vectors(texts).sum(axis=0), dtype=np.float32)
+
+    def with_centroids(self, sums: sp.csr_matrix) -> TfidfPrototypes:
+        """The same vocabulary with prototypes made from (L, V) sums of item vectors: each row
+        cut to its `MAX_TERMS` heaviest terms and normalised."""
+        return TfidfPrototypes(self.terms, self.idf, _unit_rows(_heaviest(sums, MAX_TERMS)))
+
+    def to_tensors(self) -> dict[str, np.ndarray]:
+        C = self.centroids
+        words = "\n".join(self.terms).encode()
+        return {"terms": np.frombuffer(words, np.uint8).copy(), "idf": self.idf,
+                "indptr": C.indptr.astype(np.int64), "indices": C.indices.astype(np.int64),
+                "data": C.data.astype(np.float32), "shape": np.array(C.shape, np.int64)}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, np.ndarray], source: str) -> TfidfPrototypes:
+        """Rebuild from `to_tensors`, checking that the parts agree."""
+        try:
+            words = bytes(t["terms"].astype(np.uint8)).decode()
+            terms = tuple(words.split("\n")) if words else ()
+            shape = tuple(int(v) for v in t["shape"])
+            C = sp.csr_matrix((t["data"], t["indices"], t["indptr"]), shape=shape)
+            C.check_format(full_check=True)
+        except (KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
+            raise ArtifactError(f"{source}: not TF-IDF prototypes ({exc}); rebuild with "
+                                "`metricls build-index`") from None
+        if t["idf"].shape != (len(terms),) or shape[1] != len(terms):
+            raise ArtifactError(f"{source}: {len(terms)} terms but idf {t['idf'].shape} and "
+                                f"prototypes {shape}; rebuild with `metricls build-index`")
+        return cls(terms, t["idf"].astype(np.float32), C)
+
+
+def _tokens(text: str) -> list[str]:
+    return TOKEN.findall(text.lower())
+
+
+def _unit_rows(X: sp.csr_matrix) -> sp.csr_matrix:
+    """Rows scaled to unit length (empty rows stay empty)."""
+    X = sp.csr_matrix(X, dtype=np.float32)
+    norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=1)).ravel())
+    X.data /= np.repeat(np.maximum(norms, 1e-12), np.diff(X.indptr)).astype(np.float32)
+    return X
+
+
+def _heaviest(X: sp.csr_matrix, keep: int) -> sp.csr_matrix:
+    """Each row's `keep` largest entries (the rest dropped)."""
+    X = sp.csr_matrix(X, dtype=np.float32, copy=True)
+    for i in np.flatnonzero(np.diff(X.indptr) > keep):
+        row = X.data[X.indptr[i]:X.indptr[i + 1]]
+        row[np.argsort(-row, kind="stable")[keep:]] = 0.0
+    X.eliminate_zeros()
+    return X
+
+
+def rank_in_rows(S: sp.csr_matrix, values: np.ndarray) -> np.ndarray:
+    """(n, c) how many entries of row i of the sparse (n, L) `S` exceed `values[i, j]`
+    (entries in [0, 1], as cosines of non-negative vectors are)."""
+    n = S.shape[0]
+    rows = np.repeat(np.arange(n), np.diff(S.indptr))
+    keys = np.sort(rows * 4.0 + (2.0 - S.data.astype(np.float64)))  # by row, then descending
+    query = np.arange(n)[:, None] * 4.0 + (2.0 - values.astype(np.float64))
+    return (np.searchsorted(keys, query, side="left") - S.indptr[:-1, None]).astype(np.float32)
