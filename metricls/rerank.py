@@ -33,8 +33,12 @@ WIDE_KNN, WIDE_TEMPERATURE = 30, 1.0  # the "vote_wide" feature: a flat vote of 
 LEADERS = 3  # "co_occurrence": how often the label goes with one of the 3 best candidates
 MIN_ITEMS = 50  # validation items needed to fit one
 TREES, LEARNING_RATE, LEAVES = 100, 0.1, 15  # at most; scikit-learn stops early on a held-out 10%
-BAG = 5  # such ensembles averaged, each stopped on its own random 10%: less variance
-COMPILED_FROM_ROWS = 256  # fewer rows: the numpy walk beats one compiled call per tree
+BAG = 3  # such ensembles averaged, each stopped on its own random 10%: less variance
+# scikit-learn's compiled walk (`TreeEnsemble.logits`): below COMPILED_FROM_ROWS rows numpy's
+# walk is as fast; from THREADS_FROM_ROWS on (one caller tagging a big batch) it runs on every
+# core, below on one, since concurrent callers (server threads) with an OpenMP team each
+# oversubscribe the cores (8 threads tagging batches of 32: 1,535 texts/s, against 2,113 walking)
+COMPILED_FROM_ROWS, THREADS_FROM_ROWS = 2048, 16384
 
 
 class Neighbours(NamedTuple):
@@ -130,6 +134,15 @@ def pick(V: sp.csr_matrix, ids: np.ndarray) -> np.ndarray:
     return np.asarray(V[rows, ids.ravel()], dtype=np.float32).reshape(ids.shape)
 
 
+class _Compiled(NamedTuple):
+    """What `TreeEnsemble.logits` hands scikit-learn's compiled walk."""
+
+    trees: list  # TreePredictor per tree
+    bitsets: np.ndarray  # no categorical splits: (0, 8) uint32
+    features: np.ndarray  # (n_features,) uint32, the categorical-feature map (unused)
+    threads: int  # OpenMP threads for big batches
+
+
 @dataclass(frozen=True)
 class TreeEnsemble:
     """A boosted tree ensemble as flat arrays; logit(x) = baseline + sum of the trees' leaves.
@@ -198,13 +211,17 @@ class TreeEnsemble:
         compiled = self._compiled if len(X) >= COMPILED_FROM_ROWS else None
         if compiled is None:
             return self.walk(X)
+        return self._run(compiled, X, compiled.threads if len(X) >= THREADS_FROM_ROWS else 1)
+
+    def _run(self, compiled: _Compiled, X: np.ndarray, threads: int) -> np.ndarray:
         rows = np.ascontiguousarray(X, dtype=np.float64)
-        return self.baseline + sum(predict(rows) for predict in compiled)
+        return self.baseline + sum(tree.predict(rows, compiled.bitsets, compiled.features, threads)
+                                   for tree in compiled.trees)
 
     @functools.cached_property
-    def _compiled(self) -> list | None:
-        """One compiled predictor per tree: scikit-learn's `TreePredictor` over these arrays (a
-        private API, hence checked against `walk` on probe rows), or None to walk with numpy."""
+    def _compiled(self) -> _Compiled | None:
+        """scikit-learn's `TreePredictor`s over these arrays, one per tree (a private API, hence
+        checked against `walk` on probe rows), or None to walk with numpy."""
         try:
             from sklearn.ensemble._hist_gradient_boosting.common import PREDICTOR_RECORD_DTYPE
             from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
@@ -215,8 +232,7 @@ class TreeEnsemble:
         if len(self.roots) == 0 or (np.diff(bounds) <= 0).any():
             return None  # trees not stored one after another
         no_bitsets = np.zeros((0, 8), np.uint32)
-        known = (no_bitsets, np.zeros(self.n_features, np.uint32), _openmp_effective_n_threads())
-        compiled = []
+        trees = []
         for start, stop in itertools.pairwise(bounds):
             part = slice(start, stop)
             left, right = self.left[part] - start, self.right[part] - start
@@ -229,12 +245,12 @@ class TreeEnsemble:
             nodes["feature_idx"] = self.feature[part]
             nodes["num_threshold"] = self.threshold[part]
             nodes["value"] = self.value[part]
-            tree = TreePredictor(nodes, no_bitsets, no_bitsets)
-            compiled.append(functools.partial(tree.predict, known_cat_bitsets=known[0],
-                                              f_idx_map=known[1], n_threads=known[2]))
+            trees.append(TreePredictor(nodes, no_bitsets, no_bitsets))
+        compiled = _Compiled(trees, no_bitsets, np.zeros(self.n_features, np.uint32),
+                             _openmp_effective_n_threads())
         probe = self._probe()
         try:
-            same = np.allclose(self.baseline + sum(p(probe) for p in compiled), self.walk(probe))
+            same = np.allclose(self._run(compiled, probe, 1), self.walk(probe))
         except (TypeError, ValueError, AttributeError):
             return None
         return compiled if same else None

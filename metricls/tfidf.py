@@ -77,7 +77,13 @@ class TfidfPrototypes:
 
     def scores(self, texts: Sequence[str]) -> sp.csr_matrix:
         """(n, L) cosine of each text to each prototype (zero where they share no term)."""
-        return sp.csr_matrix(self.vectors(texts) @ self.centroids.T)
+        return sp.csr_matrix(self.vectors(texts) @ self._by_term)
+
+    @functools.cached_property
+    def _by_term(self) -> sp.csr_matrix:
+        """(V, L) the prototypes by term, made once: a product with `centroids.T` would
+        convert all of them on every call."""
+        return sp.csr_matrix(self.centroids.T)
 
     def prototype(self, texts: Sequence[str]) -> sp.csr_matrix:
         """(1, V) the unnormalised prototype of `texts` (sum of their vectors)."""

@@ -75,6 +75,8 @@ def test_averaged_ensembles_give_the_mean_logit_and_fit_trees_bags():
 def test_the_compiled_walk_is_used_when_it_agrees_and_numpy_walks_otherwise(monkeypatch):
     import sys
 
+    import metricls.rerank as rerank
+
     rng = np.random.default_rng(2)
     X = rng.normal(size=(2000, 4))
     y = (X[:, 0] - X[:, 3] + 0.3 * rng.normal(size=2000)) > 0
@@ -82,7 +84,20 @@ def test_the_compiled_walk_is_used_when_it_agrees_and_numpy_walks_otherwise(monk
     Xt = rng.normal(size=(300, 4))
     trees = TreeEnsemble.from_sklearn(model)
     assert trees._compiled is not None  # scikit-learn's predictors over the exported arrays
-    np.testing.assert_allclose(trees.logits(Xt), model.decision_function(Xt), atol=1e-9)
+    walked, numpy_walk = [], TreeEnsemble.walk
+    monkeypatch.setattr(TreeEnsemble, "walk",
+                        lambda self, rows: walked.append(len(rows)) or numpy_walk(self, rows))
+    # small batches walk with numpy; from COMPILED_FROM_ROWS on, compiled (one thread, then all
+    # from THREADS_FROM_ROWS): every way gives scikit-learn's logits
+    for compiled_from, threads_from, numpy in ((10**9, 10**9, True), (1, 10**9, False),
+                                               (1, 1, False)):
+        monkeypatch.setattr(rerank, "COMPILED_FROM_ROWS", compiled_from)
+        monkeypatch.setattr(rerank, "THREADS_FROM_ROWS", threads_from)
+        walked.clear()
+        np.testing.assert_allclose(trees.logits(Xt), model.decision_function(Xt), atol=1e-9)
+        assert (walked == [300]) == numpy
+    monkeypatch.setattr(TreeEnsemble, "walk", numpy_walk)
+    monkeypatch.setattr(rerank, "COMPILED_FROM_ROWS", 1)
     # without scikit-learn (or with one whose private predictor moved): numpy, same logits
     monkeypatch.setitem(sys.modules, "sklearn.ensemble._hist_gradient_boosting.predictor", None)
     bare = TreeEnsemble.from_tensors(trees.to_tensors(), "here")
