@@ -5,11 +5,13 @@ across labels: a broad label (`role::program`) sits at cosine 0.66 from its own 
 narrow one (`role::devel-lib`) sits at 0.85, so the narrow label wins the first place too often.
 The reranker learns, on the validation split, P(candidate is a true label | its evidence) from
 a few features per candidate (`FEATURES`): its cosine, how common the label is, the neighbour
-votes, its rank and its distance to the best candidate. Scores then read as probabilities.
+votes, its rank and its distance to the best candidate, its co-occurrence with the leaders, and
+its TF-IDF prototype's cosine and rank. Scores then read as probabilities.
 
-The trees are fitted with scikit-learn's `HistGradientBoostingClassifier` and kept as plain
-arrays (`TreeEnsemble`), saved as safetensors and evaluated with numpy, so a tagger folder
-never holds a pickle and loads with any scikit-learn version, or none.
+The trees are fitted with scikit-learn's `HistGradientBoostingClassifier` (`BAG` ensembles,
+averaged) and kept as plain arrays (`TreeEnsemble`), saved as safetensors, and walked by
+scikit-learn's compiled predictor when it is installed and agrees, else with numpy, so a tagger
+folder never holds a pickle and loads with any scikit-learn version, or none.
 """
 
 from __future__ import annotations
