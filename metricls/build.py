@@ -33,9 +33,9 @@ from metricls.evaluation import ranking_metrics, summarize
 from metricls.metrics import precision_at_k, psp_at_k
 from metricls.progress import progress
 from metricls.prototypes import mean_prototypes
-from metricls.rerank import DEPTH, MIN_ITEMS, Reranker, fit_trees, pick, ranked
+from metricls.rerank import DEPTH, MIN_ITEMS, Neighbours, Reranker, fit_trees, pick, ranked
 from metricls.scoring import Scoring, tune_global_threshold, tune_label_thresholds
-from metricls.tagger import Neighbours, Tagger
+from metricls.tagger import Tagger
 from metricls.tfidf import TfidfPrototypes
 
 log = logging.getLogger(__name__)

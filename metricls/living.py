@@ -202,12 +202,9 @@ def _embed(tagger: Tagger, name: str, examples: Any,
         try:
             found = _check_examples(examples)
             example_emb = tagger.embed(found)
+            texts = list(tagger._inputs(found)[0] or [])  # none for feature rows
         except InputError as exc:  # the tagger names its argument "inputs"
             raise InputError("examples" + str(exc).removeprefix("inputs")) from None
-        if isinstance(found, Items):
-            texts = list(found.texts or [])
-        elif not isinstance(found, np.ndarray):
-            texts = list(found)
     if description is None and examples is not None:
         return example_emb, example_emb, texts
     text = label_text(name) if description is None else description
@@ -227,7 +224,7 @@ def _tfidf(tagger: Tagger, texts: list[str], *, row: int | None = None,
     if tagger.tfidf is None:
         return None
     C = tagger.tfidf.centroids
-    new = tagger.tfidf.prototype(texts) if texts else sp.csr_matrix((1, C.shape[1]))
+    new = tagger.tfidf.prototype(texts)  # a zero row without texts
     if row is None:
         return tagger.tfidf.with_centroids(sp.vstack([C, new]))
     new = new + old_weight * C[row]

@@ -258,11 +258,11 @@ class TreeEnsemble:
         return compiled if same else None
 
     def _probe(self) -> np.ndarray:
-        """Rows that reach every side of every split: each feature at, just below and just
-        above each threshold, the other features drawn from those values."""
-        finite = np.isfinite(self.threshold)
-        values = np.concatenate([self.threshold[finite] + d for d in (-1e-6, 0.0, 1e-6)]
-                                or [np.zeros(1)])
+        """256 rows of values drawn from the split thresholds, just below, at and just above
+        them (zeros for trees that are single leaves)."""
+        finite = self.threshold[np.isfinite(self.threshold)]
+        values = np.concatenate([finite - 1e-6, finite, finite + 1e-6]) if finite.size \
+            else np.zeros(1)
         rng = np.random.default_rng(0)
         return np.ascontiguousarray(rng.choice(values, (256, self.n_features)), dtype=np.float64)
 

@@ -50,12 +50,13 @@ class TfidfPrototypes:
             texts: the training texts.
             item_labels: (n, L) labels of those texts.
         """
-        df = Counter(term for text in texts for term in set(_tokens(text)))
+        tokens = [_tokens(text) for text in texts]  # once, for the IDF and the vectors
+        df = Counter(term for row in tokens for term in set(row))
         terms = tuple(sorted(t for t, c in df.items() if c >= MIN_DF))
         idf = np.log((1.0 + len(texts)) / (1.0 + np.array([df[t] for t in terms], np.float64)))
         empty = cls(terms, (idf + 1.0).astype(np.float32), sp.csr_matrix((0, len(terms))))
         Y = sp.csr_matrix(item_labels, dtype=np.float32)
-        return empty.with_centroids(sp.csr_matrix(Y.T @ empty.vectors(texts)))
+        return empty.with_centroids(sp.csr_matrix(Y.T @ empty._vectors(tokens)))
 
     @functools.cached_property
     def _columns(self) -> dict[str, int]:
@@ -63,15 +64,19 @@ class TfidfPrototypes:
 
     def vectors(self, texts: Sequence[str]) -> sp.csr_matrix:
         """(n, V) unit TF-IDF rows with sublinear term frequency (1 + log count)."""
+        return self._vectors([_tokens(text) for text in texts])
+
+    def _vectors(self, tokens: Sequence[list[str]]) -> sp.csr_matrix:
+        """`vectors` of texts already split into tokens."""
         columns, indptr, indices, counts = self._columns, [0], [], []
-        for text in texts:
-            found = Counter(c for c in map(columns.get, _tokens(text)) if c is not None)
+        for row in tokens:
+            found = Counter(c for c in map(columns.get, row) if c is not None)
             indices.extend(found)
             counts.extend(found.values())
             indptr.append(len(indices))
         data = np.log(np.asarray(counts, np.float32)) + 1.0
         X = sp.csr_matrix((data, np.asarray(indices, np.int64), np.asarray(indptr, np.int64)),
-                          shape=(len(texts), len(self.terms)))
+                          shape=(len(tokens), len(self.terms)))
         X.data *= self.idf[X.indices]
         return _unit_rows(X)
 

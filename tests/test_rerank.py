@@ -72,6 +72,19 @@ def test_averaged_ensembles_give_the_mean_logit_and_fit_trees_bags():
     np.testing.assert_array_equal(fit_trees(X, y, 7).logits(Xt), bagged.logits(Xt))
 
 
+def test_trees_that_are_single_leaves_score_their_value_either_way(monkeypatch):
+    import metricls.rerank as rerank
+
+    one = np.array([0])
+    stump = TreeEnsemble(feature=one, threshold=np.array([np.inf]), left=one, right=one,
+                         value=np.array([0.5]), roots=one, tree_depths=one, baseline=0.25,
+                         n_features=3)
+    monkeypatch.setattr(rerank, "COMPILED_FROM_ROWS", 1)
+    assert stump._compiled is not None  # its probe rows need no threshold to draw from
+    np.testing.assert_allclose(stump.logits(np.ones((5, 3))), 0.75)
+    np.testing.assert_allclose(stump.walk(np.ones((5, 3))), 0.75)
+
+
 def test_the_compiled_walk_is_used_when_it_agrees_and_numpy_walks_otherwise(monkeypatch):
     import sys
 
