@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import platform
 import re
 import secrets
 import shutil
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -24,10 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock, Timeout
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from metricls.errors import ArtifactError
+from metricls.errors import ArtifactError, InputError
+
+log = logging.getLogger(__name__)
 
 FORMAT = "metricls-tagger/1"
 MANIFEST = "manifest.json"
@@ -151,27 +156,76 @@ def load_tensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str
     return tensors, meta
 
 
-# ---- staged folders ---------------------------------------------------------------------------
-def _pid_alive(pid: int) -> bool:
+# ---- folder locks ---------------------------------------------------------------------------
+LOCK_WAIT_S = 600.0  # how long a writer waits for another writer of the same folder
+_LOCKS: dict[str, FileLock] = {}
+_LOCKS_GUARD = threading.Lock()
+_LIVE: set[str] = set()  # temp folders of this process's writes in progress
+
+
+def _lock_of(target: Path) -> FileLock:
+    """The one FileLock object of `target` in this process (flock locks conflict between two
+    objects of one process, and one object is re-entrant within a thread)."""
+    path = os.path.abspath(target.parent / f".{target.name}.lock")
+    with _LOCKS_GUARD:
+        if path not in _LOCKS:
+            _LOCKS[path] = FileLock(path, preserve_lock_file=True)
+        return _LOCKS[path]
+
+
+@contextlib.contextmanager
+def folder_lock(target: str | Path, *, wait: float = LOCK_WAIT_S) -> Iterator[None]:
+    """Hold the advisory write lock of the folder `target` (the file ``.{name}.lock`` beside it).
+
+    Every write of a tagger, catalog or report folder holds it, and so does every
+    read-modify-write (a label edit holds it from load to save), so writers of one folder run
+    one after another, across threads, processes and containers that share the file system.
+    Re-entrant within a thread. Raises ArtifactError when the lock cannot be had in `wait`
+    seconds or its file cannot be created (a read-only parent).
+    """
+    target = Path(target)
+    lock = _lock_of(target)
     try:
-        os.kill(pid, 0)  # signal 0: existence check only
-    except ProcessLookupError:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("%s: waiting for another writer of this folder", target)
+            lock.acquire(timeout=wait)
+    except Timeout:
+        raise ArtifactError(f"{target}: another process has been writing it for {wait:.0f} s "
+                            f"(it holds {lock.lock_file}); retry when it is done") from None
+    except PermissionError:
+        raise ArtifactError(f"{target.parent}: permission denied: metricls cannot write in this "
+                            "folder (it needs to create files there)") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def writer_active(target: str | Path) -> bool:
+    """Whether another thread or process holds the write lock of `target` right now."""
+    lock = _lock_of(Path(target))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    except OSError:  # no lock file can be made here (read-only): nobody writes here either
         return False
-    except PermissionError:  # alive, owned by another user
-        pass
-    return True
+    lock.release()
+    return False
 
 
-def _siblings(target: Path, kind: str) -> list[tuple[Path, int]]:
-    """(path, owner pid) of each ``.{name}.{kind}-{pid}[-{hex}]`` sibling of `target`."""
+# ---- staged folders ---------------------------------------------------------------------------
+def _siblings(target: Path, kind: str) -> list[Path]:
+    """Each ``.{name}.{kind}-{pid}[-{hex}]`` sibling of `target` (a temp or an old folder)."""
     prefix = f".{target.name}.{kind}-"
-    pattern = re.compile(r"(\d+)-[0-9a-f]+" if kind == "tmp" else r"(\d+)")
     found = []
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(target.parent):
             rest = entry.name[len(prefix):] if entry.name.startswith(prefix) else ""
-            if match := pattern.fullmatch(rest):
-                found.append((Path(entry.path), int(match.group(1))))
+            if re.fullmatch(r"\d+(-[0-9a-f]+)?", rest):
+                found.append(Path(entry.path))
     return found
 
 
@@ -185,26 +239,54 @@ def _remove(path: Path) -> None:
 def recover_dir(target: str | Path) -> None:
     """Undo what a crashed `staged_dir` (or `write_json`) left beside `target`.
 
-    If `target` is missing and a ``.{name}.old-{pid}`` sibling of a dead process exists, it is
-    renamed back (the newest, if several). Stale ``.{name}.tmp-*`` and, once `target` exists,
-    ``.{name}.old-*`` siblings of dead processes are deleted.
+    Nothing is touched while another writer holds `target`'s lock (`folder_lock`): its temp
+    and old folders are its work in progress. Otherwise every writer that left them is gone:
+    if `target` is missing, the newest ``.{name}.old-*`` sibling is renamed back; then the
+    other ``.{name}.old-*`` and the ``.{name}.tmp-*`` siblings are deleted (except this
+    process's own writes in progress).
     """
     target = Path(target)
-    olds = [(p, pid) for p, pid in _siblings(target, "old") if not _pid_alive(pid)]
-    if olds and not os.path.lexists(target):
-        newest = max(olds, key=lambda item: item[0].stat().st_ctime)[0]
-        os.rename(newest, target)
-        _fsync(target.parent)
-        olds = [item for item in olds if item[0] != newest]
-    stale = olds + [(p, pid) for p, pid in _siblings(target, "tmp") if not _pid_alive(pid)]
-    for path, _ in stale:
-        _remove(path)
+    if not (_siblings(target, "old") or _siblings(target, "tmp")):
+        return
+    lock = _lock_of(target)
+    try:
+        lock.acquire(timeout=0)
+    except (Timeout, OSError):  # a live writer, or a folder nobody can write in
+        return
+    try:
+        olds = _siblings(target, "old")
+        if olds and not os.path.lexists(target):
+            newest = max(olds, key=lambda path: path.stat().st_ctime)
+            os.rename(newest, target)
+            _fsync(target.parent)
+            olds.remove(newest)
+        for path in [*olds, *_siblings(target, "tmp")]:
+            if os.path.abspath(path) not in _LIVE:
+                _remove(path)
+    finally:
+        lock.release()
 
 
 def _fsync_tree(root: Path) -> None:
     for dirpath, _, filenames in os.walk(root):
         for name in [*filenames, "."]:
             _fsync(os.path.join(dirpath, name))
+
+
+@contextlib.contextmanager
+def _temp_beside(target: Path) -> Iterator[Path]:
+    """A fresh ``.{name}.tmp-{pid}-{hex}`` folder beside `target`, deleted when the block
+    raises; `recover_dir` leaves it alone while the block runs."""
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    _LIVE.add(os.path.abspath(tmp))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        _LIVE.discard(os.path.abspath(tmp))
 
 
 @contextlib.contextmanager
@@ -215,44 +297,55 @@ def scratch_dir(near: str | Path) -> Iterator[Path]:
     """
     near = Path(near)
     near.parent.mkdir(parents=True, exist_ok=True)
-    path = near.parent / f".{near.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    path.mkdir()
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+    with _temp_beside(near) as path:
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def staged_dir(target: str | Path) -> Iterator[Path]:
     """Yield a fresh temp folder beside `target`; on success swap it in place of `target`.
 
-    Crash safety: the temp folder ``.{name}.tmp-{pid}-{hex}`` is filled and fsynced (every file,
-    every folder) before any rename, so `target` only ever names a complete folder. The swap is
-    ``rename(target, .{name}.old-{pid})``, ``rename(tmp, target)``, fsync of the parent, then
-    removal of the old folder; each rename is atomic within one filesystem. A crash before the
-    first rename leaves `target` intact (plus a stale tmp); between the renames leaves no
-    `target` but a complete ``.old-{pid}``, which `recover_dir` renames back; after the second
-    leaves the complete new `target` (plus a stale ``.old``). So after `recover_dir`, `target` is
-    the whole old or the whole new folder, never a mix. If the body raises, the temp folder is
-    deleted and `target` is untouched. Concurrent writers of one target are not supported.
+    The whole write holds `target`'s lock (`folder_lock`). Crash safety: the temp folder
+    ``.{name}.tmp-{pid}-{hex}`` is filled and fsynced (every file, every folder) before any
+    rename, so `target` only ever names a complete folder. The swap is ``rename(target,
+    .{name}.old-{pid}-{hex})``, ``rename(tmp, target)``, fsync of the parent, then removal of
+    the old folder; each rename is atomic within one filesystem. A crash before the first
+    rename leaves `target` intact (plus a stale tmp); between the renames leaves no `target`
+    but a complete ``.old``, which `recover_dir` renames back once the lock is free; after the
+    second leaves the complete new `target` (plus a stale ``.old``). So after `recover_dir`,
+    `target` is the whole old or the whole new folder, never a mix. If the body raises, the
+    temp folder is deleted and `target` is untouched.
+
+    It replaces whatever `target` holds: callers check first that it is theirs
+    (`check_output`).
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    recover_dir(target)
-    if os.path.lexists(target) and not target.is_dir():
-        raise ArtifactError(f"{target}: exists and is not a folder; move it away and rerun")
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
     try:
-        yield tmp
-        _fsync_tree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except PermissionError:
+        raise ArtifactError(f"{target.parent}: permission denied: cannot create this "
+                            "folder") from None
+    with folder_lock(target):
+        recover_dir(target)
+        if os.path.lexists(target) and not target.is_dir():
+            raise ArtifactError(f"{target}: exists and is not a folder; move it away and rerun")
+        try:
+            with _temp_beside(target) as tmp:
+                yield tmp
+                _fsync_tree(tmp)
+                _swap(tmp, target)
+        except PermissionError as exc:
+            raise ArtifactError(f"{exc.filename or target}: permission denied: metricls cannot "
+                                "write there") from None
+
+
+def _swap(tmp: Path, target: Path) -> None:
+    """Put the complete folder `tmp` in place of `target` (see `staged_dir`)."""
     if os.path.lexists(target):
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        _remove(old)
+        old = target.parent / f".{target.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
         os.rename(target, old)
         os.rename(tmp, target)
         _fsync(target.parent)
@@ -260,6 +353,93 @@ def staged_dir(target: str | Path) -> Iterator[Path]:
     else:
         os.rename(tmp, target)
         _fsync(target.parent)
+
+
+# ---- what a command may replace ---------------------------------------------------------------
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or lies under it (both absolute, links resolved)."""
+    return path == folder or folder in path.parents
+
+
+def _real(path: str | Path) -> Path:
+    return Path(os.path.realpath(os.path.abspath(path)))
+
+
+def check_output(target: str | Path, kind: str, *, overwrite: bool = False,
+                 inputs: tuple[str | Path, ...] = (), in_place: bool = False) -> None:
+    """Refuse to write a `kind` folder at `target` unless that destroys nothing of the user's.
+
+    A command writes a new folder, an empty one, or replaces one that is recognisably its own
+    kind of output (`FOLDER_KINDS`: a tagger folder with its manifest, a catalog with its
+    marker, a report with its report.json) and holds nothing else, and then only with
+    `overwrite` (or `in_place`: a command that edits that very folder, such as build-index or a
+    label edit). Never the current folder or one of its parents, never a folder that holds
+    one of the command's `inputs`.
+
+    Raises:
+        InputError: naming `target` and what to do instead.
+    """
+    where = _real(target)
+    if _inside(_real(Path.cwd()), where):
+        raise InputError(f"{target}: is the current folder or one of its parents; write to a "
+                         "new folder below it")
+    for source in inputs:
+        if not (in_place and _real(source) == where) and _inside(_real(source), where):
+            raise InputError(f"{target}: holds this command's input {source}; it would be "
+                             "replaced: choose another output folder")
+    if not os.path.lexists(target):
+        return
+    if not os.path.isdir(target):
+        raise InputError(f"{target}: exists and is not a folder; choose another output")
+    if not any(os.scandir(target)):
+        return
+    foreign = FOLDER_KINDS[kind](Path(target))
+    if foreign:
+        raise InputError(f"{target}: {foreign}; metricls replaces only its own {kind} "
+                         "folders: choose another output, or move that away first")
+    if not (overwrite or in_place):
+        raise InputError(f"{target}: already holds a {kind}; pass --overwrite to replace it")
+
+
+def _not_ours(folder: Path, own: set[str], marker: str, kind: str) -> str | None:
+    """Why `folder` is not a `kind` folder of ours: no `marker` file, or a file not in `own`."""
+    if not (folder / marker).is_file():
+        return f"exists and is not a metricls {kind} folder (no {marker})"
+    stray = [rel for rel in _walk_files(folder) if rel not in own and rel != MANIFEST]
+    if stray:
+        return f"holds {folder / stray[0]}, which metricls did not write"
+    return None
+
+
+def _tagger_files(folder: Path) -> str | None:
+    try:
+        files = read_json(folder / MANIFEST).get("files")
+    except ArtifactError:
+        files = None
+    if not isinstance(files, dict):
+        return _not_ours(folder, set(), MANIFEST, "tagger") or (
+            f"its {MANIFEST} is unreadable, so it is not recognisably a metricls tagger folder")
+    return _not_ours(folder, set(files), MANIFEST, "tagger")
+
+
+def _catalog_files(folder: Path) -> str | None:
+    own = {p.name for p in folder.glob("part-*.parquet")} | {"_catalog.json"}
+    return _not_ours(folder, own, "_catalog.json", "catalog")
+
+
+def _report_files(folder: Path) -> str | None:
+    try:
+        figures = read_json(folder / "report.json").get("figures", {})
+    except ArtifactError:
+        figures = {}
+    own = {"report.json", "index.html",
+           *(map(str, figures.values()) if isinstance(figures, dict) else ())}
+    return _not_ours(folder, own, "report.json", "report")
+
+
+# the kinds of folder metricls writes, and how each recognises itself (None: it is ours)
+FOLDER_KINDS: dict[str, Callable[[Path], str | None]] = {
+    "tagger": _tagger_files, "catalog": _catalog_files, "report": _report_files}
 
 
 # ---- manifests --------------------------------------------------------------------------------
@@ -330,8 +510,12 @@ def _read_manifest(folder: Path) -> tuple[dict | None, list[str]]:
     path = folder / MANIFEST
     if not folder.is_dir():
         olds = _siblings(folder, "old")
-        hint = (f"; {olds[0][0]} holds the previous version: `metricls.artifacts.recover_dir`"
-                " restores it") if olds else ""
+        hint = ""
+        if olds and writer_active(folder):
+            hint = "; a running writer is replacing it: retry when it is done"
+        elif olds:
+            hint = (f"; {olds[0]} holds the previous version: loading the folder "
+                    "(Tagger.load) or `metricls.artifacts.recover_dir` restores it")
         return None, [f"{folder}: no such folder{hint}"]
     if not path.is_file():
         return None, [f"{path}: missing (not a tagger folder, or its write was interrupted); "
@@ -401,6 +585,9 @@ def check_folder(folder: str | Path) -> dict:
     manifest from a newer metricls only warn.
     """
     folder = Path(folder)
+    if not folder.exists() and _siblings(folder, "old") and writer_active(folder):
+        with folder_lock(folder):  # a writer between its two renames: done in a moment
+            pass
     with contextlib.suppress(OSError):
         recover_dir(folder)
     problems = verify_folder(folder)

@@ -17,6 +17,8 @@ import scipy.sparse as sp
 from metricls.ann import AnnIndex, choose_backend, make_index, tune_index
 from metricls.ann.sharded import SHARDABLE
 from metricls.artifacts import (
+    check_output,
+    folder_lock,
     load_tensors,
     read_json,
     scratch_dir,
@@ -257,6 +259,13 @@ def build_index(tagger_dir: str | Path, *, backend: str | None = None,
     folder = Path(tagger_dir)
     if not (folder / "encoder" / "config.json").exists():
         raise NotFittedError(f"{folder}: no trained encoder here; run `metricls train` first")
+    check_output(folder, "tagger", in_place=True)  # nothing of the user's inside
+    with folder_lock(folder):  # one writer at a time, from reading the folder to the swap
+        return _build_in_place(folder, backend, prototypes, target_recall)
+
+
+def _build_in_place(folder: Path, backend: str | None, prototypes: str | None,
+                    target_recall: float | None) -> Tagger:
     raw = read_json(folder / "config.json")
     overrides = {"backend": backend, "prototypes": prototypes, "target_recall": target_recall}
     raw.setdefault("index", {}).update({k: v for k, v in overrides.items() if v is not None})

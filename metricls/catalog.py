@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from metricls.artifacts import staged_dir, write_json
+from metricls.artifacts import check_output, staged_dir, write_json
 from metricls.config import DataConfig
 from metricls.data.items import Items, iter_items, resolve_dataset
 from metricls.data.splits import md5_split
@@ -141,7 +141,8 @@ def tag_catalog(tagger_dir: str | Path, data: str | Path, out: str | Path, *,
         engine: "local" (this process) or "ray" (Ray Data, `options.num_actors` actors; starts
             a local Ray cluster unless one is already connected, and stops what it started).
         options: k, threshold, batch size, embeddings, actors (`TagOptions`).
-        overwrite: replace an existing `out`.
+        overwrite: replace an existing catalog folder `out` (never another kind of folder,
+            one that holds the catalog or the tagger, or the current folder).
 
     Returns:
         The run's summary, also written as ``out/_catalog.json``: rows, seconds, items/s, ...
@@ -154,9 +155,8 @@ def tag_catalog(tagger_dir: str | Path, data: str | Path, out: str | Path, *,
 
     options = _checked(options or TagOptions(), engine)
     out = Path(out)
-    if os.path.lexists(out) and not overwrite:
-        raise InputError(f"{out}: already exists; pass --overwrite to replace it")
     source = resolve_dataset(data)
+    check_output(out, "catalog", overwrite=overwrite, inputs=(source, tagger_dir))
     ray = _import_ray() if engine == "ray" else None
     start = time.perf_counter()
     tagger = Tagger.load(tagger_dir)

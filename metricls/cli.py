@@ -54,12 +54,15 @@ def guarded(fn):
 
 
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override, e.g. train.lr=3e-4")]
+Overwrite = Annotated[bool, typer.Option(
+    help="Replace an existing output folder of the same kind (never any other folder)")]
 
 
 @app.command()
 @guarded
 def train(config: Path, set_: Sets = None,
-          out: Annotated[Optional[Path], typer.Option(help="Tagger folder")] = None) -> None:
+          out: Annotated[Optional[Path], typer.Option(help="Tagger folder")] = None,
+          overwrite: Overwrite = False) -> None:
     """Train the embedder and label vectors into a tagger folder (default index/NAME).
 
     Multi-process: torchrun --nproc_per_node N -m metricls.cli train CONFIG
@@ -67,7 +70,7 @@ def train(config: Path, set_: Sets = None,
     from metricls import load_config, train_embedder
     from metricls.training.distributed import launch_ranks
 
-    folder = train_embedder(load_config(config, set_ or []), out=out)
+    folder = train_embedder(load_config(config, set_ or []), out=out, overwrite=overwrite)
     if launch_ranks()[0] == 0:
         typer.echo(f"trained: {folder}  (next: metricls build-index {folder})")
 
@@ -131,12 +134,13 @@ def report(tagger: Path, data: Annotated[Optional[str], typer.Option(
            facet: Annotated[Optional[str], typer.Option(
                help="Facet colouring the embedding map, e.g. implemented-in")] = None,
            screenshot: Annotated[Optional[Path], typer.Option(
-               help="Also save a 1280x2000 PNG of the page (headless Chromium)")] = None) -> None:
+               help="Also save a 1280x2000 PNG of the page (headless Chromium)")] = None,
+           overwrite: Overwrite = False) -> None:
     """Evaluate a tagger and write an HTML report: index.html, figures, report.json."""
     from metricls.report import screenshot_html, write_report
 
     folder = write_report(tagger, data=data, split=split, out=out, min_support=min_support,
-                          facet=facet)
+                          facet=facet, overwrite=overwrite)
     typer.echo(f"report: {folder / 'index.html'}")
     if screenshot is not None:
         typer.echo(f"screenshot: {screenshot_html(folder / 'index.html', screenshot)}")
@@ -148,7 +152,8 @@ def run(config: Path, set_: Sets = None,
         out: Annotated[Optional[Path], typer.Option(help="Tagger folder")] = None,
         baseline: Annotated[Optional[str],
                             typer.Option(help="'untrained' or 'none'")] = "untrained",
-        show: Annotated[int, typer.Option(help="Test items to tag at the end")] = 5) -> None:
+        show: Annotated[int, typer.Option(help="Test items to tag at the end")] = 5,
+        overwrite: Overwrite = False) -> None:
     """The whole job: train, build the index, evaluate on test, tag a few test items."""
     from metricls.runner import run_pipeline
     from metricls.training.distributed import launch_ranks
@@ -156,7 +161,8 @@ def run(config: Path, set_: Sets = None,
     if launch_ranks()[1] > 1:
         raise ConfigError("metricls run is one process; under torchrun run `metricls train`, "
                           "then `metricls build-index` and `metricls evaluate` in one process")
-    result = run_pipeline(config, overrides=set_ or [], out=out, baseline=baseline, show=show)
+    result = run_pipeline(config, overrides=set_ or [], out=out, baseline=baseline, show=show,
+                          overwrite=overwrite)
     _print_reports(result["reports"])
     for row in result["examples"]:
         typer.echo(f"\n{row['id']}: {row['text'][:90]}")
@@ -217,7 +223,7 @@ def tag_catalog_cmd(tagger: Path,
                     embeddings: Annotated[bool, typer.Option(
                         "--embeddings", help="Also store each item's embedding")] = False,
                     num_actors: Annotated[int, typer.Option(help="Ray actors")] = 2,
-                    overwrite: bool = False) -> None:
+                    overwrite: Overwrite = False) -> None:
     """Tag every item of a file into Parquet: row, id, labels, scores[, embedding]."""
     from metricls.catalog import TagOptions, tag_catalog
 
@@ -357,15 +363,11 @@ def labels_list(tagger: Path, as_json: Annotated[bool, typer.Option("--json")] =
 @guarded
 def labels_add(tagger: Path, name: str, examples: Examples = None,
                description: Description = None, items: AddItems = True,
-               out: LabelsOut = None) -> None:
+               out: LabelsOut = None, overwrite: Overwrite = False) -> None:
     """Add a label from examples, or zero-shot from --description (else its name)."""
-    from metricls import Tagger
-    from metricls.living import read_examples
-
-    found = Tagger.load(tagger)
-    texts = read_examples(found, examples) if examples is not None else None
-    label = found.add_label(name, texts, description=description, add_items=items)
-    typer.echo(f"added: {name} (id {label}) -> {found.save(out or tagger)}")
+    label, saved = _edit_labels(tagger, out, overwrite, lambda found, texts: found.add_label(
+        name, texts, description=description, add_items=items), examples)
+    typer.echo(f"added: {name} (id {label}) -> {saved}")
 
 
 @labels_app.command("update")
@@ -373,26 +375,40 @@ def labels_add(tagger: Path, name: str, examples: Examples = None,
 def labels_update(tagger: Path, name: str, examples: Examples = None,
                   description: Description = None,
                   mode: Annotated[str, typer.Option(help="replace|merge")] = "replace",
-                  items: AddItems = True, out: LabelsOut = None) -> None:
+                  items: AddItems = True, out: LabelsOut = None,
+                  overwrite: Overwrite = False) -> None:
     """Re-make a label's prototype from examples (or its text), replacing or merging."""
-    from metricls import Tagger
-    from metricls.living import read_examples
-
-    found = Tagger.load(tagger)
-    texts = read_examples(found, examples) if examples is not None else None
-    label = found.update_label(name, texts, description=description, mode=mode, add_items=items)
-    typer.echo(f"updated ({mode}): {name} (id {label}) -> {found.save(out or tagger)}")
+    label, saved = _edit_labels(tagger, out, overwrite, lambda found, texts: found.update_label(
+        name, texts, description=description, mode=mode, add_items=items), examples)
+    typer.echo(f"updated ({mode}): {name} (id {label}) -> {saved}")
 
 
 @labels_app.command("remove")
 @guarded
-def labels_remove(tagger: Path, name: str, out: LabelsOut = None) -> None:
+def labels_remove(tagger: Path, name: str, out: LabelsOut = None,
+                  overwrite: Overwrite = False) -> None:
     """Remove a label (later ids shift down by one)."""
-    from metricls import Tagger
+    label, saved = _edit_labels(tagger, out, overwrite,
+                                lambda found, _: found.remove_label(name), None)
+    typer.echo(f"removed: {name} (was id {label}) -> {saved}")
 
-    found = Tagger.load(tagger)
-    label = found.remove_label(name)
-    typer.echo(f"removed: {name} (was id {label}) -> {found.save(out or tagger)}")
+
+def _edit_labels(tagger: Path, out: Path | None, overwrite: bool, edit, examples: Path | None):
+    """Load, edit and save under the folder's write lock, so that edits of one folder from
+    several processes run one after another and none is lost; returns (label id, folder)."""
+    from metricls import Tagger
+    from metricls.artifacts import check_output, folder_lock
+    from metricls.living import read_examples
+
+    if out is not None:  # checked before any work: the output must be safe to write
+        check_output(out, "tagger", overwrite=overwrite, inputs=(tagger,),
+                     in_place=out.resolve() == tagger.resolve())
+    with folder_lock(tagger):
+        found = Tagger.load(tagger)
+        texts = None if examples is None else read_examples(
+            examples, found.config.data, texts_only=found.model.needs == {"texts"})
+        label = edit(found, texts)
+        return label, found.save(out or tagger, overwrite=overwrite)
 
 
 def _print_reports(reports: dict) -> None:

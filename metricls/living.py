@@ -1,46 +1,42 @@
-"""Living labels: add, update and remove labels of a built tagger in memory, then save it.
+"""Living labels: add, update and remove the labels of a built tagger, as functions of its state.
 
 A label is a prototype (one row of `prototypes`, one vector of the prototype index) plus a
 column of the item-label matrix behind the neighbour vote (and, for a reranker that reads
-TF-IDF, a row of the TF-IDF prototypes, made from the same texts). Adding a label embeds its
-examples (texts, feature rows or Items) and appends their normalised mean as the prototype, at id L;
-zero-shot, the label's own text (a description, else its name as words) is embedded instead.
-Removing one deletes its row and column everywhere and shifts the later ids down by one; the
-prototype index is rebuilt with the same parameters, since HNSW and ScaNN cannot remove vectors
-and a flat index that removes would keep the old ids. Training items stay in the item index.
+TF-IDF, a row of the TF-IDF prototypes, made from the same texts). Adding a label appends the
+normalised mean of its embeddings (its examples', or zero-shot its own text's) as the
+prototype, at id L. Removing one deletes its row and column everywhere and shifts the later
+ids down by one; the prototype index is rebuilt with the same parameters, since HNSW and ScaNN
+cannot remove vectors and a flat index that removes would keep the old ids. Examples that a
+label brought into the item index leave it with the label; training items stay.
 
-The `Tagger` methods `add_label`, `update_label`, `remove_label` and `save` call these.
+Each function takes a `TaggerState` and returns a new one, and never changes its input: every
+index it adds to is copied first. `Tagger.add_label`, `update_label` and `remove_label` embed
+the examples and swap the result in.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import re
-import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from metricls.ann import AnnIndex, make_index
-from metricls.artifacts import load_tensors, read_json, save_tensors, staged_dir, write_manifest
+from metricls.artifacts import load_tensors, read_json
+from metricls.config import DataConfig
 from metricls.data.dataset import read_config_items
 from metricls.data.items import Items, read_texts
 from metricls.data.labels import LabelVocab
 from metricls.errors import ArtifactError, InputError
 from metricls.prototypes import normalize_rows
+from metricls.state import TaggerState
 from metricls.tfidf import TfidfPrototypes
 from metricls.validation import check_texts, describe
 
-if TYPE_CHECKING:
-    from metricls.tagger import Tagger
-
-log = logging.getLogger(__name__)
 MODES = ("replace", "merge")
-# manifest keys write_manifest sets itself
-_MANIFEST_OWN = ("format", "created", "versions", "data", "metrics", "files", "manifest_sha256")
 
 
 def label_text(name: str) -> str:
@@ -48,187 +44,133 @@ def label_text(name: str) -> str:
     return " ".join(re.sub(r"[:_\-/]+", " ", name).split())
 
 
-def add_label(tagger: Tagger, name: str, examples: Any = None, *, description: str | None = None,
-              add_items: bool = True) -> int:
-    """Add label `name` to `tagger` (in memory) and return its id (the new last id).
+def check_name(name: Any) -> str:
+    """A label name: a non-empty string, no surrounding spaces, valid Unicode (no lone
+    surrogates, which no file can hold)."""
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+        raise InputError(f"name: expected a non-empty label name without surrounding spaces, "
+                         f"got {describe(name)}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"name: {name!r} is not valid Unicode (a lone surrogate); "
+                         "expected a label name that can be written as UTF-8") from None
+    return name
+
+
+def add_label(state: TaggerState, name: str, label_emb: np.ndarray, example_emb: np.ndarray,
+              texts: list[str], *, add_items: bool) -> TaggerState:
+    """`state` with label `name` added as the new last id.
 
     Args:
-        tagger: the tagger to change.
+        state: the tagger's state.
         name: a new label name.
-        examples: texts (list of str), an (n, d) array for a features backbone, or Items;
-            None for a zero-shot label.
-        description: a text for the label, embedded as one more example; without examples
-            it alone makes the (zero-shot) prototype, and without either the name is used
-            (`label_text`). Needs a text backbone.
+        label_emb: (m, d) embeddings whose normalised mean is the prototype (the examples',
+            and the label's own text's when it has one).
+        example_emb: (m', d) the examples' embeddings alone (m' may be 0).
+        texts: the texts among the examples and the label text (its TF-IDF prototype).
         add_items: also add the examples to the item index, carrying only this label, so the
-            neighbour vote can return it (the default: a prototype alone gets only the
-            `blend` share of the score; on debtags, `metricls bench fewshot` measured held-out
-            R@10 +0.000 at 1 shot, +0.000/+0.006 at 5, +0.013/+0.009 at 20, default/lexical).
+            neighbour vote can return it.
 
     Raises:
-        InputError: a name that exists or is not a non-empty string, an empty or malformed
-            `examples`, a description a features-only tagger cannot embed.
+        InputError: a name that exists or is not a valid name.
     """
-    name = _check_name(name)
-    if name in tagger.vocab:
-        raise InputError(f"label {name!r} already exists (id {tagger.vocab.index(name)}); use "
+    name = check_name(name)
+    if name in state.vocab:
+        raise InputError(f"label {name!r} already exists (id {state.vocab.index(name)}); use "
                          "update_label to change it")
-    emb, example_emb, texts = _embed(tagger, name, examples, description)
-    L = len(tagger.vocab)
-    Y = sp.hstack([tagger.item_labels, sp.csr_matrix((tagger.item_labels.shape[0], 1))],
+    L = len(state.vocab)
+    Y = sp.hstack([state.item_labels, sp.csr_matrix((state.item_labels.shape[0], 1))],
                   format="csr", dtype=np.float32)
-    _commit(tagger, tagger.vocab.with_label(name, len(example_emb)),
-            np.vstack([tagger.prototypes, _mean(emb)]), Y, _label_lists(tagger, append=True),
-            new_items=example_emb if add_items else None, label=L, appended=True,
-            tfidf=_tfidf(tagger, texts))
-    tagger.label_changes.append(_change("add", name, example_emb, description, add_items))
-    return L
+    return _commit(state, state.vocab.with_label(name, len(example_emb)),
+                   np.vstack([state.prototypes, _mean(label_emb)]), Y,
+                   _label_lists(state, append=True),
+                   new_items=example_emb if add_items else None, label=L, appended=True,
+                   tfidf=_tfidf(state, texts))
 
 
-def update_label(tagger: Tagger, name: str, examples: Any = None, *,
-                 description: str | None = None, mode: str = "replace",
-                 add_items: bool = True) -> int:
-    """Change the prototype of label `name` (in memory) from new examples; return its id.
+def update_label(state: TaggerState, name: str, label_emb: np.ndarray, example_emb: np.ndarray,
+                 texts: list[str], *, mode: str, add_items: bool) -> tuple[TaggerState, int]:
+    """`state` with label `name`'s prototype re-made, and its id.
 
     Args:
-        tagger, name, examples, description, add_items: as in `add_label` (`name` must exist).
+        state, label_emb, example_emb, texts, add_items: as in `add_label` (`name` must exist).
         mode: "replace": the label is defined by the new examples alone (prototype = their
-            normalised mean, no training item carries it any more unless `add_items` adds
-            the examples, and its tuned threshold falls back to the global one); "merge": the
-            old prototype counts as its `count` examples (prototype = normalise(count * old +
-            sum of the new embeddings)) and everything else stays.
+            normalised mean, no item carries it any more unless `add_items` adds the examples,
+            so examples it brought before leave the item index, and its tuned threshold falls
+            back to the global one); "merge": the old prototype counts as its `count` examples
+            (prototype = normalise(count * old + sum of the new embeddings)), the rest stays.
     """
-    if mode not in MODES:
-        raise InputError(f"mode: expected one of {list(MODES)}, got {describe(mode)}")
-    i = tagger.vocab.index(_check_name(name))
-    emb, example_emb, texts = _embed(tagger, name, examples, description)
-    prototypes, counts = tagger.prototypes.copy(), tagger.vocab.counts.copy()
-    tfidf = _tfidf(tagger, texts, row=i, old_weight=0 if mode == "replace" else counts[i])
-    Y, per_label = tagger.item_labels, _label_lists(tagger)
+    check_mode(mode)
+    i = state.vocab.index(check_name(name))
+    prototypes, counts = state.prototypes.copy(), state.vocab.counts.copy()
+    tfidf = _tfidf(state, texts, row=i, old_weight=0 if mode == "replace" else counts[i])
+    Y, per_label = state.item_labels, _label_lists(state)
     if mode == "replace":
-        prototypes[i], counts[i] = _mean(emb)[0], len(example_emb)
+        prototypes[i], counts[i] = _mean(label_emb)[0], len(example_emb)
         keep = np.ones(Y.shape[1], dtype=np.float32)
         keep[i] = 0.0
         Y = sp.csr_matrix(Y @ sp.diags(keep))
         Y.eliminate_zeros()
-        per_label = _label_lists(tagger, reset=i)
+        per_label = _label_lists(state, reset=i)
     else:
-        prototypes[i] = _mean(counts[i] * prototypes[i][None] + emb.sum(axis=0, keepdims=True))[0]
+        prototypes[i] = _mean(counts[i] * prototypes[i][None]
+                              + label_emb.sum(axis=0, keepdims=True))[0]
         counts[i] += len(example_emb)
-    vocab = LabelVocab(tagger.vocab.names, counts, tagger.vocab.n_items)
-    _commit(tagger, vocab, prototypes, Y, per_label,
-            new_items=example_emb if add_items else None, label=i, appended=False, tfidf=tfidf)
-    tagger.label_changes.append(_change(f"update:{mode}", name, example_emb, description,
-                                        add_items))
-    return i
+    vocab = LabelVocab(state.vocab.names, counts, state.vocab.n_items)
+    return _commit(state, vocab, prototypes, Y, per_label,
+                   new_items=example_emb if add_items else None, label=i, appended=False,
+                   tfidf=tfidf), i
 
 
-def remove_label(tagger: Tagger, name: str) -> int:
-    """Remove label `name` (in memory) and return the id it had; later ids shift down by one.
+def remove_label(state: TaggerState, name: str) -> tuple[TaggerState, int]:
+    """`state` without label `name`, and the id it had; later ids shift down by one.
 
-    Its prototype, column of the item-label matrix, per-label threshold and learned bias,
-    and vocabulary entry go; the prototype index is rebuilt with the same parameters.
-    Training items stay indexed.
+    Its prototype, column of the item-label matrix, per-label threshold and learned bias, and
+    vocabulary entry go; the prototype index is rebuilt with the same parameters. The
+    examples it brought into the item index go too; training items stay.
     """
-    name = _check_name(name)
-    if len(tagger.vocab) == 1 and name in tagger.vocab:
+    name = check_name(name)
+    if len(state.vocab) == 1 and name in state.vocab:
         raise InputError(f"label {name!r} is the tagger's only label; a tagger needs at least one")
-    vocab, i = tagger.vocab.without_label(name)
-    keep = np.arange(len(tagger.vocab)) != i
-    tfidf = None if tagger.tfidf is None else dataclasses.replace(
-        tagger.tfidf, centroids=tagger.tfidf.centroids[keep])
-    _commit(tagger, vocab, tagger.prototypes[keep], tagger.item_labels[:, keep],
-            _label_lists(tagger, drop=i), new_items=None, label=None, appended=False, tfidf=tfidf)
-    tagger.label_changes.append({"op": "remove", "label": name})
-    return i
+    vocab, i = state.vocab.without_label(name)
+    keep = np.arange(len(state.vocab)) != i
+    tfidf = None if state.tfidf is None else dataclasses.replace(
+        state.tfidf, centroids=state.tfidf.centroids[keep])
+    return _commit(state, vocab, state.prototypes[keep], state.item_labels[:, keep],
+                   _label_lists(state, drop=i), new_items=None, label=None, appended=False,
+                   tfidf=tfidf), i
 
 
-def read_examples(tagger: Tagger, path: str | Path) -> list[str] | Items:
-    """Examples for `tagger` from a file: texts (`read_texts`: one per line, or a table's
-    ``text`` field, else the tagger's text columns), or for a tagger reading feature vectors,
-    the items of a table with the tagger's column mapping."""
-    if tagger.model.needs == {"texts"}:
-        return read_texts(path, tagger.config.data.text_columns)
-    return read_config_items(tagger.config.data, path, require_labels=False)
+def check_mode(mode: Any) -> str:
+    """An update mode: "replace" or "merge"."""
+    if mode not in MODES:
+        raise InputError(f"mode: expected one of {list(MODES)}, got {describe(mode)}")
+    return mode
 
 
-def save_tagger(tagger: Tagger, folder: str | Path) -> Path:
-    """Write `tagger` as a whole tagger folder atomically (temp folder, manifest last, swap).
-
-    From the folder it was loaded from (`tagger.origin`, when it still exists) it carries the
-    manifest's data summary and build report, ``training.json``, the model card and the
-    learned label vectors (rows kept by name; a label added since gets its prototype); the
-    manifest's ``label_changes`` lists every change made since the build.
-    """
-    folder = Path(folder)
-    origin = tagger.origin if tagger.origin is not None and tagger.origin.is_dir() else None
-    old = read_json(origin / "manifest.json") if origin else {}
-    changes = [*old.get("label_changes", []), *tagger.label_changes]
-    extra = {k: v for k, v in old.items() if k not in _MANIFEST_OWN} | {"label_changes": changes}
-    with staged_dir(folder) as tmp:
-        tagger.write(tmp)
-        if origin and (origin / "training.json").is_file():
-            shutil.copy2(origin / "training.json", tmp / "training.json")
-        if origin and (origin / "label_vectors.safetensors").is_file():
-            tensors = {"label_vectors": _label_vectors(tagger, origin)}
-            if tagger.scoring.label_bias:
-                tensors["label_bias"] = tagger.scoring.bias_array
-            save_tensors(tmp / "label_vectors.safetensors", tensors,
-                         {"format": "metricls-label-vectors/1"})
-        card = (origin / "README.md").read_text() if origin and (origin / "README.md").is_file() \
-            else f"# metricls tagger `{tagger.config.name}`\n"
-        (tmp / "README.md").write_text(_card(card, changes))
-        write_manifest(tmp, data=old.get("data", {}), metrics=tagger.metrics, extra=extra)
-    tagger.origin, tagger.label_changes = folder, []
-    return folder
+def read_examples(path: str | Path, data: DataConfig, *, texts_only: bool) -> list[str] | Items:
+    """Examples from a file: texts (`read_texts`: one per line, or a table's ``text`` field,
+    else the `data` text columns) for a tagger that reads texts alone, else the items of a
+    table read with the `data` column mapping."""
+    if texts_only:
+        return read_texts(path, data.text_columns)
+    return read_config_items(data, path, require_labels=False)
 
 
 # ---- helpers ----------------------------------------------------------------------------------
-def _check_name(name: Any) -> str:
-    if not isinstance(name, str) or not name.strip() or name != name.strip():
-        raise InputError(f"name: expected a non-empty label name without surrounding spaces, "
-                         f"got {describe(name)}")
-    return name
-
-
-def _embed(tagger: Tagger, name: str, examples: Any,
-           description: str | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(m, d) embeddings of the examples and the label text, those of the examples alone, and
-    the texts among them (for the TF-IDF prototypes)."""
-    d = tagger.model.out_dim
-    example_emb = np.zeros((0, d), dtype=np.float32)
-    texts: list[str] = []
-    if examples is not None:
-        try:
-            found = _check_examples(examples)
-            example_emb = tagger.embed(found)
-            texts = list(tagger._inputs(found)[0] or [])  # none for feature rows
-        except InputError as exc:  # the tagger names its argument "inputs"
-            raise InputError("examples" + str(exc).removeprefix("inputs")) from None
-    if description is None and examples is not None:
-        return example_emb, example_emb, texts
-    text = label_text(name) if description is None else description
-    if not isinstance(text, str) or not text.strip():
-        raise InputError(f"description: expected a non-empty text, got {describe(text)}")
-    if tagger.model.needs != {"texts"}:
-        raise InputError("description: this tagger reads feature vectors and cannot embed a "
-                         "label text; give examples as an (n, d) array")
-    log.info("label %r: embedding the text %r", name, text)
-    return np.vstack([example_emb, tagger.embed([text])]), example_emb, [*texts, text]
-
-
-def _tfidf(tagger: Tagger, texts: list[str], *, row: int | None = None,
+def _tfidf(state: TaggerState, texts: list[str], *, row: int | None = None,
            old_weight: int = 0) -> TfidfPrototypes | None:
-    """The tagger's TF-IDF prototypes with `texts` making a new last row (`row` None) or row
-    `row`, where the old row counts as `old_weight` texts (0: replaced), as `_mean` does."""
-    if tagger.tfidf is None:
+    """The TF-IDF prototypes with `texts` making a new last row (`row` None) or row `row`,
+    where the old row counts as `old_weight` texts (0: replaced), as `_mean` does."""
+    if state.tfidf is None:
         return None
-    C = tagger.tfidf.centroids
-    new = tagger.tfidf.prototype(texts)  # a zero row without texts
+    C = state.tfidf.centroids
+    new = state.tfidf.prototype(texts)  # a zero row without texts
     if row is None:
-        return tagger.tfidf.with_centroids(sp.vstack([C, new]))
+        return state.tfidf.with_centroids(sp.vstack([C, new]))
     new = new + old_weight * C[row]
-    return tagger.tfidf.with_centroids(sp.vstack([C[:row], new, C[row + 1:]]))
+    return state.tfidf.with_centroids(sp.vstack([C[:row], new, C[row + 1:]]))
 
 
 def _mean(emb: np.ndarray) -> np.ndarray:
@@ -236,7 +178,8 @@ def _mean(emb: np.ndarray) -> np.ndarray:
     return normalize_rows(emb.mean(axis=0, keepdims=True))
 
 
-def _check_examples(examples: Any) -> Items | np.ndarray | list[str]:
+def check_examples(examples: Any) -> Items | np.ndarray | list[str]:
+    """Examples as given: Items, an array, or a checked non-empty list of texts."""
     if isinstance(examples, (Items, np.ndarray)):
         found = examples
     elif isinstance(examples, (str, bytes)):
@@ -250,76 +193,89 @@ def _check_examples(examples: Any) -> Items | np.ndarray | list[str]:
     return found
 
 
-def _fallback_threshold(tagger: Tagger) -> float:
+def _fallback_threshold(state: TaggerState) -> float:
     """The threshold of a label without tuned data: the global one (else the median)."""
-    s = tagger.scoring
+    s = state.scoring
     return float(s.threshold if s.threshold is not None else np.median(s.label_thresholds))
 
 
-def _fallback_bias(tagger: Tagger) -> float:
+def _fallback_bias(state: TaggerState) -> float:
     """The learned bias of a label made from examples: the median of the trained ones."""
-    return float(np.median(tagger.scoring.label_bias))
+    return float(np.median(state.scoring.label_bias))
 
 
 # The Scoring fields holding one value per label, and the value a label without its own gets.
 _PER_LABEL_FALLBACKS = {"label_thresholds": _fallback_threshold, "label_bias": _fallback_bias}
 
 
-def _label_lists(tagger: Tagger, *, append: bool = False, reset: int | None = None,
+def _label_lists(state: TaggerState, *, append: bool = False, reset: int | None = None,
                  drop: int | None = None) -> dict[str, list[float]]:
     """Copies of the scoring's per-label lists (tuned thresholds, learned biases) with a new
     last label's fallback appended, label `reset` set back to its fallback, or label `drop`
     removed; a list that is empty (never tuned, never learned) stays empty."""
     lists = {}
     for key, fallback in _PER_LABEL_FALLBACKS.items():
-        values = list(getattr(tagger.scoring, key))
+        values = list(getattr(state.scoring, key))
         if values:
             if append:
-                values.append(fallback(tagger))
+                values.append(fallback(state))
             if reset is not None:
-                values[reset] = fallback(tagger)
+                values[reset] = fallback(state)
             if drop is not None:
                 del values[drop]
         lists[key] = values
     return lists
 
 
-def _commit(tagger: Tagger, vocab: LabelVocab, prototypes: np.ndarray,
+def _commit(state: TaggerState, vocab: LabelVocab, prototypes: np.ndarray,
             item_labels: sp.csr_matrix, per_label: dict[str, list[float]], *,
             new_items: np.ndarray | None, label: int | None, appended: bool,
-            tfidf: TfidfPrototypes | None) -> None:
-    """Swap the new label state into `tagger`: every check on user input has passed by now.
+            tfidf: TfidfPrototypes | None) -> TaggerState:
+    """The new state: every check on user input has passed by now.
 
     `per_label` replaces the scoring's per-label lists (see `_label_lists`); `new_items`
-    (m, d) join the item index carrying only `label`; `appended`: the only new prototype is the
-    last row (added to the index), else the prototype index is rebuilt; `tfidf` replaces the
-    TF-IDF prototypes.
+    (m, d) join the item index carrying only `label`; examples left without a label leave it;
+    `appended`: the only new prototype is the last row (added to a copy of the index), else
+    the prototype index is rebuilt; `tfidf` replaces the TF-IDF prototypes.
     """
+    item_index, item_labels = _without_orphans(state, sp.csr_matrix(item_labels))
     if new_items is not None and len(new_items):
         rows = sp.csr_matrix((np.ones(len(new_items), np.float32),
                               (np.arange(len(new_items)), np.full(len(new_items), label))),
                              shape=(len(new_items), len(vocab)))
         item_labels = sp.vstack([item_labels, rows], format="csr", dtype=np.float32)
-        _append(tagger.item_index, new_items, "items")
-        vocab = LabelVocab(vocab.names, vocab.counts, vocab.n_items + len(new_items))
-    if appended:
-        _append(tagger.proto_index, prototypes[-1:], "prototypes")
-    else:
-        tagger.proto_index = _rebuilt(tagger.proto_index, prototypes)
-    tagger.vocab = vocab
-    tagger.prototypes = np.ascontiguousarray(prototypes, dtype=np.float32)
-    tagger.item_labels = sp.csr_matrix(item_labels, dtype=np.float32)
-    tagger.scoring = dataclasses.replace(tagger.scoring, **per_label)
-    tagger.tfidf = tfidf
+        item_index = _appended(item_index, new_items, "items")
+    n_items = vocab.n_items + item_labels.shape[0] - state.item_labels.shape[0]
+    return state.replace(
+        vocab=LabelVocab(vocab.names, vocab.counts, n_items), prototypes=prototypes,
+        proto_index=(_appended(state.proto_index, prototypes[-1:], "prototypes") if appended
+                     else _rebuilt(state.proto_index, prototypes)),
+        item_index=item_index, item_labels=item_labels, tfidf=tfidf,
+        scoring=dataclasses.replace(state.scoring, **per_label))
 
 
-def _append(index: AnnIndex, vectors: np.ndarray, what: str) -> None:
-    """Add rows whose ids must continue the row positions (the tagger's id invariant)."""
+def _without_orphans(state: TaggerState,
+                     item_labels: sp.csr_matrix) -> tuple[AnnIndex, sp.csr_matrix]:
+    """The item index and labels without the examples (rows past `trained_items`) that carry
+    no label any more; the index is rebuilt only when some go."""
+    added = np.arange(item_labels.shape[0]) >= state.trained_items
+    orphans = added & (np.diff(item_labels.indptr) == 0)
+    if not orphans.any():
+        return state.item_index, item_labels
+    keep = np.flatnonzero(~orphans)
+    return _rebuilt(state.item_index, state.item_index.reconstruct()[keep]), item_labels[keep]
+
+
+def _appended(index: AnnIndex, vectors: np.ndarray, what: str) -> AnnIndex:
+    """A copy of `index` with rows added, whose ids must continue the row positions (the
+    tagger's id invariant); `index` itself is left as it was."""
+    index = index.copy()
     start = index.ntotal
     ids = index.add(vectors)
     if not np.array_equal(ids, np.arange(start, start + len(vectors))):
         raise ArtifactError(f"the {what} index numbers new vectors {ids[:3].tolist()}..., not "
                             f"from {start}: its ids are not row positions; rebuild the tagger")
+    return index
 
 
 def _rebuilt(index: AnnIndex, vectors: np.ndarray) -> AnnIndex:
@@ -329,25 +285,26 @@ def _rebuilt(index: AnnIndex, vectors: np.ndarray) -> AnnIndex:
     return fresh
 
 
-def _label_vectors(tagger: Tagger, origin: Path) -> np.ndarray:
-    """The origin's learned label vectors by name; a label added since gets its prototype."""
+def label_vectors(origin: Path, names: tuple[str, ...], prototypes: np.ndarray) -> np.ndarray:
+    """The learned label vectors of the folder `origin`, by name, for the labels `names`; a
+    label added since training gets its prototype (row of `prototypes`)."""
     tensors, _ = load_tensors(origin / "label_vectors.safetensors")
     learned = tensors["label_vectors"]
-    names = read_json(origin / "labels.json").get("labels", [])
-    row = {n: j for j, n in enumerate(names) if j < len(learned)}
-    return np.stack([learned[row[n]] if n in row else tagger.prototypes[i]
-                     for i, n in enumerate(tagger.vocab.names)]).astype(np.float32)
+    trained = read_json(origin / "labels.json").get("labels", [])
+    row = {n: j for j, n in enumerate(trained) if j < len(learned)}
+    return np.stack([learned[row[n]] if n in row else prototypes[i]
+                     for i, n in enumerate(names)]).astype(np.float32)
 
 
-def _change(op: str, name: str, example_emb: np.ndarray, description: str | None,
-            add_items: bool) -> dict:
+def change_record(op: str, name: str, n_examples: int, description: str | None,
+                  add_items: bool) -> dict:
     """The manifest record of an add or update."""
-    n = len(example_emb)
-    return {"op": op, "label": name, "source": "examples" if n else "zero-shot",
-            "examples": n, "description": description, "add_items": bool(add_items and n)}
+    return {"op": op, "label": name, "source": "examples" if n_examples else "zero-shot",
+            "examples": n_examples, "description": description,
+            "add_items": bool(add_items and n_examples)}
 
 
-def _card(card: str, changes: list[dict]) -> str:
+def card_with_changes(card: str, changes: list[dict]) -> str:
     """The model card with its label-change section (re)written at the end."""
     head = card.split("\n## Label changes\n")[0].rstrip("\n")
     if not changes:
@@ -355,5 +312,5 @@ def _card(card: str, changes: list[dict]) -> str:
     rows = "\n".join(f"- {c['op']} `{c['label']}`" + ("" if "source" not in c else
                                                        f" ({c['examples']} examples)"
                                                        if c["examples"] else " (zero-shot)")
-                     for c in changes)
+                      for c in changes)
     return f"{head}\n\n## Label changes\n\nMade after the build, in order:\n\n{rows}\n"

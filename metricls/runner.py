@@ -65,7 +65,7 @@ def evaluate_folder(tagger_dir: str | Path, *, data: str | None = None, split: s
 
 def run_pipeline(config: str | Path, *, overrides: Sequence[str] = (),
                  out: str | Path | None = None, baseline: str | None = "untrained",
-                 show: int = 5) -> dict:
+                 show: int = 5, overwrite: bool = False) -> dict:
     """Train, build the index, evaluate on the test split, and tag `show` test items.
 
     Returns:
@@ -73,7 +73,7 @@ def run_pipeline(config: str | Path, *, overrides: Sequence[str] = (),
         beside the tagger folder (``<folder>-evaluation.json``).
     """
     cfg = load_config(config, overrides)
-    folder = train_embedder(cfg, out=out)
+    folder = train_embedder(cfg, out=out, overwrite=overwrite)
     tagger = build_index(folder)
     json_path = folder.parent / f"{folder.name}-evaluation.json"
     reports = evaluate_folder(folder, split="test", baseline=baseline, out=json_path)

@@ -33,7 +33,9 @@ def dead_pid() -> int:
 
 
 def siblings(target: Path) -> list[str]:
-    return sorted(p.name for p in target.parent.iterdir() if p.name.startswith(f".{target.name}."))
+    """Temp and old folders beside `target` (its writers' lock file is meant to stay)."""
+    return sorted(p.name for p in target.parent.iterdir()
+                  if p.name.startswith(f".{target.name}.") and p.name != f".{target.name}.lock")
 
 
 def make_folder(folder: Path, version: int = 0) -> dict:
@@ -144,12 +146,37 @@ def test_recover_dir_after_crash_between_renames(folder: Path) -> None:
     make_folder(tmp, version=2)  # complete new version, never swapped in
     os.rename(folder, folder.parent / f".tagger.old-{pid}")  # the crash: first rename only
     assert art.verify_folder(folder)[0].endswith("restores it")
-    live = folder.parent / f".tagger.tmp-{os.getpid()}-0000"  # another writer, still running
-    live.mkdir()
     art.recover_dir(folder)
     assert art.verify_folder(folder) == []
     assert art.read_json(folder / "config.json")["version"] == 0
-    assert siblings(folder) == [live.name]
+    assert siblings(folder) == []
+
+
+HOLD = ("import sys\nfrom metricls.artifacts import folder_lock\n"
+        "with folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    sys.stdin.read()\n")
+
+
+def test_recover_dir_leaves_a_live_writer_alone_whatever_its_pid(folder: Path) -> None:
+    # A writer in another container: its pid names no process here (or another one); the
+    # lock it holds on the folder is what says it is alive.
+    pid = dead_pid()
+    tmp = folder.parent / f".tagger.tmp-{pid}-abcd1234"
+    tmp.mkdir()
+    make_folder(tmp, version=2)
+    os.rename(folder, folder.parent / f".tagger.old-{pid}")  # between its two renames
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        art.recover_dir(folder)
+        assert "a running writer is replacing it" in art.verify_folder(folder)[0]
+        assert not folder.exists()
+        assert siblings(folder) == sorted([tmp.name, f".tagger.old-{pid}"])  # untouched
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    art.recover_dir(folder)  # the writer is gone: its old folder comes back, its temp goes
+    assert art.read_json(folder / "config.json")["version"] == 0 and siblings(folder) == []
 
 
 def test_recover_dir_drops_stale_old_when_target_exists(folder: Path) -> None:

@@ -133,7 +133,7 @@ def test_prototype_only_scoring_never_searches_the_items(tiny_tagger_dir):
         def search(self, *args, **kwargs):
             raise AssertionError("the item index was searched")
 
-    tagger.item_index = Untouchable()
+    tagger._state = tagger._state.replace(item_index=Untouchable())
     got = tagger.predict_scores(texts, k=5)
     np.testing.assert_array_equal(got[1], expected[1])
     np.testing.assert_array_equal(got[0], expected[0])

@@ -98,7 +98,7 @@ def test_a_bad_row_met_on_ray_is_one_clear_error(tiny_tagger_dir, catalog_items,
     with raises(f"{data}:2201: field 'text' must be a string, got int 5"):
         tag_catalog(tiny_tagger_dir, data, tmp_path / "out", engine="ray",
                     options=TagOptions(batch_size=1000, num_actors=1))
-    assert sorted(os.listdir(tmp_path)) == ["bad.jsonl"]  # nothing half-written
+    assert sorted(p for p in os.listdir(tmp_path) if not p.endswith(".lock")) == ["bad.jsonl"]
 
 
 def test_csv_and_parquet_catalogs_give_the_jsonl_output(tiny_tagger_dir, catalog_items,
@@ -148,9 +148,10 @@ def test_catalog_errors_name_the_file_row_and_fix(tiny_tagger_dir, catalog_items
     with raises(f"{tmp_path / 'late.csv'}: row 13: empty text"):  # row of the file, not block
         tag_catalog(tiny_tagger_dir, tmp_path / "late.csv", tmp_path / "o4",
                     options=TagOptions(batch_size=5))
-    assert not [p for p in os.listdir(tmp_path) if p.startswith((".o", "o"))]  # no leftovers
+    assert not [p for p in os.listdir(tmp_path)  # no leftovers but the writers' lock files
+                if p.startswith((".o", "o")) and not p.endswith(".lock")]
     tag_catalog(tiny_tagger_dir, good, tmp_path / "done")
-    with raises(f"{tmp_path / 'done'}: already exists; pass --overwrite to replace it"):
+    with raises(f"{tmp_path / 'done'}: already holds a catalog; pass --overwrite to replace it"):
         tag_catalog(tiny_tagger_dir, good, tmp_path / "done")
     assert tag_catalog(tiny_tagger_dir, good, tmp_path / "done", overwrite=True)["rows"] == 50
     with raises("engine: expected one of ['local', 'ray'], got 'spark'"):
@@ -180,7 +181,7 @@ def test_cli_tag_catalog(tiny_tagger_dir, catalog_items, tmp_path):
     assert read_tags(out).column("labels").to_pylist() == [[n for n, _ in t] for t in expected]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2
-    assert f"error: {out}: already exists; pass --overwrite" in res.output
+    assert f"error: {out}: already holds a catalog; pass --overwrite" in res.output
     res = CliRunner().invoke(app, [*args, "--overwrite", "--threshold", "abc"])
     assert res.exit_code == 2 and "error: --threshold: expected a number or 'tuned'" in res.output
 

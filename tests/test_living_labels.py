@@ -114,7 +114,7 @@ def test_remove_label_vanishes_and_leaves_the_others_unchanged(tagger):
 def test_remove_rebuilds_an_hnsw_prototype_index_with_its_params(tagger):
     hnsw = make_index("hnsw", tagger.model.out_dim, m=8, ef_search=40)
     hnsw.build(tagger.prototypes)
-    tagger.proto_index = hnsw
+    tagger._state = tagger._state.replace(proto_index=hnsw)
     tagger.remove_label(LABEL)
     assert tagger.proto_index.backend == "hnsw" and tagger.proto_index.params == hnsw.params
     np.testing.assert_allclose(tagger.proto_index.reconstruct(), tagger.prototypes)
@@ -157,7 +157,8 @@ def test_save_and_load_round_trip_a_changed_tagger(tagger, tiny_tagger_copy):
     loaded = Tagger.load(tiny_tagger_copy)
     assert loaded.labels == tagger.labels and loaded.predict(texts, k=5, threshold="tuned") == \
         expected
-    assert [p.name for p in tiny_tagger_copy.parent.iterdir()] == [tiny_tagger_copy.name]
+    left = [p.name for p in tiny_tagger_copy.parent.iterdir() if not p.name.endswith(".lock")]
+    assert left == [tiny_tagger_copy.name]  # no temp or old folder, only the writers' lock
     manifest = read_json(tiny_tagger_copy / "manifest.json")
     assert [c["op"] for c in manifest["label_changes"]] == ["add", "add", "remove",
                                                             "update:merge"]

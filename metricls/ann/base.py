@@ -8,6 +8,7 @@ Every input is validated here, before it reaches FAISS or ScaNN.
 from __future__ import annotations
 
 import abc
+import copy
 import json
 from pathlib import Path
 from typing import Any, ClassVar
@@ -86,6 +87,14 @@ class AnnIndex(abc.ABC):
             ids[start:stop, :width] = batch_ids
         scores[ids < 0] = -np.inf
         return scores, ids
+
+    def copy(self) -> AnnIndex:
+        """An independent copy: adding to one leaves the other as it was. This default
+        rebuilds from `reconstruct` with the same parameters; backends copy faster."""
+        twin = type(self)(self.dim, **copy.deepcopy(self.params))
+        if self.is_built:
+            twin.build(self.reconstruct())
+        return twin
 
     def remove(self, ids: np.ndarray) -> None:
         """Remove rows by id (only some backends can)."""

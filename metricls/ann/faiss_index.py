@@ -6,6 +6,7 @@ GPU failure falls back to the CPU with a warning. The saved file is always the C
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from pathlib import Path
@@ -58,6 +59,14 @@ class FaissIndex(AnnIndex):
         """The built CPU FAISS index, e.g. to compose several into a `faiss.IndexShards`."""
         self._require_built()
         return self._index
+
+    def copy(self) -> FaissIndex:
+        """An independent copy (`faiss.clone_index`: the same graph or lists, not rebuilt)."""
+        twin = copy.copy(self)
+        twin.params = copy.deepcopy(self.params)
+        twin._index = None if self._index is None else faiss.clone_index(self._index)
+        twin._gpu = None
+        return twin
 
     def reconstruct(self) -> np.ndarray:
         """All stored vectors, in storage order (approximate for IVF-PQ)."""

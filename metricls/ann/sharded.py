@@ -9,6 +9,7 @@ with one index. Each shard is saved as its own index folder (``shard-000/faiss.i
 
 from __future__ import annotations
 
+import copy
 import itertools
 from pathlib import Path
 from typing import Any, ClassVar
@@ -73,6 +74,13 @@ class ShardedIndex(AnnIndex):
     def memory_bytes(self) -> int:
         """Bytes of all shards."""
         return sum(part.memory_bytes() for part in self._parts)
+
+    def copy(self) -> ShardedIndex:
+        """An independent copy: each shard copied (see `FaissIndex.copy`)."""
+        twin = type(self)(self.dim, **copy.deepcopy(self.params))
+        if self._parts:
+            twin._assemble([part.copy() for part in self._parts])
+        return twin
 
     def reconstruct(self) -> np.ndarray:
         """All stored vectors, shard after shard (row i has id i)."""

@@ -9,10 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from metricls.artifacts import MANIFEST, read_json, staged_dir, write_json
+from metricls.artifacts import MANIFEST, check_output, read_json, staged_dir, write_json
 from metricls.config import dump_config
 from metricls.data.items import Items
-from metricls.errors import InputError
 from metricls.evaluation import Tagged, evaluate_tagged, ranking_metrics
 from metricls.metrics import label_recall_at_k
 from metricls.progress import progress
@@ -31,7 +30,7 @@ FIGURES = {"curves": "curves.png", "buckets": "buckets.png", "swaps": "swaps.png
 
 def write_report(tagger_dir: str | Path, *, data: str | None = None, split: str = "test",
                  out: str | Path | None = None, min_support: int = 10,
-                 facet: str | None = None) -> Path:
+                 facet: str | None = None, overwrite: bool = False) -> Path:
     """Evaluate a tagger folder and write ``index.html``, its PNG figures and ``report.json``.
 
     The folder is staged beside `out` and swapped in only when complete. Its metrics are those
@@ -43,7 +42,7 @@ def write_report(tagger_dir: str | Path, *, data: str | None = None, split: str 
             tagger's training data).
         split: "test", "valid", "train" or "all".
         out: the report folder (default ``<tagger_dir>-report``); an existing folder is
-            replaced only if it holds a previous report.
+            replaced only if it holds a previous report, and only with `overwrite`.
         min_support: test items a label needs to enter the worst / best label tables.
         facet: the `facet::value` facet colouring the embedding map (default: the most
             informative one; the most frequent labels when labels have no facets).
@@ -57,7 +56,7 @@ def write_report(tagger_dir: str | Path, *, data: str | None = None, split: str 
     tagger_dir, name = Path(tagger_dir), Path(tagger_dir).resolve().name
     out = Path(out) if out is not None else tagger_dir.resolve().with_name(f"{name}-report")
     min_support = check_k(min_support, "min_support")
-    _check_out(out)
+    check_output(out, "report", overwrite=overwrite, inputs=(tagger_dir,))
     tagger, items = load_for_evaluation(tagger_dir, data=data, split=split)
     groups = analysis.colour_groups(items.labels, facet=facet)  # a bad --facet fails fast
     metrics, tagged = evaluate_tagged(tagger, items, k=DEPTH, keep_embeddings=True)
@@ -74,14 +73,6 @@ def write_report(tagger_dir: str | Path, *, data: str | None = None, split: str 
         page = render_html(content, tmp, dump_config(tagger.config))
         (tmp / "index.html").write_text(page, encoding="utf-8")
     return out
-
-
-def _check_out(out: Path) -> None:
-    """Refuse to replace a folder that is not a previous report (it would be deleted)."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir())
-                                              and not (out / "report.json").is_file())):
-        raise InputError(f"{out}: exists and is not a metricls report folder (no report.json); "
-                         "choose another --out, it would be replaced")
 
 
 def _content(tagger: Tagger, items: Items, tagged: Tagged, metrics: dict,

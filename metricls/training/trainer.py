@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,13 @@ import torch.nn.functional as F
 from pytorch_metric_learning.distances import CosineSimilarity, DotProductSimilarity
 from torch import nn
 
-from metricls.artifacts import save_tensors, staged_dir, write_json, write_manifest
+from metricls.artifacts import (
+    check_output,
+    save_tensors,
+    staged_dir,
+    write_json,
+    write_manifest,
+)
 from metricls.config import Config, dump_config, to_dict
 from metricls.data.dataset import Dataset
 from metricls.data.sampler import LabelBatchSampler
@@ -242,12 +249,15 @@ def _valid_recall(model: EmbeddingModel, prepared: list, n: int, label_vectors: 
     return recall_at_k(ids, y_valid, k)
 
 
-def train_embedder(cfg: Config, out: str | Path | None = None) -> Path:
+def train_embedder(cfg: Config, out: str | Path | None = None, *,
+                   overwrite: bool = False) -> Path:
     """Train the embedding network and label vectors; write them into a tagger folder.
 
     Args:
         cfg: the resolved config (see `load_config`).
-        out: the tagger folder (default ``index/<cfg.name>``); replaced atomically.
+        out: the tagger folder (default ``index/<cfg.name>``), written atomically.
+        overwrite: replace an existing tagger folder there (any other folder is never
+            replaced, see `artifacts.check_output`); checked before training.
 
     Returns:
         The folder, ready for `build_index`.
@@ -256,6 +266,7 @@ def train_embedder(cfg: Config, out: str | Path | None = None) -> Path:
         >>> train_embedder(load_config("configs/debtags.yaml"), out="index/debtags")
     """
     folder = Path(out) if out is not None else Path("index") / cfg.name
+    check_output(folder, "tagger", overwrite=overwrite, inputs=_data_files(cfg))
     with process_group(cfg.train.device) as ctx:  # one process unless started by torchrun
         log.info("resolved config:\n%s", dump_config(cfg))
         data = Dataset.load(cfg.data)
@@ -264,6 +275,12 @@ def train_embedder(cfg: Config, out: str | Path | None = None) -> Path:
             _write_tagger(folder, cfg, data, result)
         barrier(ctx)
     return folder
+
+
+def _data_files(cfg: Config) -> tuple[str, ...]:
+    """The files training reads (a packaged dataset name is no file)."""
+    return tuple(path for path in (cfg.data.path, cfg.data.features_path)
+                 if path and os.path.exists(path))
 
 
 def _write_tagger(folder: Path, cfg: Config, data: Dataset, result: TrainResult) -> None:
