@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import html
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from metricls import serve_page
 from metricls.artifacts import MANIFEST, check_folder, read_json, versions
 from metricls.errors import InputError
 from metricls.tagger import Tagger
@@ -153,7 +153,7 @@ def create_app(tagger_or_path: Tagger | str | Path, *, max_batch: int = Limits.m
                     created=manifest.get("created"), versions=versions(),
                     limits=dataclasses.asdict(limits))
     labels = _labels(tagger)
-    page = _page(health)
+    page = serve_page.page(health.tagger, dim, limits.max_k)
     errors = {code: {"model": ErrorBody} for code in (400, 413, 415, 422)}
 
     app = FastAPI(title=f"metricls: {health.tagger}", version=health.versions["metricls"],
@@ -379,93 +379,3 @@ def _description(health: Health, limits: Limits) -> str:
             f"{limits.max_body_bytes} body bytes, k up to {limits.max_k}. Errors are "
             '`{"detail": "..."}`: 400 body not JSON, 413 a size limit exceeded, 415 body not '
             "application/json, 422 any other bad value.")
-
-
-def _page(health: Health) -> str:
-    """The web page: a textarea, k, threshold and a button that calls /tag; no external assets."""
-    hint = (f"One JSON array of {health.vector_dim} numbers per line" if health.vector_dim
-            else "One text per line")
-    return (_PAGE.replace("{{NAME}}", html.escape(health.tagger))
-            .replace("{{HINT}}", html.escape(hint))
-            .replace("{{MAXK}}", str(health.limits["max_k"]))
-            .replace("{{VECTORS}}", "true" if health.vector_dim else "false"))
-
-
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>metricls: {{NAME}}</title>
-<style>
-body{font:15px/1.4 system-ui,sans-serif;max-width:48rem;margin:2rem auto;padding:0 1rem}
-textarea{width:100%;height:9rem;font:inherit;box-sizing:border-box}
-form p{display:flex;gap:1rem;align-items:center}
-li{margin:.6rem 0}.text{color:#555}.tag{display:inline-block;margin:.15rem .3rem .15rem 0;
-padding:.1rem .45rem;border-radius:.8rem;background:#e8eef8}.tag b{font-weight:600}
-#status.error{color:#b00}
-</style></head>
-<body>
-<h1>metricls <small>{{NAME}}</small></h1>
-<form id="form" action="tag" method="post">
-<label for="texts">{{HINT}}</label>
-<textarea id="texts" name="texts" required></textarea>
-<p><label>k <input id="k" name="k" type="number" min="1" max="{{MAXK}}" value="5"></label>
-<label>threshold <select id="threshold" name="threshold">
-<option value="">none (k best)</option><option value="tuned">tuned per label</option>
-</select></label>
-<button type="submit">Tag</button></p>
-</form>
-<p id="status" role="status"></p>
-<ol id="out"></ol>
-<script>
-const VECTORS = {{VECTORS}};
-const $ = (id) => document.getElementById(id);
-function show(lines, data) {
-  $("out").replaceChildren(...data.tags.map((row, i) => {
-    const li = document.createElement("li");
-    const text = document.createElement("div");
-    text.className = "text";
-    text.textContent = lines[i].slice(0, 200);
-    li.append(text);
-    for (const t of row) {
-      const tag = document.createElement("span");
-      tag.className = "tag";
-      const name = document.createElement("b");
-      name.textContent = t.label;
-      tag.append(name, " " + t.score.toFixed(3));
-      li.append(tag);
-    }
-    return li;
-  }));
-}
-async function tag(event) {
-  if (event) event.preventDefault();
-  const status = $("status");
-  const lines = $("texts").value.split("\\n").filter((s) => s.trim());
-  const body = {k: Number($("k").value), threshold: $("threshold").value || null};
-  try {
-    if (VECTORS) body.vectors = lines.map((s) => JSON.parse(s)); else body.texts = lines;
-  } catch (err) {
-    status.className = "error";
-    status.textContent = "each line must be a JSON array of numbers";
-    return;
-  }
-  status.className = "";
-  status.textContent = "tagging...";
-  try {
-    const response = await fetch("tag", {method: "POST", body: JSON.stringify(body),
-                                          headers: {"Content-Type": "application/json"}});
-    const data = await response.json();
-    if (!response.ok) throw new Error(response.status + ": " + data.detail);
-    status.textContent = lines.length + " tagged in " + data.took_ms.toFixed(1) + " ms";
-    show(lines, data);
-  } catch (err) {
-    status.className = "error";
-    status.textContent = "error " + err.message;
-  }
-}
-$("form").addEventListener("submit", tag);
-const query = new URLSearchParams(location.search).get("text");
-if (query) { $("texts").value = query; tag(); }
-</script>
-</body></html>
-"""
