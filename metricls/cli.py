@@ -188,9 +188,10 @@ def verify(tagger: Path) -> None:
 @app.command()
 @guarded
 def serve(tagger: Path,
-          host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 = every interface")]
-          = "127.0.0.1",
-          port: int = 8000,
+          host: Annotated[str, typer.Option(
+              help="Address to bind; 0.0.0.0 = every interface (loopback answers only Host "
+                   "headers naming loopback)")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="1 to 65535")] = 8000,
           workers: Annotated[int, typer.Option(help="Processes, each loads the tagger")] = 1,
           max_batch: Annotated[Optional[int], typer.Option(
               help="Texts per request (default 128)", show_default=False)] = None,

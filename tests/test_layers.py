@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "metricls"
 # a module may import only from its own layer or those below it
 LAYERS = [
-    {"cli", "bench", "runner", "serve", "report", "catalog"},
+    {"cli", "bench", "runner", "serve", "serve_page", "serve_guards", "report", "catalog"},
     {"build", "training"},
     {"evaluation"},
     {"tagger"},

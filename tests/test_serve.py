@@ -3,8 +3,10 @@ server, and the load benchmark."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -36,6 +38,13 @@ def tagger(tiny_tagger_dir) -> Tagger:
 def client(tiny_tagger_dir):
     with TestClient(create_app(tiny_tagger_dir, **LIMITS)) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="module")
+def roomy_client(tiny_tagger_dir):
+    """LIMITS with room for a hostile body of 8 MB."""
+    with TestClient(create_app(tiny_tagger_dir, **{**LIMITS, "max_body_bytes": 8 << 20})) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +201,144 @@ def test_bad_requests_get_one_clear_json_error(client, body, content_type, statu
     assert message in detail["detail"]
 
 
+def many(item: bytes, n: int) -> bytes:
+    return b",".join([item] * n)
+
+
+OVER = "more than the limit of 4 per request (max_batch); split the request"
+HOSTILE = [  # (body, status, the whole message): one line, however many bad items
+    (b'{"texts": [' + many(b"1", 2_000_000) + b"]}", 413, f"texts: at least 5 items, {OVER}"),
+    (b'{"texts": [' + many(b"1", 50_000) + b"]}", 413, f"texts: 50000 items, {OVER}"),
+    (b'{"texts": [' + many(b"[]", 1_000_000) + b"]}", 413, f"texts: at least 5 items, {OVER}"),
+    (b'{"texts": ["a", 1, 2, 3]}', 422, "texts[1]: input should be a valid string, got int 1"),
+    (("{" + ",".join(f'"k{i}": 1' for i in range(200_000)) + "}").encode(), 422,
+     "k0: unknown field; did you mean 'k'?"),
+    (("{" + ",".join(f'"x{i}": 1' for i in range(20_000)) + "}").encode(), 422,
+     "x0: unknown field; expected one of ['texts', 'vectors', 'k', 'threshold']"),
+    (b'{"texts": ["a"], "k": [' + many(b"1", 1_000_000) + b"]}", 413,
+     "k: more than 100000 JSON values, the limit per request"),
+    (b"[" + many(b"1", 1_000_000) + b"]", 422,
+     'body: expected a JSON object such as {"texts": ["..."], "k": 5}, got a list'),
+    (b"[" + many(b"1", 100) + b"]", 422,
+     'body: expected a JSON object such as {"texts": ["..."], "k": 5}, got list of 100 items'),
+    (b'{"vectors": [[' + many(b'"a"', 90_000) + b"]]}", 422,
+     "vectors[0][0]: input should be a valid number, got str 'a'"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), HOSTILE,
+                         ids=[f"{len(b)}-bytes-{m[:12]}" for b, _, m in HOSTILE])
+def test_a_hostile_body_gets_one_message_not_one_per_item(roomy_client, body, status, message):
+    response = roomy_client.post("/tag", content=body, headers={"content-type": JSON})
+    assert response.status_code == status, response.text[:300]
+    assert response.json() == {"detail": message}
+
+
+ODD_BODIES = [  # (body, status, message): named, never a 500 nor a generic message
+    (b'{"texts": ["caf\xe9"]}', 400, "body: not valid UTF-8 (byte 0xe9 at position 15)"),
+    (b'\xff\xfe{"texts": ["a"]}', 400, "body: not valid UTF-8 (byte 0xff at position 0)"),
+    (b'{"texts": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 422,
+     "texts: nested more than 32 levels deep"),
+    (b'{"texts": ' + b"[" * 3000 + b"]" * 3000 + b"}", 422,  # json.loads: RecursionError
+     "texts: nested more than 32 levels deep"),
+    (b"[" * 100_000 + b"]" * 100_000, 422,
+     'body: expected a JSON object such as {"texts": ["..."], "k": 5}, got a list'),
+    (b'{"texts": ["a"], "k": ' + b"9" * 10_000 + b"}", 422,
+     "k: input should be a valid integer, got float inf"),
+    (b'{"texts": ["a"], "threshold": -' + b"9" * 10_000 + b"}", 422,
+     "threshold: expected None, a number or 'tuned'; must be finite (float32), got -inf"),
+    (b'{"texts": [' + b"1" * 5000 + b"]}", 422,
+     "texts[0]: input should be a valid string, got float inf"),
+    (b'{"texts": ["a"], "k": 1e999}', 422, "k: input should be a valid integer, got float inf"),
+    (b'{"texts": [1e999]}', 422, "texts[0]: input should be a valid string, got float inf"),
+    (b'{"texts": ["a"], "threshold": 1e999}', 422,
+     "threshold: expected None, a number or 'tuned'; must be finite (float32), got inf"),
+    (b'{"texts": ["ok \\ud800"]}', 422,
+     "texts[0]: expected Unicode text, got a lone surrogate at character 3"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), ODD_BODIES,
+                         ids=[m[:24] for _, _, m in ODD_BODIES])
+def test_odd_bodies_get_a_message_naming_the_field(roomy_client, body, status, message):
+    response = roomy_client.post("/tag", content=body, headers={"content-type": JSON})
+    assert response.status_code == status, response.text[:300]
+    assert response.json() == {"detail": message}
+
+
+def test_health_answers_while_a_hostile_body_is_refused(tiny_tagger_dir):
+    bodies = [(b'{"texts": [' + many(b"1", 2_000_000) + b"]}", 413, "texts: at least 129 items"),
+              (("{" + ",".join(f'"k{i}": 1' for i in range(200_000)) + "}").encode(), 422,
+               "k0: unknown field")]
+    with running_server(tiny_tagger_dir) as server, httpx.Client() as poll:  # 4 MiB, 128 texts
+        for body, status, message in bodies:
+            assert len(body) <= 4 << 20
+            start = time.perf_counter()
+            with ThreadPoolExecutor(1) as pool:
+                hostile = pool.submit(httpx.post, f"{server.url}/tag", content=body,
+                                      headers={"content-type": JSON}, timeout=120)
+                waits = []
+                while not hostile.done() and len(waits) < 2000:
+                    began = time.perf_counter()
+                    assert poll.get(f"{server.url}/health", timeout=30).status_code == 200
+                    waits.append(time.perf_counter() - began)
+                response = hostile.result(timeout=120)
+            took = time.perf_counter() - start
+            assert response.status_code == status
+            assert response.json()["detail"].startswith(message)
+            assert len(response.content) < 200  # one message, no list of per-item errors
+            assert took < 30, took  # sanity bound; it took 37 s when pydantic listed every item
+            assert max(waits, default=0) < 1.0, waits  # generous for a loaded 2-core box
+
+
+def test_docs_escape_the_tagger_name(tiny_tagger_dir):
+    tagger = Tagger.load(tiny_tagger_dir)
+    tagger.config = dataclasses.replace(tagger.config, name="<script>alert(1)</script>")
+    with TestClient(create_app(tagger)) as client:
+        for path in ("/docs", "/redoc", "/"):
+            page = client.get(path)
+            assert page.status_code == 200 and page.headers["content-type"].startswith(
+                "text/html")
+            assert "<script>alert(1)" not in page.text, path
+            assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text, path
+        info = client.get("/openapi.json").json()["info"]
+        assert info["title"] == "metricls: <script>alert(1)</script>"  # JSON: no HTML here
+        assert "<script>" not in info["description"]  # ReDoc renders its markdown as HTML
+
+
+@pytest.mark.parametrize(("host", "ok"), [
+    ("127.0.0.1", True), ("127.0.0.1:8000", True), ("localhost", True), ("LOCALHOST:80", True),
+    ("[::1]:8000", True), ("[::1]", True), ("127.3.2.1:9", True),
+    ("evil.example", False), ("evil.example:8000", False), ("127.0.0.1.nip.io", False),
+    ("10.0.0.1:8000", False), ("", False)])
+def test_a_loopback_server_answers_loopback_host_headers_only(tiny_tagger_dir, host, ok):
+    with TestClient(create_app(tiny_tagger_dir, host="127.0.0.1")) as client:
+        response = client.get("/health", headers={"host": host})
+        if ok:
+            assert response.status_code == 200, response.text
+        else:
+            assert response.status_code == 400
+            assert response.json() == {"detail": "Host header: expected localhost or a loopback "
+                                                 "address (the server is bound to 127.0.0.1), "
+                                                 f"got {repr(host) if host else 'none'}"}
+
+
+def test_a_server_bound_to_every_interface_accepts_any_host(tiny_tagger_dir):
+    with TestClient(create_app(tiny_tagger_dir, host="0.0.0.0")) as client:
+        assert client.get("/health", headers={"host": "tagger.example:8000"}).status_code == 200
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--port", "99999"], "error: --port: expected 1..65535, got 99999"),
+    (["--port", "0"], "error: --port: expected 1..65535, got 0"),
+    (["--host", "not a host"], "error: --host: expected an IP address or a host name "
+                               "(127.0.0.1, 0.0.0.0, localhost), got str 'not a host'")])
+def test_serve_cli_checks_host_and_port_first(tmp_path, args, message):
+    result = CliRunner().invoke(cli, ["serve", str(tmp_path / "nothing"), *args])
+    assert result.exit_code == 2
+    assert result.output.strip() == message  # before the (missing) tagger is read
+
+
 def test_chunked_body_over_the_limit_is_refused_while_read(client):
     def chunks():
         yield b'{"texts": ["'
@@ -246,6 +393,8 @@ def test_real_server_over_loopback(tiny_tagger_dir, tagger):
         too_big = httpx.post(f"{server.url}/tag", content=(b"x" * 500 for _ in range(20)),
                              headers={"content-type": JSON})
         assert too_big.status_code == 413 and "max_body_bytes" in too_big.json()["detail"]
+        rebound = httpx.get(f"{server.url}/health", headers={"host": "evil.example"})
+        assert rebound.status_code == 400 and "Host header" in rebound.json()["detail"]
         process = server.process
     assert process.returncode == 0  # SIGTERM: graceful shutdown, clean exit
 
