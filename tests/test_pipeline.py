@@ -2,6 +2,7 @@
 
 import json
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +160,19 @@ def test_auto_backend_is_exact_below_the_threshold(tiny_tagger_copy):
     ann = read_json(tiny_tagger_copy / "manifest.json")["build"]["ann"]
     assert hnsw.proto_index.backend == "hnsw" and ann["prototypes"]["recall@k"] >= 0.99
     assert "ef_search" in ann["prototypes"]["params"]
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--baseline", "bogus"], "--baseline"),
+    (["--show", "-1"], "--show"),
+    (["--set", "train.epochz=1"], "train.epochz"),
+])
+def test_cli_run_checks_its_arguments_before_training(tmp_path, synthetic_path, args, named):
+    out = tmp_path / "tagger"
+    started = time.perf_counter()
+    res = CliRunner().invoke(app, ["-q", "run", str(TINY), "--set", f"data.path={synthetic_path}",
+                                   "--out", str(out), *args])
+    assert res.exit_code == 2, res.output
+    assert res.output.count("error:") == 1 and named in res.output
+    assert not out.exists() and not (tmp_path / "tagger-evaluation.json").exists()
+    assert time.perf_counter() - started < 3  # refused at once, not after training
