@@ -176,3 +176,28 @@ def test_cli_run_checks_its_arguments_before_training(tmp_path, synthetic_path, 
     assert res.output.count("error:") == 1 and named in res.output
     assert not out.exists() and not (tmp_path / "tagger-evaluation.json").exists()
     assert time.perf_counter() - started < 3  # refused at once, not after training
+
+
+def _relabelled(tiny_tagger_dir, path, labels_of):
+    source = Tagger.load(tiny_tagger_dir).config.data.path
+    items = [json.loads(line) for line in Path(source).read_text().splitlines()][:40]
+    for i, item in enumerate(items):
+        item["labels"] = labels_of(i, item["labels"])
+    path.write_text("".join(json.dumps(i) + "\n" for i in items))
+    return path
+
+
+def test_evaluate_refuses_items_without_labels(tiny_tagger_dir, tmp_path):
+    path = _relabelled(tiny_tagger_dir, tmp_path / "unlabelled.jsonl", lambda i, labels: [])
+    res = CliRunner().invoke(app, ["evaluate", str(tiny_tagger_dir), "--data", str(path)])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == (f"error: {path}: no item has labels; evaluate needs labelled "
+                                  "items (column 'labels')")
+
+
+def test_evaluate_warns_when_some_items_lack_labels(tiny_tagger_dir, tmp_path, caplog):
+    path = _relabelled(tiny_tagger_dir, tmp_path / "some.jsonl",
+                       lambda i, labels: labels if i % 2 else [])
+    reports = evaluate_folder(tiny_tagger_dir, data=str(path))
+    assert reports["metricls"]["n_items"] == 40
+    assert "20 of 40 items have no labels (column 'labels')" in caplog.text
