@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import stat
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,7 @@ __all__ = [
     "check_texts",
     "dedupe",
     "describe",
+    "file_problem",
     "label_list_problem",
     "to_number",
 ]
@@ -34,6 +37,26 @@ def describe(value: Any, width: int = 40) -> str:
     if len(text) > width:
         text = text[: width - 3] + "..."
     return f"{type(value).__name__} {text}"
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+               (stat.S_ISSOCK, "a socket"))
+
+
+def file_problem(path: Path, missing: str = "no such file") -> str | None:
+    """Why `path` is not a regular file to read (`missing` when nothing is there, or e.g.
+    "not a regular file (a character device)" for /dev/zero), or None when it is one."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return missing
+    except OSError as exc:
+        return f"cannot read the file ({exc.strerror or type(exc).__name__})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
+    return f"not a regular file ({kind})"
 
 
 def check_positive_int(value: Any, name: str) -> int:

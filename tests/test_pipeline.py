@@ -201,3 +201,10 @@ def test_evaluate_warns_when_some_items_lack_labels(tiny_tagger_dir, tmp_path, c
     reports = evaluate_folder(tiny_tagger_dir, data=str(path))
     assert reports["metricls"]["n_items"] == 40
     assert "20 of 40 items have no labels (column 'labels')" in caplog.text
+
+
+def test_build_index_blames_a_bad_backend_on_the_argument(tiny_tagger_copy):
+    res = CliRunner().invoke(app, ["build-index", str(tiny_tagger_copy), "--backend", "annoy"])
+    assert res.exit_code == 2
+    assert res.output.startswith("error: --backend annoy: index.backend = 'annoy' is not one of")
+    assert "config.json" not in res.output
