@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import json
 import math
+import os
 import re
 import tempfile
 from collections import Counter
@@ -272,7 +273,7 @@ def test_bad_files(tmp_path, name, content, message):
 def test_bad_arguments(tmp_path):
     with raises(f"{tmp_path / 'nope.jsonl'}: no such file (or a dataset name: debtags)"):
         read_items(tmp_path / "nope.jsonl", text_columns=("text",))
-    with raises(f"{tmp_path}: not a file"):
+    with raises(f"{tmp_path}: not a regular file (a directory)"):
         resolve_dataset(str(tmp_path))
     path = write_jsonl(tmp_path / "ok.jsonl", [GOOD])
     with raises("read_items: pass text_columns, feature_columns, vector_column or "
@@ -430,3 +431,20 @@ def test_malformed_files_give_items_or_input_error(kind, clean, data, junk, spli
             assert not (clean and lines[kind == "csv":]), exc  # clean rows always read
         else:
             assert isinstance(items, Items) and 0 < len(items) <= len(lines)
+
+
+def test_data_path_that_is_not_a_regular_file(tmp_path):
+    from metricls.data.features import open_features
+    from metricls.data.items import read_texts
+
+    fifo = tmp_path / "items.jsonl"
+    os.mkfifo(fifo)
+    for path, kind in [(Path("/dev/zero"), "a character device"), (fifo, "a FIFO"),
+                       (tmp_path, "a directory")]:
+        message = f"{path}: not a regular file ({kind})"
+        with raises(message):
+            read_items(path, text_columns=("text",))
+        with raises(message):
+            read_texts(path)
+        with raises(message):
+            open_features(path, 3)

@@ -19,6 +19,7 @@ from metricls.data.tables import (
     MISSING,
     SUPPORTED_SUFFIXES,
     Table,
+    check_regular_file,
     iter_tables,
     read_table,
     read_text,
@@ -105,11 +106,8 @@ def resolve_dataset(path_or_name: str | Path) -> Path:
             raise InputError(f"{path}: the packaged {path_or_name!r} dataset is missing")
         return path
     path = Path(path_or_name).expanduser()
-    if not path.exists():
-        raise InputError(f"{path}: no such file (or a dataset name: {', '.join(DATASETS)})")
-    if not path.is_file():
-        raise InputError(f"{path}: not a file")
-    return path
+    return check_regular_file(path, str(path),
+                              f"no such file (or a dataset name: {', '.join(DATASETS)})")
 
 
 # ---- columns -------------------------------------------------------------------------------
@@ -273,8 +271,7 @@ def read_texts(path: str | Path, text_columns: Sequence[str] = ()) -> list[str]:
     other file gives one text per non-blank line (UTF-8).
     """
     source, resolved = str(path), Path(path).expanduser()
-    if not resolved.is_file():
-        raise InputError(f"{source}: no such file (expected a file of texts)")
+    check_regular_file(resolved, source, "no such file (expected a file of texts)")
     if resolved.name.lower().endswith(SUPPORTED_SUFFIXES):
         table = read_table(resolved, source)
         columns = ("text",) if "text" in table.columns or not text_columns else text_columns

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from metricls.errors import InputError
-from metricls.validation import describe
+from metricls.validation import describe, file_problem
 
 FORMATS = {".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
             ".json.gz": "jsonl", ".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet"}
@@ -58,6 +58,15 @@ class Table:
         if isinstance(self.records, pd.DataFrame):
             return self.records[col].tolist()
         return [r.get(col, MISSING) for r in self.records]
+
+
+def check_regular_file(path: Path, source: str, missing: str = "no such file") -> Path:
+    """`path` if it is a regular file (or a link to one), else InputError naming what it is
+    (`missing` when nothing is there)."""
+    problem = file_problem(path, missing)
+    if problem:
+        raise InputError(f"{source}: {problem}")
+    return path
 
 
 def first_line(exc: BaseException) -> str:
