@@ -21,8 +21,8 @@ from metricls.data.tables import (
     Table,
     check_regular_file,
     iter_tables,
+    read_lines,
     read_table,
-    read_text,
 )
 from metricls.errors import InputError
 from metricls.validation import (
@@ -276,8 +276,7 @@ def read_texts(path: str | Path, text_columns: Sequence[str] = ()) -> list[str]:
         table = read_table(resolved, source)
         columns = ("text",) if "text" in table.columns or not text_columns else text_columns
         return _read_texts(table, _names(tuple(columns), "text_columns"))
-    lines = read_text(resolved, source).splitlines()
-    texts = [line.strip() for line in lines if line.strip()]
+    texts = [line.strip() for line in read_lines(resolved, source) if line.strip()]
     if not texts:
         raise InputError(f"{source}: no texts (expected one text per line)")
     return texts
