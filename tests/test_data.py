@@ -497,3 +497,30 @@ def test_non_blank_lines_match_a_plain_split(data, size):
     chunks = [data[i:i + size] for i in range(0, len(data), size)]
     expected = [(n, line) for n, line in enumerate(data.split(b"\n"), 1) if line.strip()]
     assert list(_non_blank_lines(chunks)) == expected
+
+
+SURROGATE = "is not valid Unicode (lone surrogate '\\udc80' at character 1)"
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ({"id": "c", "text": "w", "labels": ["ok", "a\udc80"]},
+     f"field 'labels' has label 'a\\udc80' (position 1), which {SURROGATE}"),
+    ({"id": "c", "text": "a\udc80 w", "labels": []}, f"field 'text' {SURROGATE}"),
+    ({"id": "c\udc80", "text": "w", "labels": []},
+     f"field 'id' {SURROGATE}"),
+])
+def test_lone_surrogates_are_refused_at_read(tmp_path, row, message):
+    path = write_jsonl(tmp_path / "items.jsonl", [GOOD, {**GOOD, "id": "b"}, row])
+    with raises(f"{path}:3: {message}"):
+        read_items(path, text_columns=("text",))
+
+
+def test_lone_surrogates_are_refused_by_the_api():
+    with raises(f"texts[1]: the text {SURROGATE}"):
+        check_texts(["ok", "a\udc80"])
+    with raises(f"labels[0]: has label 'a\\udc80' (position 0), which {SURROGATE}"):
+        check_label_lists([["a\udc80"]])
+    with raises(f"label vocabulary: label 'a\\udc80' {SURROGATE}"):
+        LabelVocab.fit([["x"], ["a\udc80"]])
+    with raises(f"labels: label 'a\\udc80' {SURROGATE}"):
+        LabelVocab.fit([["x"]]).to_csr([["x"], ["a\udc80"]], extend_unknown=True)

@@ -31,6 +31,7 @@ from metricls.validation import (
     describe,
     label_list_problem,
     to_number,
+    unicode_problem,
 )
 
 __all__ = ["SUPPORTED_SUFFIXES", "Items", "iter_items", "read_items", "read_texts",
@@ -125,6 +126,8 @@ def _read_ids(t: Table, col: str, first: dict[str, str] | None = None) -> list[s
             v = str(int(v))
         if not isinstance(v, str) or not v.strip():
             raise t.error(i, col, f"must be a non-empty string or integer id, got {_show(v)}")
+        if problem := unicode_problem(v):
+            raise t.error(i, col, problem)
         if v in first:
             raise t.error(i, col, f"repeats id {v!r} (first on {first[v]})")
         first[v] = t.at(i)
@@ -141,6 +144,8 @@ def _read_texts(t: Table, cols: Sequence[str]) -> list[str]:
                 continue
             if not isinstance(v, str):
                 raise t.error(i, col, f"must be a string, got {_show(v)}")
+            if problem := unicode_problem(v):
+                raise t.error(i, col, problem)
             if v.strip():
                 kept.append(v.strip())
         if not kept:
