@@ -269,7 +269,9 @@ def _build_in_place(folder: Path, backend: str | None, prototypes: str | None,
     raw = read_json(folder / "config.json")
     overrides = {"backend": backend, "prototypes": prototypes, "target_recall": target_recall}
     raw.setdefault("index", {}).update({k: v for k, v in overrides.items() if v is not None})
-    cfg = from_dict(raw, source=str(folder / "config.json"))
+    given = {f"index.{k}": f"--{k.replace('_', '-')} {v}" for k, v in overrides.items()
+             if v is not None}  # errors about these name the argument, not config.json
+    cfg = from_dict(raw, source=str(folder / "config.json"), origins=given)
     model = EmbeddingModel.load(folder / "encoder")
     data = Dataset.load(cfg.data)
     trained_labels = read_json(folder / "labels.json")["labels"]

@@ -8,6 +8,7 @@ import difflib
 import math
 import types
 import typing
+import unicodedata
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import yaml
 
 from metricls.errors import ConfigError
+from metricls.validation import file_problem
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     raw: dict[str, Any] = {}
     if path is not None:
         raw = _read_yaml(Path(path))
+    origins: dict[str, str] = {}  # dotted key -> the --set that gave it, named in its errors
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
@@ -223,13 +226,29 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
             raise ConfigError(f"override {key.strip()}: value {shown!r} is not valid YAML "
                               f"({reason})") from None
         _set_dotted(raw, key.strip(), parsed)
+        origins[key.strip()] = _shown_override(item)
     source = str(path) if path is not None else "overrides"
-    return from_dict(raw, source=source)
+    return from_dict(raw, source=source, origins=origins)
 
 
-def from_dict(raw: dict[str, Any], *, source: str = "config") -> Config:
-    """Build a `Config` from a nested dict of overrides (e.g. a saved ``config.json``)."""
-    return _build(Config, raw, prefix="", source=source)
+def _shown_override(item: str) -> str:
+    """How an override is named in errors: ``--set KEY=VALUE``, a long value cut short."""
+    key, _, value = item.partition("=")
+    shown = value if len(value) <= 40 else value[:37] + "..."
+    return f"--set {key.strip()}={shown}"
+
+
+def from_dict(raw: dict[str, Any], *, source: str = "config",
+              origins: typing.Mapping[str, str] | None = None) -> Config:
+    """Build a `Config` from a nested dict of overrides (e.g. a saved ``config.json``).
+
+    Args:
+        raw: the nested overrides.
+        source: where `raw` came from (a file), named in errors.
+        origins: dotted key (or section) -> where its value came from instead, e.g.
+            ``{"index.backend": "--backend"}``; errors about that key name it, not `source`.
+    """
+    return _build(Config, raw, prefix="", source=source, origins=origins or {})
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -252,10 +271,15 @@ def _lists(obj: Any) -> Any:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    problem = file_problem(path, "config file not found")  # /dev/zero: endless, a FIFO: blocks
+    if problem:
+        raise ConfigError(f"{path}: {problem}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
     except (yaml.YAMLError, UnicodeDecodeError, ValueError, AttributeError, TypeError,
             RecursionError) as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
@@ -276,7 +300,8 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _build(cls: type, raw: Any, *, prefix: str, source: str) -> Any:
+def _build(cls: type, raw: Any, *, prefix: str, source: str,
+           origins: typing.Mapping[str, str]) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping, "
                           f"got {type(raw).__name__}")
@@ -286,17 +311,20 @@ def _build(cls: type, raw: Any, *, prefix: str, source: str) -> Any:
         if key not in names:
             near = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; valid keys: {names}"
-            raise ConfigError(f"{source}: unknown config key '{prefix}{key}'{hint}")
+            where = next((origin for dotted, origin in origins.items()  # the --set of it
+                          if f"{dotted}.".startswith(f"{prefix}{key}.")), source)
+            raise ConfigError(f"{where}: unknown config key '{prefix}{key}'{hint}")
     kwargs = {}
     for name in names:
         if name not in raw:
             continue
         dotted = prefix + name
-        hint = hints[name]
+        hint, where = hints[name], origins.get(dotted, source)
         if is_dataclass(hint):
-            kwargs[name] = _build(hint, raw[name], prefix=dotted + ".", source=source)
+            kwargs[name] = _build(hint, raw[name], prefix=dotted + ".", source=where,
+                                  origins=origins)
         else:
-            kwargs[name] = _coerce(raw[name], hint, dotted, source)
+            kwargs[name] = _coerce(raw[name], hint, dotted, where)
     return cls(**kwargs)
 
 
@@ -317,6 +345,8 @@ def _coerce(value: Any, hint: Any, dotted: str, source: str) -> Any:
     else:
         out = _scalar(value, hint, dotted, source)
     _check_choice(out, dotted, source)
+    if dotted == "name":
+        _check_name(out, source)
     if dotted in LIMITS:
         ok, text = LIMITS[dotted]
         for v in out if isinstance(out, tuple) else (out,):
@@ -346,6 +376,22 @@ def _scalar(value: Any, hint: type, dotted: str, source: str) -> Any:
             _wrong(dotted, "a string", value, source)
         return value
     raise ConfigError(f"{source}: {dotted}: unsupported type {hint}")  # internal: new field type
+
+
+def _check_name(name: str, source: str) -> None:
+    """`name` must be a plain folder name: the default tagger folder is ``index/<name>``."""
+    problem = (
+        "must not be empty" if not name.strip() else
+        "must not contain '/' or '\\'" if "/" in name or "\\" in name else
+        "must not be '.' or '..'" if name in (".", "..") else
+        "must not start with '.'" if name.startswith(".") else
+        "must not contain control characters" if any(
+            unicodedata.category(c) == "Cc" for c in name) else
+        "must be valid Unicode (no lone surrogates)" if any(
+            unicodedata.category(c) == "Cs" for c in name) else None)
+    if problem:
+        raise ConfigError(f"{source}: name {problem} (it names the folder index/<name>), "
+                          f"got {name!r}")
 
 
 def _check_choice(value: Any, dotted: str, source: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -15,6 +16,7 @@ from metricls.metrics import ranking_report
 from metricls.progress import progress
 from metricls.tagger import Tagger
 
+log = logging.getLogger(__name__)
 REPORT_KEYS = ("P@1", "P@3", "P@5", "R@5", "R@10", "nDCG@5", "PSP@5", "macro_R@10")
 # items per tagging batch: a multiple of EmbeddingModel.embed_prepared's batch (2048) and of
 # MiniLM's encoding chunk (16 x 64), so batched results equal one call on all items
@@ -40,6 +42,19 @@ def ranking_metrics(ids: np.ndarray, label_lists: list[list[str]], vocab: LabelV
     report.update({"n_items": len(label_lists), "n_unknown_labels": len(unknown),
                    "n_unknown_assignments": int(Y[:, len(vocab):].nnz) if unknown else 0})
     return report
+
+
+def check_labelled(items: Items, column: str) -> None:
+    """Refuse items of which none has a label (every metric would be 0); warn when some lack
+    labels (they count as misses)."""
+    unlabelled = len(items) if items.labels is None else sum(not row for row in items.labels)
+    if unlabelled == len(items):
+        raise InputError(f"{items.source}: no item has labels; evaluate needs labelled items "
+                         f"(column {column!r})")
+    if unlabelled:
+        log.warning("%s: %d of %d items have no labels (column %r); they lower P@k and are "
+                    "left out of R@k and nDCG@k",
+                    items.source, unlabelled, len(items), column)
 
 
 def tag_items(tagger: Tagger, items: Items, *, k: int = 10, cache: bool = False,
@@ -72,10 +87,9 @@ def tag_items(tagger: Tagger, items: Items, *, k: int = 10, cache: bool = False,
 def evaluate_tagged(tagger: Tagger, items: Items, *, k: int = 10, cache: bool = False,
                     keep_embeddings: bool = False) -> tuple[dict, Tagged]:
     """`evaluate`, also returning what the tagger found (see `tag_items`)."""
-    if items.labels is None:
-        raise InputError(f"{items.source}: evaluation needs a label column")
     if len(items) == 0:
         raise InputError(f"{items.source}: no items to evaluate in this split")
+    check_labelled(items, tagger.config.data.label_column)
     start = time.perf_counter()
     tagged = tag_items(tagger, items, k=k, cache=cache, keep_embeddings=keep_embeddings)
     total = time.perf_counter() - start

@@ -16,9 +16,16 @@ from metricls.errors import InputError
 from metricls.evaluation import evaluate
 from metricls.tagger import Tagger
 from metricls.training.trainer import train_embedder
+from metricls.validation import describe
 
 log = logging.getLogger(__name__)
 BASELINES = ("untrained", "none")
+
+
+def check_baseline(baseline: str | None) -> None:
+    """Refuse a `--baseline` other than "untrained", "none" or None."""
+    if baseline is not None and baseline not in BASELINES:
+        raise InputError(f"--baseline: expected one of {list(BASELINES)}, got {baseline!r}")
 
 
 def load_for_evaluation(tagger_dir: str | Path, *, data: str | None = None,
@@ -48,8 +55,7 @@ def evaluate_folder(tagger_dir: str | Path, *, data: str | None = None, split: s
     Returns:
         {name: report} for "metricls" and, if asked, "baseline:untrained".
     """
-    if baseline is not None and baseline not in BASELINES:
-        raise InputError(f"--baseline: expected one of {list(BASELINES)}, got {baseline!r}")
+    check_baseline(baseline)
     tagger, items = load_for_evaluation(tagger_dir, data=data, split=split)
     reports = {"metricls": evaluate(tagger, items)}
     if baseline == "untrained":
@@ -68,10 +74,16 @@ def run_pipeline(config: str | Path, *, overrides: Sequence[str] = (),
                  show: int = 5, overwrite: bool = False) -> dict:
     """Train, build the index, evaluate on the test split, and tag `show` test items.
 
+    Every argument (the config and its overrides, `baseline`, `show`) is checked before
+    any training.
+
     Returns:
         {"folder", "reports", "examples", "json"}; the reports are also written as JSON
         beside the tagger folder (``<folder>-evaluation.json``).
     """
+    check_baseline(baseline)
+    if isinstance(show, bool) or not isinstance(show, int) or show < 0:
+        raise InputError(f"--show: expected an int >= 0, got {describe(show)}")
     cfg = load_config(config, overrides)
     folder = train_embedder(cfg, out=out, overwrite=overwrite)
     tagger = build_index(folder)

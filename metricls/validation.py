@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import stat
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,8 +19,10 @@ __all__ = [
     "check_texts",
     "dedupe",
     "describe",
+    "file_problem",
     "label_list_problem",
     "to_number",
+    "unicode_problem",
 ]
 
 _F32_MAX = float(np.finfo(np.float32).max)
@@ -34,6 +38,37 @@ def describe(value: Any, width: int = 40) -> str:
     if len(text) > width:
         text = text[: width - 3] + "..."
     return f"{type(value).__name__} {text}"
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+               (stat.S_ISSOCK, "a socket"))
+
+
+def file_problem(path: Path, missing: str = "no such file") -> str | None:
+    """Why `path` is not a regular file to read (`missing` when nothing is there, or e.g.
+    "not a regular file (a character device)" for /dev/zero), or None when it is one."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return missing
+    except OSError as exc:
+        return f"cannot read the file ({exc.strerror or type(exc).__name__})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
+    return f"not a regular file ({kind})"
+
+
+def unicode_problem(text: str) -> str | None:
+    """Why `text` is not valid Unicode (a lone surrogate, as a JSON "\\ud800" escape gives:
+    it cannot be written as UTF-8), or None when it is valid."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"is not valid Unicode (lone surrogate {text[exc.start]!r} at character "
+                f"{exc.start})")
+    return None
 
 
 def check_positive_int(value: Any, name: str) -> int:
@@ -73,6 +108,9 @@ def check_texts(texts: Any, name: str = "texts") -> list[str]:
             raise InputError(f"{name}[{i}]: expected a non-empty string, got {describe(text)}")
         if not text.strip():
             raise InputError(f"{name}[{i}]: expected a non-empty string, got {text!r}")
+        problem = unicode_problem(text)
+        if problem:
+            raise InputError(f"{name}[{i}]: the text {problem}")
     return items
 
 
@@ -137,6 +175,9 @@ def label_list_problem(value: Any) -> str | None:
             return f"must be a list of strings, got {describe(label)} at position {j}"
         if not label.strip():
             return f"must hold non-empty strings, got {label!r} at position {j}"
+        problem = unicode_problem(label)
+        if problem:
+            return f"has label {label!r} (position {j}), which {problem}"
     return None
 
 

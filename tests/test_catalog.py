@@ -200,3 +200,19 @@ def test_compare_tags_reports_what_differs():
     moved = compare_tags(base, table([["x", "y"], ["z"]], [[0.9, 0.5], [0.75]]))
     assert moved["same_labels"] and moved["max_score_diff"] == pytest.approx(0.05, abs=1e-6)
     assert not compare_tags(base, table([["y", "x"], ["z"]], [[0.9, 0.5], [0.7]]))["same_labels"]
+
+
+def test_lone_surrogates_are_refused_by_predict_and_tag_catalog_alike(tiny_tagger_dir, tmp_path):
+    rows = [{"id": f"i{n}", "text": f"w0x1 w{n}x2"} for n in range(12)]
+    bad_text = rows[9]["text"] = "w0x1 \ud800 w1x2"  # json.dumps writes it as a \ud800 escape
+    path = write_jsonl(tmp_path / "surrogates.jsonl", rows)
+    message = "is not valid Unicode (lone surrogate '\\ud800' at character 5)"
+    with raises(f"{path}:10: field 'text' {message}"):
+        tag_catalog(tiny_tagger_dir, path, tmp_path / "out", options=TagOptions(batch_size=4))
+    assert not [p for p in os.listdir(tmp_path) if "out" in p]
+    with raises(f"inputs[1]: the text {message}"):
+        Tagger.load(tiny_tagger_dir).predict(["w0x1", bad_text])
+    res = CliRunner().invoke(app, ["tag-catalog", str(tiny_tagger_dir), "--data", str(path),
+                                   "--out", str(tmp_path / "out"), "--batch-size", "4"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert res.output.startswith(f"error: {path}:10: field 'text' is not valid Unicode")

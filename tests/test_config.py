@@ -1,4 +1,7 @@
+import json
+import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +66,65 @@ def test_shipped_configs_load():
 
     for path in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
         assert isinstance(load_config(path), Config), path
+
+
+@pytest.mark.parametrize(("name", "problem"), [
+    ("", "must not be empty"),
+    ("  ", "must not be empty"),
+    ("../elsewhere", "must not contain '/'"),
+    ("a/b", "must not contain '/'"),
+    ("a\\b", "must not contain '/' or '\\'"),
+    ("..", "must not be '.' or '..'"),
+    (".", "must not be '.' or '..'"),
+    (".hidden", "must not start with '.'"),
+    ("a\tb", "must not contain control characters"),
+    ("a\udc80", "must be valid Unicode (no lone surrogates)"),
+])
+def test_name_must_be_a_plain_folder_name(name, problem):
+    with pytest.raises(ConfigError, match=re.escape(f"config.json: name {problem}")):
+        from_dict({"name": name}, source="config.json")
+    if "\udc80" not in name:  # YAML itself refuses a lone surrogate
+        quoted = json.dumps(name)
+        with pytest.raises(ConfigError, match=re.escape(f"--set name={quoted}: name {problem}")):
+            load_config(None, [f"name={quoted}"])
+
+
+def test_cli_train_refuses_an_empty_name_before_writing(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from metricls.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "index" / "other").mkdir(parents=True)
+    res = CliRunner().invoke(app, ["train", str(Path(__file__).parents[1] / "configs/tiny.yaml"),
+                                   "--set", "name="])
+    assert res.exit_code == 2
+    assert res.output.strip().startswith("error: --set name=: name must not be empty")
+    assert [p.name for p in (tmp_path / "index").iterdir()] == ["other"]
+
+
+def test_errors_name_the_override_not_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {epochs: 3}\n")
+    for override, message in [
+            ("train.lr=abc", "--set train.lr=abc: train.lr must be a number, got str 'abc'"),
+            ("index.backend=annoy", "--set index.backend=annoy: index.backend = 'annoy' is not"),
+            ("trian.lr=1", "--set trian.lr=1: unknown config key 'trian'"),
+            ("train=5", "--set train=5: train must be a mapping, got int"),
+            ("train={lr: x}", "--set train={lr: x}: train.lr must be a number")]:
+        with pytest.raises(ConfigError) as info:
+            load_config(path, [override])
+        assert str(info.value).startswith(message), info.value
+        assert str(path) not in str(info.value)
+    path.write_text("train: {epochs: -1}\n")  # the file's own mistake is still the file's
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: train.epochs must be >= 1")):
+        load_config(path, ["train.lr=0.1"])
+
+
+def test_config_path_that_is_not_a_regular_file(tmp_path):
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    for path, kind in [(tmp_path, "a directory"), (fifo, "a FIFO"),
+                       (Path("/dev/zero"), "a character device")]:
+        with pytest.raises(ConfigError, match=re.escape(f"{path}: not a regular file ({kind})")):
+            load_config(path)

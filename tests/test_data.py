@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import json
 import math
+import os
 import re
 import tempfile
 from collections import Counter
@@ -272,7 +273,7 @@ def test_bad_files(tmp_path, name, content, message):
 def test_bad_arguments(tmp_path):
     with raises(f"{tmp_path / 'nope.jsonl'}: no such file (or a dataset name: debtags)"):
         read_items(tmp_path / "nope.jsonl", text_columns=("text",))
-    with raises(f"{tmp_path}: not a file"):
+    with raises(f"{tmp_path}: not a regular file (a directory)"):
         resolve_dataset(str(tmp_path))
     path = write_jsonl(tmp_path / "ok.jsonl", [GOOD])
     with raises("read_items: pass text_columns, feature_columns, vector_column or "
@@ -430,3 +431,96 @@ def test_malformed_files_give_items_or_input_error(kind, clean, data, junk, spli
             assert not (clean and lines[kind == "csv":]), exc  # clean rows always read
         else:
             assert isinstance(items, Items) and 0 < len(items) <= len(lines)
+
+
+def test_data_path_that_is_not_a_regular_file(tmp_path):
+    from metricls.data.features import open_features
+    from metricls.data.items import read_texts
+
+    fifo = tmp_path / "items.jsonl"
+    os.mkfifo(fifo)
+    for path, kind in [(Path("/dev/zero"), "a character device"), (fifo, "a FIFO"),
+                       (tmp_path, "a directory")]:
+        message = f"{path}: not a regular file ({kind})"
+        with raises(message):
+            read_items(path, text_columns=("text",))
+        with raises(message):
+            read_texts(path)
+        with raises(message):
+            open_features(path, 3)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".csv.gz", ".txt.gz"])
+def test_gzipped_blank_lines_are_read_as_a_stream(tmp_path, suffix):
+    """~20 MB of blank lines inside a small .gz cost a small fraction of that in memory."""
+    import tracemalloc
+
+    from metricls.data.items import read_texts
+
+    blank = 20_000_000
+    if suffix == ".csv.gz":
+        head, tail = b"id,text,labels\na,w1 w2,x\n", b"b,w3,y\n"
+    else:
+        head, tail = (json.dumps({"id": i, "text": "w1", "labels": ["x"]}).encode() + b"\n"
+                      for i in "ab")
+    path = tmp_path / f"items{suffix}"
+    with gzip.open(path, "wb", compresslevel=1) as fh:
+        fh.write(head + b" \n" * (blank // 2) + tail)
+    assert path.stat().st_size < blank // 100
+    tracemalloc.start()
+    try:
+        if suffix == ".txt.gz":
+            assert len(read_texts(path)) == 2
+        else:
+            assert read_items(path, text_columns=("text",)).ids == ["a", "b"]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < blank / 4, f"peak {peak / 1e6:.1f} MB"
+
+
+def test_bad_row_after_blank_lines_keeps_its_line_number(tmp_path):
+    path = tmp_path / "items.jsonl.gz"
+    with gzip.open(path, "wb") as fh:
+        fh.write(json.dumps(GOOD).encode() + b"\n" * 3_000_000 + b"{oops\n")
+    with raises(f"{path}:3000001: invalid JSON"):
+        read_items(path, text_columns=("text",))
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=60) | st.lists(st.sampled_from(
+    [b"\n", b" ", b"\r\n", b"\t", b"x", b"ab", b"\xc3\xa9", b"\x0b", b"\x1c"]),
+    max_size=30).map(b"".join), size=st.integers(1, 8))
+def test_non_blank_lines_match_a_plain_split(data, size):
+    from metricls.data.tables import _non_blank_lines
+
+    chunks = [data[i:i + size] for i in range(0, len(data), size)]
+    expected = [(n, line) for n, line in enumerate(data.split(b"\n"), 1) if line.strip()]
+    assert list(_non_blank_lines(chunks)) == expected
+
+
+SURROGATE = "is not valid Unicode (lone surrogate '\\udc80' at character 1)"
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ({"id": "c", "text": "w", "labels": ["ok", "a\udc80"]},
+     f"field 'labels' has label 'a\\udc80' (position 1), which {SURROGATE}"),
+    ({"id": "c", "text": "a\udc80 w", "labels": []}, f"field 'text' {SURROGATE}"),
+    ({"id": "c\udc80", "text": "w", "labels": []},
+     f"field 'id' {SURROGATE}"),
+])
+def test_lone_surrogates_are_refused_at_read(tmp_path, row, message):
+    path = write_jsonl(tmp_path / "items.jsonl", [GOOD, {**GOOD, "id": "b"}, row])
+    with raises(f"{path}:3: {message}"):
+        read_items(path, text_columns=("text",))
+
+
+def test_lone_surrogates_are_refused_by_the_api():
+    with raises(f"texts[1]: the text {SURROGATE}"):
+        check_texts(["ok", "a\udc80"])
+    with raises(f"labels[0]: has label 'a\\udc80' (position 0), which {SURROGATE}"):
+        check_label_lists([["a\udc80"]])
+    with raises(f"label vocabulary: label 'a\\udc80' {SURROGATE}"):
+        LabelVocab.fit([["x"], ["a\udc80"]])
+    with raises(f"labels: label 'a\\udc80' {SURROGATE}"):
+        LabelVocab.fit([["x"]]).to_csr([["x"], ["a\udc80"]], extend_unknown=True)

@@ -2,6 +2,7 @@
 
 import json
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +160,51 @@ def test_auto_backend_is_exact_below_the_threshold(tiny_tagger_copy):
     ann = read_json(tiny_tagger_copy / "manifest.json")["build"]["ann"]
     assert hnsw.proto_index.backend == "hnsw" and ann["prototypes"]["recall@k"] >= 0.99
     assert "ef_search" in ann["prototypes"]["params"]
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--baseline", "bogus"], "--baseline"),
+    (["--show", "-1"], "--show"),
+    (["--set", "train.epochz=1"], "train.epochz"),
+])
+def test_cli_run_checks_its_arguments_before_training(tmp_path, synthetic_path, args, named):
+    out = tmp_path / "tagger"
+    started = time.perf_counter()
+    res = CliRunner().invoke(app, ["-q", "run", str(TINY), "--set", f"data.path={synthetic_path}",
+                                   "--out", str(out), *args])
+    assert res.exit_code == 2, res.output
+    assert res.output.count("error:") == 1 and named in res.output
+    assert not out.exists() and not (tmp_path / "tagger-evaluation.json").exists()
+    assert time.perf_counter() - started < 3  # refused at once, not after training
+
+
+def _relabelled(tiny_tagger_dir, path, labels_of):
+    source = Tagger.load(tiny_tagger_dir).config.data.path
+    items = [json.loads(line) for line in Path(source).read_text().splitlines()][:40]
+    for i, item in enumerate(items):
+        item["labels"] = labels_of(i, item["labels"])
+    path.write_text("".join(json.dumps(i) + "\n" for i in items))
+    return path
+
+
+def test_evaluate_refuses_items_without_labels(tiny_tagger_dir, tmp_path):
+    path = _relabelled(tiny_tagger_dir, tmp_path / "unlabelled.jsonl", lambda i, labels: [])
+    res = CliRunner().invoke(app, ["evaluate", str(tiny_tagger_dir), "--data", str(path)])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == (f"error: {path}: no item has labels; evaluate needs labelled "
+                                  "items (column 'labels')")
+
+
+def test_evaluate_warns_when_some_items_lack_labels(tiny_tagger_dir, tmp_path, caplog):
+    path = _relabelled(tiny_tagger_dir, tmp_path / "some.jsonl",
+                       lambda i, labels: labels if i % 2 else [])
+    reports = evaluate_folder(tiny_tagger_dir, data=str(path))
+    assert reports["metricls"]["n_items"] == 40
+    assert "20 of 40 items have no labels (column 'labels')" in caplog.text
+
+
+def test_build_index_blames_a_bad_backend_on_the_argument(tiny_tagger_copy):
+    res = CliRunner().invoke(app, ["build-index", str(tiny_tagger_copy), "--backend", "annoy"])
+    assert res.exit_code == 2
+    assert res.output.startswith("error: --backend annoy: index.backend = 'annoy' is not one of")
+    assert "config.json" not in res.output

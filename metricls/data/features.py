@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from metricls.data.tables import check_regular_file
 from metricls.errors import InputError
 
 CHECK_ROWS = 65_536  # rows read per chunk when checking a file for NaN / inf
@@ -70,10 +71,9 @@ def open_features(path: str | Path, n_rows: int, ids: Sequence[str] | None = Non
         InputError: naming the file (and row): missing, not a .npy, wrong shape or dtype, or a
             row holding NaN or inf (checked in chunks of `CHECK_ROWS` rows).
     """
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise InputError(f"{file}: no such features file (data.features_path: a .npy of shape "
-                         f"(n_items, d))")
+    file = check_regular_file(Path(path).expanduser(), str(Path(path).expanduser()),
+                              "no such features file (data.features_path: a .npy of shape "
+                              "(n_items, d))")
     try:
         array = np.load(file, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:

@@ -19,9 +19,10 @@ from metricls.data.tables import (
     MISSING,
     SUPPORTED_SUFFIXES,
     Table,
+    check_regular_file,
     iter_tables,
+    read_lines,
     read_table,
-    read_text,
 )
 from metricls.errors import InputError
 from metricls.validation import (
@@ -30,6 +31,7 @@ from metricls.validation import (
     describe,
     label_list_problem,
     to_number,
+    unicode_problem,
 )
 
 __all__ = ["SUPPORTED_SUFFIXES", "Items", "iter_items", "read_items", "read_texts",
@@ -105,11 +107,8 @@ def resolve_dataset(path_or_name: str | Path) -> Path:
             raise InputError(f"{path}: the packaged {path_or_name!r} dataset is missing")
         return path
     path = Path(path_or_name).expanduser()
-    if not path.exists():
-        raise InputError(f"{path}: no such file (or a dataset name: {', '.join(DATASETS)})")
-    if not path.is_file():
-        raise InputError(f"{path}: not a file")
-    return path
+    return check_regular_file(path, str(path),
+                              f"no such file (or a dataset name: {', '.join(DATASETS)})")
 
 
 # ---- columns -------------------------------------------------------------------------------
@@ -127,6 +126,8 @@ def _read_ids(t: Table, col: str, first: dict[str, str] | None = None) -> list[s
             v = str(int(v))
         if not isinstance(v, str) or not v.strip():
             raise t.error(i, col, f"must be a non-empty string or integer id, got {_show(v)}")
+        if problem := unicode_problem(v):
+            raise t.error(i, col, problem)
         if v in first:
             raise t.error(i, col, f"repeats id {v!r} (first on {first[v]})")
         first[v] = t.at(i)
@@ -143,6 +144,8 @@ def _read_texts(t: Table, cols: Sequence[str]) -> list[str]:
                 continue
             if not isinstance(v, str):
                 raise t.error(i, col, f"must be a string, got {_show(v)}")
+            if problem := unicode_problem(v):
+                raise t.error(i, col, problem)
             if v.strip():
                 kept.append(v.strip())
         if not kept:
@@ -273,14 +276,12 @@ def read_texts(path: str | Path, text_columns: Sequence[str] = ()) -> list[str]:
     other file gives one text per non-blank line (UTF-8).
     """
     source, resolved = str(path), Path(path).expanduser()
-    if not resolved.is_file():
-        raise InputError(f"{source}: no such file (expected a file of texts)")
+    check_regular_file(resolved, source, "no such file (expected a file of texts)")
     if resolved.name.lower().endswith(SUPPORTED_SUFFIXES):
         table = read_table(resolved, source)
         columns = ("text",) if "text" in table.columns or not text_columns else text_columns
         return _read_texts(table, _names(tuple(columns), "text_columns"))
-    lines = read_text(resolved, source).splitlines()
-    texts = [line.strip() for line in lines if line.strip()]
+    texts = [line.strip() for line in read_lines(resolved, source) if line.strip()]
     if not texts:
         raise InputError(f"{source}: no texts (expected one text per line)")
     return texts

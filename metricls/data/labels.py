@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 from metricls.errors import InputError
 from metricls.metrics import propensities as _propensities
-from metricls.validation import check_positive_int, describe
+from metricls.validation import check_positive_int, describe, unicode_problem
 
 __all__ = ["LabelVocab"]
 
@@ -34,6 +34,10 @@ class LabelVocab:
         if bad:
             raise InputError(f"label vocabulary: label names must be non-empty strings, "
                              f"got {describe(bad[0])}")
+        bad_unicode = next((n for n in names if unicode_problem(n)), None)
+        if bad_unicode is not None:
+            raise InputError(f"label vocabulary: label {bad_unicode!r} "
+                             f"{unicode_problem(bad_unicode)}")
         if len(set(names)) != len(names):
             dup = next(n for n, c in Counter(names).items() if c > 1)
             raise InputError(f"label vocabulary: label {dup!r} appears more than once")
@@ -119,6 +123,9 @@ class LabelVocab:
             codes, uniques = pd.factorize(flat[unknown_mask])
         except TypeError as exc:
             raise InputError("labels: expected one list of label strings per item") from exc
+        except UnicodeEncodeError:  # pandas hashes labels as UTF-8
+            bad = next(x for x in flat if isinstance(x, str) and unicode_problem(x))
+            raise InputError(f"labels: label {bad!r} {unicode_problem(bad)}") from None
         row_ids = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
         unknown = [str(u) for u in uniques]
         n_cols = len(self)

@@ -8,6 +8,7 @@ import difflib
 import gzip
 import io
 import json
+import re
 import warnings
 import zlib
 from collections.abc import Iterable, Iterator
@@ -17,12 +18,14 @@ from pathlib import Path
 import pandas as pd
 
 from metricls.errors import InputError
-from metricls.validation import describe
+from metricls.validation import describe, file_problem
 
 FORMATS = {".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
             ".json.gz": "jsonl", ".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet"}
 SUPPORTED_SUFFIXES = tuple(FORMATS)
 MISSING = object()  # a JSONL field absent from one line
+CHUNK = 1 << 18  # bytes read at a time from a (decompressed) text file
+_NON_BLANK = re.compile(rb"\S")
 
 
 @dataclass
@@ -60,6 +63,15 @@ class Table:
         return [r.get(col, MISSING) for r in self.records]
 
 
+def check_regular_file(path: Path, source: str, missing: str = "no such file") -> Path:
+    """`path` if it is a regular file (or a link to one), else InputError naming what it is
+    (`missing` when nothing is there)."""
+    problem = file_problem(path, missing)
+    if problem:
+        raise InputError(f"{source}: {problem}")
+    return path
+
+
 def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
@@ -83,25 +95,59 @@ def _decode(data: bytes, source: str, offset_line: int = 1) -> str:
                          f"save the file as UTF-8") from exc
 
 
-def read_text(path: Path, source: str) -> str:
-    """A (possibly gzipped) UTF-8 text file's content; errors name the file (and line)."""
-    return _decode(_read_bytes(path, source), source)
+def read_lines(path: Path, source: str) -> Iterator[str]:
+    """The non-blank lines of a (possibly gzipped) UTF-8 text file, read as a stream (split as
+    `str.splitlines` splits them); errors name the file (and line)."""
+    for lineno, raw in _raw_lines(path, source):
+        yield from _decode(raw, source, lineno).splitlines()
 
 
-def _raw_lines(path: Path, source: str) -> Iterator[bytes]:
-    """The file's lines without their b"\\n", read as a stream (gunzipped by suffix)."""
+def _raw_lines(path: Path, source: str) -> Iterator[tuple[int, bytes]]:
+    """(line number, line without its b"\\n") of every line that is not blank (ASCII
+    whitespace only), read as a stream of chunks, gunzipped by suffix: a run of blank lines
+    costs neither memory nor a Python step per line."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as fh:
-            for raw in fh:
-                yield raw.removesuffix(b"\n")
+            yield from _non_blank_lines(iter(lambda: fh.read(CHUNK), b""))
     except (OSError, EOFError, zlib.error) as exc:
         raise InputError(f"{source}: cannot read the file ({first_line(exc)})") from exc
 
 
-def _jsonl_records(lines: Iterable[bytes], source: str) -> Iterator[tuple[int, dict]]:
-    """(line number, object) of each non-blank JSON Lines line."""
-    for lineno, raw in enumerate(lines, 1):
+def _non_blank_lines(chunks: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of the non-blank lines of the bytes `chunks` joined."""
+    lineno, pieces = 1, []  # pieces: the start of the line the chunks so far end in
+    for chunk in chunks:
+        if b"\n" not in chunk:
+            pieces.append(chunk)
+            continue
+        data = b"".join([*pieces, chunk]) if pieces else chunk
+        end = data.rfind(b"\n") + 1
+        yield from _lines_in(data, end, lineno)
+        lineno += data.count(b"\n")
+        pieces = [data[end:]] if end < len(data) else []
+    if pieces:
+        yield from _lines_in(b"".join(pieces), None, lineno)
+
+
+def _lines_in(data: bytes, end: int | None, lineno: int) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of the non-blank lines of ``data[:end]``, whose first line is
+    `lineno`; a last line without b"\\n" ends at `end`."""
+    end = len(data) if end is None else end
+    pos = 0
+    while (found := _NON_BLANK.search(data, pos, end)) is not None:
+        start = data.rfind(b"\n", 0, found.start()) + 1
+        stop = data.find(b"\n", found.start(), end)
+        stop = end if stop < 0 else stop
+        lineno += data.count(b"\n", pos, start)
+        yield lineno, data[start:stop]
+        pos = stop
+
+
+def _jsonl_records(lines: Iterable[tuple[int, bytes]],
+                   source: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-blank line of (line number, bytes) `lines`."""
+    for lineno, raw in lines:
         text = _decode(raw, source, lineno)
         if not text.strip():
             continue
@@ -123,11 +169,12 @@ def _jsonl_records(lines: Iterable[bytes], source: str) -> Iterator[tuple[int, d
 
 
 def _read_jsonl(path: Path, source: str) -> Table:
-    return next(_jsonl_blocks(_read_bytes(path, source).split(b"\n"), source, None),
+    return next(_jsonl_blocks(_raw_lines(path, source), source, None),
                 Table(source, "jsonl", [], []))
 
 
-def _jsonl_blocks(lines: Iterable[bytes], source: str, rows: int | None) -> Iterator[Table]:
+def _jsonl_blocks(lines: Iterable[tuple[int, bytes]], source: str,
+                  rows: int | None) -> Iterator[Table]:
     """Tables of `rows` records (None: all); columns = every field seen so far in the file."""
     records: list[dict] = []
     numbers: list[int] = []
@@ -157,22 +204,35 @@ def _csv_problem(text: str, exc: Exception) -> str:
 
 
 def _read_csv(path: Path, source: str) -> Table:
-    text = _decode(_read_bytes(path, source), source)
-    if not text.strip():
+    """The whole CSV, parsed from a stream; on a problem the text is read whole to name its
+    line or row."""
+    lines = _raw_lines(path, source)
+    blank = next(lines, None) is None
+    lines.close()
+    if blank:
         return Table(source, "csv", [], [])
     try:
-        header = next(csv.reader(io.StringIO(text)), [])
-        with warnings.catch_warnings():  # a long first row only warns, and loses data
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False,
-                             na_filter=False, index_col=False)
-    except Exception as exc:  # pandas/csv parser errors of any kind
+        header, df = _parse_csv(path)
+    except Exception as exc:  # bad UTF-8, pandas/csv parser errors of any kind
+        text = _decode(_read_bytes(path, source), source)
         raise InputError(source + _csv_problem(text, exc)) from exc
     dup = next((h for h in header if header.count(h) > 1), None)
     if dup is not None:
         raise InputError(f"{source}:1: column {dup!r} appears twice in the header")
     df.columns = [str(c) for c in df.columns]
     return Table(source, "csv", list(df.columns), df)
+
+
+def _parse_csv(path: Path) -> tuple[list[str], pd.DataFrame]:
+    """The header and the rows of a (possibly gzipped) CSV, read as a stream."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
+        header = next((row for row in csv.reader(fh) if row), [])  # pandas skips blank lines
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as fh, \
+            warnings.catch_warnings():  # a long first row only warns, and loses data
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        df = pd.read_csv(fh, dtype=str, keep_default_na=False, na_filter=False, index_col=False)
+    return header, df
 
 
 def _read_parquet(path: Path, source: str) -> Table:

@@ -29,6 +29,7 @@ from metricls.config import Config, dump_config, to_dict
 from metricls.data.dataset import Dataset
 from metricls.data.sampler import LabelBatchSampler
 from metricls.encoders.model import EmbeddingModel, build_model
+from metricls.errors import ConfigError
 from metricls.metrics import recall_at_k
 from metricls.miners import LabelMiner, SharedLabelMiner
 from metricls.progress import progress
@@ -185,7 +186,7 @@ def _fit(cfg: Config, data: Dataset, ctx: DistContext) -> TrainResult:
         net.train()
         losses = []
         batches = progress(sampler, desc=f"epoch {epoch + 1}", total=len(sampler))
-        for idx in batches:
+        for step, idx in enumerate(batches, start=1):
             yb = torch.from_numpy(y_train[idx].toarray()).to(device)  # (B, L)
             local, sizes = shard(idx, ctx)
             with autocast(precision, device):
@@ -197,6 +198,9 @@ def _fit(cfg: Config, data: Dataset, ctx: DistContext) -> TrainResult:
                 if m.item_weight > 0:
                     loss = loss + m.item_weight * loss_fn(
                         emb, indices_tuple=item_miner(emb, yb))
+            value = float(loss.detach())
+            if not math.isfinite(value):  # stop before the step writes NaN into every weight
+                raise _diverged(cfg, precision, f"epoch {epoch + 1}, step {step}: loss is {value}")
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -205,8 +209,10 @@ def _fit(cfg: Config, data: Dataset, ctx: DistContext) -> TrainResult:
             scaler.update()
             for sched in schedulers:
                 sched.step()
-            losses.append(float(loss.detach()))
+            losses.append(value)
             batches.set_postfix(loss=f"{losses[-1]:.4f}")
+        if not _all_finite(trainable):  # a finite loss can still step into inf/NaN weights
+            raise _diverged(cfg, precision, f"epoch {epoch + 1}: weights are not finite")
         score = broadcast_float(  # rank 0 validates; every process takes the same decision
             _valid_recall(model, prepared_valid, len(data.valid), label_vectors, y_valid,
                           label_bias)
@@ -230,6 +236,25 @@ def _fit(cfg: Config, data: Dataset, ctx: DistContext) -> TrainResult:
     bias = None if best_state[2] is None else best_state[2].cpu().numpy().astype(np.float32)
     return TrainResult(model.cpu(), vectors, bias, history, best_epoch,
                        time.perf_counter() - start)
+
+
+def _all_finite(module: nn.Module) -> bool:
+    """Whether every parameter of `module` is finite (no NaN or inf)."""
+    return all(bool(torch.isfinite(p.detach()).all()) for p in module.parameters())
+
+
+def _diverged(cfg: Config, precision: str, where: str) -> ConfigError:
+    """The one-line error of a diverged run, naming the settings that most likely caused it."""
+    loss, lr = cfg.loss, f"train.lr ({cfg.train.lr:g})"
+    if loss.name == "multi_similarity":
+        hint = f"lower loss.alpha ({loss.alpha:g}), loss.beta ({loss.beta:g}) or {lr}"
+    elif loss.name == "decoupled_softmax":
+        hint = f"raise loss.temperature ({loss.temperature:g}) or lower {lr}"
+    else:
+        hint = f"lower {lr}"
+    if precision == "fp16":
+        hint += ", or set train.precision=fp32"
+    return ConfigError(f"training diverged at {where}; {hint}; nothing was saved")
 
 
 def _valid_recall(model: EmbeddingModel, prepared: list, n: int, label_vectors: torch.Tensor,
