@@ -17,7 +17,6 @@ import scipy.sparse as sp
 from metricls.ann import AnnIndex, choose_backend, make_index, tune_index
 from metricls.ann.sharded import SHARDABLE
 from metricls.artifacts import (
-    load_tensors,
     read_json,
     scratch_dir,
     staged_dir,
@@ -32,7 +31,7 @@ from metricls.errors import ConfigError, InputError, NotFittedError
 from metricls.evaluation import ranking_metrics, summarize
 from metricls.metrics import precision_at_k, psp_at_k
 from metricls.progress import progress
-from metricls.prototypes import mean_prototypes
+from metricls.prototypes import mean_prototypes, read_label_vectors
 from metricls.rerank import DEPTH, MIN_ITEMS, Neighbours, Reranker, fit_trees, pick, ranked
 from metricls.scoring import Scoring, tune_global_threshold, tune_label_thresholds
 from metricls.tagger import Tagger
@@ -267,10 +266,11 @@ def build_index(tagger_dir: str | Path, *, backend: str | None = None,
     if list(data.vocab.names) != trained_labels:
         raise InputError(f"{cfg.data.path}: its training labels differ from {folder}/labels.json; "
                          "the data changed since training: retrain")
-    vectors, _ = load_tensors(folder / "label_vectors.safetensors")
+    vectors, bias = read_label_vectors(folder / "label_vectors.safetensors",
+                                       len(trained_labels), model.out_dim)
     with scratch_dir(folder) as scratch:
-        tagger, report = assemble_tagger(cfg, model, data, vectors["label_vectors"],
-                                         label_bias=vectors.get("label_bias"), scratch=scratch)
+        tagger, report = assemble_tagger(cfg, model, data, vectors, label_bias=bias,
+                                         scratch=scratch)
         write_tagger(tagger, folder, data, report, keep_from=folder)
     del tagger  # its indexes: free them before loading the written copy
     return Tagger.load(folder)

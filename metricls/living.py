@@ -25,12 +25,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from metricls.ann import AnnIndex, make_index
-from metricls.artifacts import load_tensors, read_json, save_tensors, staged_dir, write_manifest
+from metricls.artifacts import read_json, save_tensors, staged_dir, write_manifest
 from metricls.data.dataset import read_config_items
 from metricls.data.items import Items, read_texts
 from metricls.data.labels import LabelVocab
 from metricls.errors import ArtifactError, InputError
-from metricls.prototypes import normalize_rows
+from metricls.formats import LABEL_VECTORS_FORMAT
+from metricls.prototypes import normalize_rows, read_label_vectors
 from metricls.tfidf import TfidfPrototypes
 from metricls.validation import check_texts, describe
 
@@ -174,7 +175,7 @@ def save_tagger(tagger: Tagger, folder: str | Path) -> Path:
             if tagger.scoring.label_bias:
                 tensors["label_bias"] = tagger.scoring.bias_array
             save_tensors(tmp / "label_vectors.safetensors", tensors,
-                         {"format": "metricls-label-vectors/1"})
+                         {"format": LABEL_VECTORS_FORMAT})
         card = (origin / "README.md").read_text() if origin and (origin / "README.md").is_file() \
             else f"# metricls tagger `{tagger.config.name}`\n"
         (tmp / "README.md").write_text(_card(card, changes))
@@ -331,8 +332,8 @@ def _rebuilt(index: AnnIndex, vectors: np.ndarray) -> AnnIndex:
 
 def _label_vectors(tagger: Tagger, origin: Path) -> np.ndarray:
     """The origin's learned label vectors by name; a label added since gets its prototype."""
-    tensors, _ = load_tensors(origin / "label_vectors.safetensors")
-    learned = tensors["label_vectors"]
+    learned, _ = read_label_vectors(origin / "label_vectors.safetensors", None,
+                                    tagger.model.out_dim)
     names = read_json(origin / "labels.json").get("labels", [])
     row = {n: j for j, n in enumerate(names) if j < len(learned)}
     return np.stack([learned[row[n]] if n in row else tagger.prototypes[i]

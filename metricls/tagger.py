@@ -11,12 +11,21 @@ import scipy.sparse as sp
 
 import metricls.living as living
 from metricls.ann import AnnIndex, load_index
-from metricls.artifacts import check_folder, load_tensors, read_json, save_tensors, write_json
+from metricls.artifacts import check_folder, read_json, save_tensors, write_json
 from metricls.config import Config, from_dict, to_dict
 from metricls.data.items import Items
 from metricls.data.labels import LabelVocab
 from metricls.encoders.model import EmbeddingModel
 from metricls.errors import ArtifactError, InputError, NotFittedError
+from metricls.formats import (
+    CSR_FORMAT,
+    PROTOTYPES_FORMAT,
+    RERANKER_FORMAT,
+    TFIDF_FORMAT,
+    check_csr,
+    read_tensors,
+)
+from metricls.prototypes import read_prototypes
 from metricls.rerank import (
     FEATURES,
     WIDE_KNN,
@@ -262,23 +271,24 @@ class Tagger:
         self.model.save(folder / "encoder")
         save_tensors(folder / "prototypes.safetensors",
                      {"prototypes": self.prototypes, "counts": self.vocab.counts.astype(np.int64)},
-                     {"format": "metricls-prototypes/1"})
+                     {"format": PROTOTYPES_FORMAT})
         Y = self.item_labels
         save_tensors(folder / "item_labels.safetensors",
                      {"indptr": Y.indptr.astype(np.int64), "indices": Y.indices.astype(np.int64),
-                      "shape": np.array(Y.shape, dtype=np.int64)}, {"format": "metricls-csr/1"})
+                      "shape": np.array(Y.shape, dtype=np.int64)}, {"format": CSR_FORMAT})
         self.proto_index.save(folder / "ann" / "prototypes")
         self.item_index.save(folder / "ann" / "items")
         write_json(folder / "scoring.json", self.scoring.to_dict())
         if self.reranker is not None:
             save_tensors(folder / RERANKER, self.reranker.to_tensors(),
-                         {"format": "metricls-reranker/1", "features": ",".join(FEATURES)})
+                         {"format": RERANKER_FORMAT, "features": ",".join(FEATURES)})
         if self.tfidf is not None:
-            save_tensors(folder / TFIDF, self.tfidf.to_tensors(), {"format": "metricls-tfidf/1"})
+            save_tensors(folder / TFIDF, self.tfidf.to_tensors(), {"format": TFIDF_FORMAT})
 
     @classmethod
     def load(cls, path: str | Path) -> Tagger:
-        """Load a tagger folder, verifying every checksum and that its parts agree."""
+        """Load a tagger folder, verifying every checksum, that each file holds what its reader
+        expects (format tags, shapes, dtypes, indices in range) and that its parts agree."""
         folder = Path(path)
         if not (folder / "scoring.json").exists() and (folder / "encoder").exists():
             raise NotFittedError(f"{folder}: trained but not indexed; run "
@@ -287,22 +297,17 @@ class Tagger:
         config = from_dict(read_json(folder / "config.json"), source=str(folder / "config.json"))
         vocab = LabelVocab.from_dict(read_json(folder / "labels.json"))
         model = EmbeddingModel.load(folder / "encoder")
-        tensors, _ = load_tensors(folder / "prototypes.safetensors")
-        csr, _ = load_tensors(folder / "item_labels.safetensors")
-        shape = tuple(int(v) for v in csr["shape"])
-        item_labels = sp.csr_matrix((np.ones(len(csr["indices"]), np.float32), csr["indices"],
-                                     csr["indptr"]), shape=shape)
-        reranker = None
-        if (folder / RERANKER).exists():
-            reranker = Reranker.from_tensors(load_tensors(folder / RERANKER)[0],
-                                             str(folder / RERANKER))
-        tfidf = None
-        if (folder / TFIDF).exists():
-            tfidf = TfidfPrototypes.from_tensors(load_tensors(folder / TFIDF)[0],
-                                                 str(folder / TFIDF))
-        tagger = cls(model=model, vocab=vocab, prototypes=tensors["prototypes"],
+        L = len(vocab)
+        prototypes = read_prototypes(folder / "prototypes.safetensors", L, model.out_dim)
+        item_index = load_index(folder / "ann" / "items")
+        path = folder / "item_labels.safetensors"
+        item_labels = check_csr(path, read_tensors(path, CSR_FORMAT), (item_index.ntotal, L),
+                                data=False, source="ann/items and labels.json")
+        reranker = Reranker.load(folder / RERANKER) if (folder / RERANKER).exists() else None
+        tfidf = TfidfPrototypes.load(folder / TFIDF, L) if (folder / TFIDF).exists() else None
+        tagger = cls(model=model, vocab=vocab, prototypes=prototypes,
                      proto_index=load_index(folder / "ann" / "prototypes"),
-                     item_index=load_index(folder / "ann" / "items"), item_labels=item_labels,
+                     item_index=item_index, item_labels=item_labels,
                      scoring=Scoring.from_dict(read_json(folder / "scoring.json")),
                      config=config, metrics=manifest.get("metrics", {}), reranker=reranker,
                      tfidf=tfidf)

@@ -18,6 +18,7 @@ from metricls.encoders.backbone import FeatureBackbone, MiniLMBackbone
 from metricls.encoders.head import ProjectionHead
 from metricls.encoders.lexical import LexicalBackbone
 from metricls.errors import ArtifactError, InputError
+from metricls.formats import ENCODER_FORMAT
 
 BACKBONES: dict[str, type[nn.Module]] = {
     "lexical": LexicalBackbone, "minilm": MiniLMBackbone, "features": FeatureBackbone}
@@ -109,7 +110,7 @@ class EmbeddingModel(nn.Module):
         (folder / "config.json").write_text(json.dumps(self.describe(), indent=2) + "\n")
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(folder / "weights.safetensors"),
-                  metadata={"format": "metricls-encoder/1"})
+                  metadata={"format": ENCODER_FORMAT})
 
     @classmethod
     def load(cls, folder: Path) -> EmbeddingModel:

@@ -1,0 +1,265 @@
+"""Crafted tagger folders: a file altered as an attacker would (its manifest re-signed, so that
+`verify` passes) is refused at load with one ArtifactError line naming the file, never a crash
+in numpy, scipy, FAISS or torch."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from metricls import Tagger, build_index
+from metricls.artifacts import (
+    MANIFEST,
+    load_tensors,
+    read_json,
+    save_tensors,
+    verify_folder,
+    write_manifest,
+)
+from metricls.errors import ArtifactError
+from metricls.formats import CSR_FORMAT, check_format
+
+_OWN = ("format", "created", "versions", "data", "metrics", "files", "manifest_sha256")
+Edit = Callable[[dict[str, np.ndarray], dict[str, str]], None]
+
+
+def resign(folder: Path) -> None:
+    """Recompute the manifest over the altered files, keeping its data, metrics and extras."""
+    old = read_json(folder / MANIFEST)
+    write_manifest(folder, data=old["data"], metrics=old["metrics"],
+                   extra={k: v for k, v in old.items() if k not in _OWN})
+    assert verify_folder(folder) == []
+
+
+def tamper(folder: Path, name: str, edit: Edit) -> None:
+    tensors, meta = load_tensors(folder / name)
+    edit(tensors, meta)
+    save_tensors(folder / name, tensors, meta)
+    resign(folder)
+
+
+def refused(folder: Path, name: str, pattern: str) -> ArtifactError:
+    with pytest.raises(ArtifactError) as info:
+        Tagger.load(folder)
+    message = str(info.value)
+    assert message.startswith(f"{folder / name}: ") and "\n" not in message, message
+    assert re.search(pattern, message), message
+    return info.value
+
+
+def _set(key: str, value: Callable[[np.ndarray], np.ndarray]) -> Edit:
+    return lambda t, meta: t.__setitem__(key, value(t[key]))
+
+
+def _swap_middle(a: np.ndarray) -> np.ndarray:
+    a = a.copy()
+    i = len(a) // 2
+    a[i], a[i + 1] = a[i + 1] + 1, a[i]
+    return a
+
+
+# ---- 1. every array read from the folder is bounds- and shape-checked -------------------------
+CSR_CASES = {
+    "index past the columns": (_set("indices", lambda a: a + 10**6),
+                               r"'indices' span \[\d+, \d+\], expected within \[0, 20\)"),
+    "negative index": (_set("indices", lambda a: np.where(np.arange(len(a)) == 3, -5, a)),
+                       r"'indices' span \[-5, "),
+    "float indices": (_set("indices", lambda a: a.astype(np.float64)),
+                      r"'indices' is float64 of shape \(\d+,\), expected integer"),
+    "indptr not from 0": (_set("indptr", lambda a: a + 1), r"'indptr' runs from 1 to \d+, "
+                          r"expected non-decreasing from 0 to \d+"),
+    "indptr decreasing": (_set("indptr", _swap_middle), r"'indptr' runs .* and decreases"),
+    "indptr past the end": (_set("indptr", lambda a: np.append(a[:-1], a[-1] + 7)),
+                            r"'indptr' runs from 0 to \d+, expected .* from 0 to \d+"),
+    "indptr a row short": (_set("indptr", lambda a: a[:-1]),
+                           r"'indptr' is int64 of shape \(\d+,\), expected integer of shape"),
+    "shape of 3 ints": (_set("shape", lambda a: np.append(a, 1)),
+                        r"'shape' is int64 of shape \(3,\), expected integer of shape \(2,\)"),
+    "more columns than labels": (_set("shape", lambda a: a + np.array([0, 5])),
+                                 r"'shape' is \(\d+, 25\), expected \(\d+, 20\) \(ann/items and "
+                                 r"labels\.json\)"),
+    "negative shape": (_set("shape", lambda a: -a), r"'shape' is \(-\d+, -20\)"),
+    "no indices": (lambda t, meta: t.pop("indices"), r"'indices' missing"),
+}
+
+
+@pytest.mark.parametrize("case", CSR_CASES)
+def test_crafted_item_labels_are_refused(tiny_tagger_copy, case):
+    edit, pattern = CSR_CASES[case]
+    tamper(tiny_tagger_copy, "item_labels.safetensors", edit)
+    refused(tiny_tagger_copy, "item_labels.safetensors", pattern)
+
+
+PROTOTYPE_CASES = {
+    "one dimension more": (_set("prototypes", lambda a: np.pad(a, ((0, 0), (0, 1)))),
+                           r"'prototypes' is float32 of shape \(20, 33\), expected float32 of "
+                           r"shape \(20, 32\) \(from labels\.json and encoder/config\.json\)"),
+    "a label short": (_set("prototypes", lambda a: a[:-1]), r"shape \(19, 32\), expected"),
+    "float64": (_set("prototypes", lambda a: a.astype(np.float64)),
+                r"'prototypes' is float64 .*, expected float32"),
+    "NaN": (_set("prototypes", lambda a: np.where(np.eye(*a.shape) > 0, np.nan, a)),
+            r"'prototypes' holds 20 NaN or infinite values, expected finite ones"),
+    "counts as floats": (_set("counts", lambda a: a.astype(np.float32)),
+                         r"'counts' is float32 of shape \(20,\), expected integer"),
+}
+
+
+@pytest.mark.parametrize("case", PROTOTYPE_CASES)
+def test_crafted_prototypes_are_refused(tiny_tagger_copy, case):
+    edit, pattern = PROTOTYPE_CASES[case]
+    tamper(tiny_tagger_copy, "prototypes.safetensors", edit)
+    refused(tiny_tagger_copy, "prototypes.safetensors", pattern)
+
+
+def _first_inner(t: dict[str, np.ndarray]) -> int:
+    return int(np.flatnonzero(t["left"] != np.arange(len(t["left"])))[0])
+
+
+def _loop_back(t: dict[str, np.ndarray], meta: dict[str, str]) -> None:
+    i = int(np.flatnonzero(t["left"] != np.arange(len(t["left"])))[1])  # an inner node, not 0
+    t["left"] = t["left"].copy()
+    t["left"][i] = 0  # back to the root: a walk would loop
+
+
+def _leaf_with_child(t: dict[str, np.ndarray], meta: dict[str, str]) -> None:
+    t["right"] = t["right"].copy()
+    leaf = int(np.flatnonzero(t["left"] == np.arange(len(t["left"])))[0])
+    t["right"][leaf] = leaf + 1
+
+
+RERANKER_CASES = {
+    "child out of range": (_set("right", lambda a: a + 10**6),
+                           r"node 0 has children \d+ and \d+, expected both after it and below"),
+    "child before its parent": (_loop_back, r"node \d+ has children 0 and \d+, expected both "
+                                "after it"),
+    "a leaf with a child": (_leaf_with_child, r"node \d+ has children"),
+    "feature out of range": (_set("feature", lambda a: a + 10),
+                             r"'feature' span \[10, \d+\], expected within \[0, 10\)"),
+    "root out of range": (_set("roots", lambda a: a - 10**6), r"'roots' span \[-1000000, "),
+    "infinite leaf": (_set("value", lambda a: np.where(np.arange(len(a)) == 1, np.inf, a)),
+                      r"'value' holds 1 NaN or infinite values"),
+    "NaN threshold": (_set("threshold", lambda a: np.full_like(a, np.nan)),
+                      r"'threshold' holds NaN"),
+    "depth too shallow": (_set("tree_depths", lambda a: a - 1), r"tree 0 is \d+ deep, "
+                          r"'tree_depths' says \d+"),
+    "trees as floats": (_set("left", lambda a: a.astype(np.float32)),
+                        r"'left' is float32 .*, expected integer"),
+    "other features": (lambda t, meta: meta.__setitem__("features", "cosine,vote"),
+                       r"trees over the features 'cosine,vote', expected 'cosine,log_count"),
+    "no candidates": (lambda t, meta: t.pop("candidates"), r"'candidates' missing"),
+}
+
+
+@pytest.mark.parametrize("case", RERANKER_CASES)
+def test_crafted_reranker_is_refused(tiny_tagger_copy, case):
+    assert (tiny_tagger_copy / "reranker.safetensors").is_file()
+    edit, pattern = RERANKER_CASES[case]
+    tamper(tiny_tagger_copy, "reranker.safetensors", edit)
+    refused(tiny_tagger_copy, "reranker.safetensors", pattern)
+
+
+TFIDF_CASES = {
+    "index past the terms": (_set("indices", lambda a: a + 10**6), r"'indices' span .*, "
+                             r"expected within \[0, \d+\)"),
+    "indptr decreasing": (_set("indptr", _swap_middle), r"'indptr' runs .* and decreases"),
+    "a label short": (lambda t, meta: (t.__setitem__("shape", t["shape"] - np.array([1, 0])),
+                                       t.__setitem__("indptr", t["indptr"][:-1])),
+                      r"'shape' is \(19, \d+\), expected \(20, \d+\) \(labels\.json and the "
+                      r"\d+ terms\)"),
+    "idf a term short": (_set("idf", lambda a: a[:-1]), r"'idf' is float32 of shape"),
+    "negative idf": (_set("idf", lambda a: -a), r"'idf' holds values <= 0"),
+    "NaN weight": (_set("data", lambda a: np.where(np.arange(len(a)) == 0, np.nan, a)),
+                   r"'data' holds 1 NaN or infinite values"),
+    "terms not UTF-8": (_set("terms", lambda a: np.append(a, np.uint8(0xFF))),
+                        r"'terms' is not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("case", TFIDF_CASES)
+def test_crafted_tfidf_is_refused(tiny_tagger_copy, case):
+    assert (tiny_tagger_copy / "tfidf.safetensors").is_file()
+    edit, pattern = TFIDF_CASES[case]
+    tamper(tiny_tagger_copy, "tfidf.safetensors", edit)
+    refused(tiny_tagger_copy, "tfidf.safetensors", pattern)
+
+
+def test_crafted_label_vectors_are_refused_by_build_index_and_save(tiny_tagger_copy, tmp_path):
+    tagger = Tagger.load(tiny_tagger_copy)
+    tamper(tiny_tagger_copy, "label_vectors.safetensors",
+           lambda t, meta: t.__setitem__("label_bias", np.full(20, np.inf, np.float32)))
+    with pytest.raises(ArtifactError, match=r"'label_bias' holds 20 NaN or infinite values"):
+        build_index(tiny_tagger_copy)
+    tamper(tiny_tagger_copy, "label_vectors.safetensors",
+           _set("label_vectors", lambda a: a[:, :5]))
+    name = tiny_tagger_copy / "label_vectors.safetensors"
+    pattern = (f"{name}: 'label_vectors' is float32 of shape (20, 5), expected float32 of shape "
+               "(20, 32) (from labels.json and encoder/config.json); retrain")
+    with pytest.raises(ArtifactError, match=re.escape(pattern)):
+        build_index(tiny_tagger_copy)
+    with pytest.raises(ArtifactError, match=r"'label_vectors' is float32 of shape \(20, 5\)"):
+        tagger.save(tmp_path / "copy")  # living labels read the origin's label vectors
+
+
+def test_predict_on_crafted_folder_is_one_error_line_not_a_segfault(tiny_tagger_copy):
+    # out-of-range label ids in the item labels used to crash scipy in C (exit 139)
+    tamper(tiny_tagger_copy, "item_labels.safetensors", _set("indices", lambda a: a + 10**6))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    res = subprocess.run([sys.executable, "-m", "metricls.cli", "predict", str(tiny_tagger_copy),
+                          "w1x1 w2x3"], capture_output=True, text=True, timeout=300, env=env)
+    out = (res.stdout + res.stderr).strip()
+    assert res.returncode == 1, (res.returncode, out[-2000:])
+    assert out.startswith("error: ") and "\n" not in out and "Traceback" not in out, out
+    assert "item_labels.safetensors: 'indices' span" in out
+
+
+# ---- 4. per-file format tags ---------------------------------------------------------------------
+TAGGED = ["prototypes.safetensors", "item_labels.safetensors", "reranker.safetensors",
+          "tfidf.safetensors"]
+
+
+@pytest.mark.parametrize("name", TAGGED)
+@pytest.mark.parametrize(("tag", "pattern"), [
+    (None, r"no format tag, expected 'metricls-[a-z-]+/1'"),
+    ("metricls-nonsense/1", r"format tag 'metricls-nonsense/1', expected 'metricls-[a-z-]+/1'"),
+    ("garbage", r"format tag 'garbage', expected"),
+    ("NEWER", r"format 'metricls-[a-z-]+/2' was written by a newer metricls \(this one reads "
+              r"'metricls-[a-z-]+/1'\); upgrade metricls")])
+def test_format_tags_are_checked(tiny_tagger_copy, name, tag, pattern):
+    def retag(t: dict, meta: dict) -> None:
+        meta.pop("format")
+        if tag == "NEWER":
+            meta["format"] = load_tensors(tiny_tagger_copy / name)[1]["format"][:-1] + "2"
+        elif tag is not None:
+            meta["format"] = tag
+
+    tamper(tiny_tagger_copy, name, retag)
+    refused(tiny_tagger_copy, name, pattern)
+
+
+def test_check_format_reads_minor_versions_and_older_majors(tmp_path):
+    check_format(tmp_path / "f", "metricls-csr/1.3", CSR_FORMAT)
+    check_format(tmp_path / "f", "metricls-csr/0", CSR_FORMAT)
+    with pytest.raises(ArtifactError, match="no format tag"):
+        check_format(tmp_path / "f", None, CSR_FORMAT)
+
+
+def test_each_format_tag_is_spelled_once():
+    sources = [p for p in (ROOT / "metricls").rglob("*.py")]
+    for tag in ("metricls-prototypes/", "metricls-csr/", "metricls-reranker/", "metricls-tfidf/",
+                "metricls-encoder/", "metricls-label-vectors/"):
+        spelled = [p.relative_to(ROOT).as_posix() for p in sources if tag in p.read_text()]
+        assert spelled == ["metricls/formats.py"], (tag, spelled)
+
+
+def test_an_untampered_tagger_still_loads(tiny_tagger_copy):
+    resign(tiny_tagger_copy)
+    assert Tagger.load(tiny_tagger_copy).predict(["w1x1 w2x3"], k=2)
