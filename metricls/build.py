@@ -33,7 +33,7 @@ from metricls.metrics import precision_at_k, psp_at_k
 from metricls.progress import progress
 from metricls.prototypes import mean_prototypes, read_label_vectors
 from metricls.rerank import DEPTH, MIN_ITEMS, Neighbours, Reranker, fit_trees, pick, ranked
-from metricls.scoring import Scoring, tune_global_threshold, tune_label_thresholds
+from metricls.scoring import PER_LABEL, Scoring, tune_global_threshold, tune_label_thresholds
 from metricls.tagger import Tagger
 from metricls.tfidf import TfidfPrototypes
 
@@ -42,7 +42,6 @@ TRAINED_FILES = ("label_vectors.safetensors", "training.json")
 MEMMAP_BYTES = 1 << 28  # embeddings larger than this go to a memory-mapped file in `scratch`
 TUNE_QUERIES = 10_000  # validation items the scoring grid search uses at most
 PQ_MIN_VECTORS = 10_000  # index.pq_m compresses ivf indexes of at least this many vectors
-PER_LABEL = ("label_thresholds", "label_bias")  # Scoring fields with one value per label
 BIAS_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # tried on valid when the labels have learned biases
 
 

@@ -305,10 +305,11 @@ class Tagger:
                                 data=False, source="ann/items and labels.json")
         reranker = Reranker.load(folder / RERANKER) if (folder / RERANKER).exists() else None
         tfidf = TfidfPrototypes.load(folder / TFIDF, L) if (folder / TFIDF).exists() else None
+        path = folder / "scoring.json"
         tagger = cls(model=model, vocab=vocab, prototypes=prototypes,
                      proto_index=load_index(folder / "ann" / "prototypes"),
                      item_index=item_index, item_labels=item_labels,
-                     scoring=Scoring.from_dict(read_json(folder / "scoring.json")),
+                     scoring=Scoring.from_dict(read_json(path), n_labels=L, source=str(path)),
                      config=config, metrics=manifest.get("metrics", {}), reranker=reranker,
                      tfidf=tfidf)
         tagger._check_consistent(folder)
@@ -323,8 +324,7 @@ class Tagger:
             (self.proto_index.ntotal, L, "ann/prototypes"),
             (self.item_index.dim, d, "ann/items/backend.json"),
             (self.item_index.ntotal, self.item_labels.shape[0], "ann/items"),
-            (self.item_labels.shape[1], L, "item_labels.safetensors"),
-            (len(self.scoring.label_thresholds) in (0, L), True, "scoring.json")]
+            (self.item_labels.shape[1], L, "item_labels.safetensors")]
         if self.tfidf is not None:
             checks.append((self.tfidf.centroids.shape[0], L, TFIDF))
         for found, expected, name in checks:

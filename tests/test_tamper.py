@@ -22,6 +22,7 @@ from metricls.artifacts import (
     read_json,
     save_tensors,
     verify_folder,
+    write_json,
     write_manifest,
 )
 from metricls.errors import ArtifactError
@@ -219,6 +220,49 @@ def test_predict_on_crafted_folder_is_one_error_line_not_a_segfault(tiny_tagger_
     assert res.returncode == 1, (res.returncode, out[-2000:])
     assert out.startswith("error: ") and "\n" not in out and "Traceback" not in out, out
     assert "item_labels.safetensors: 'indices' span" in out
+
+
+# ---- 2. scoring.json ---------------------------------------------------------------------------
+SCORING_CASES = {
+    "unknown key": ({"boost": 2}, r"unknown key 'boost', expected the keys \['blend', "),
+    "missing key": ({"knn": None}, r"missing key 'knn'"),
+    "blend above 1": ({"blend": 1.5}, r"blend is float 1\.5, expected a number in \[0, 1\]"),
+    "blend a string": ({"blend": "0.5"}, r"blend is str '0\.5', expected a number in \[0, 1\]"),
+    "blend NaN": ({"blend": float("nan")}, r"blend is NaN, expected a number"),
+    "knn zero": ({"knn": 0}, r"knn is int 0, expected a positive int"),
+    "knn a float": ({"knn": 2.5}, r"knn is float 2\.5, expected a positive int"),
+    "knn a bool": ({"knn": True}, r"knn is bool True, expected a positive int"),
+    "candidates a string": ({"candidates": "20"}, r"candidates is str '20', expected a positive"),
+    "temperature zero": ({"temperature": 0.0}, r"temperature is float 0\.0, expected a number > 0"),
+    "temperature infinite": ({"temperature": float("inf")}, r"temperature is float inf"),
+    "threshold infinite": ({"threshold": float("-inf")}, r"threshold is float -inf, expected "
+                           r"null or a finite number"),
+    "bias_weight huge int": ({"bias_weight": 10**400}, r"bias_weight is int .*, expected a "
+                             r"finite number"),
+    "thresholds with null": ({"label_thresholds": [0.5] * 19 + [None]},
+                             r"label_thresholds is list .*, expected a list of finite numbers"),
+    "bias per wrong count": ({"label_bias": [0.1, 0.2]}, r"label_bias has 2 values, expected 0 "
+                             r"or 20 \(one per label\)"),
+}
+
+
+@pytest.mark.parametrize("case", SCORING_CASES)
+def test_crafted_scoring_json_is_refused(tiny_tagger_copy, case):
+    change, pattern = SCORING_CASES[case]
+    path = tiny_tagger_copy / "scoring.json"
+    scoring = read_json(path) | change
+    write_json(path, {k: v for k, v in scoring.items() if v is not None or k == "threshold"})
+    resign(tiny_tagger_copy)
+    refused(tiny_tagger_copy, "scoring.json", pattern)
+
+
+def test_label_thresholds_of_the_wrong_length_say_how_many(tiny_tagger_copy):
+    path = tiny_tagger_copy / "scoring.json"
+    write_json(path, read_json(path) | {"label_thresholds": [0.1, 0.2, 0.3]})
+    resign(tiny_tagger_copy)
+    error = refused(tiny_tagger_copy, "scoring.json", "label_thresholds")
+    assert str(error) == (f"{path}: label_thresholds has 3 values, expected 0 or 20 (one per "
+                          f"label); rebuild with `metricls build-index {tiny_tagger_copy}`")
 
 
 # ---- 4. per-file format tags ---------------------------------------------------------------------
