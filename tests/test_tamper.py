@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import ROOT
+from safetensors.torch import load_file, save_file
 
 from metricls import Tagger, build_index
 from metricls.artifacts import (
@@ -26,7 +28,7 @@ from metricls.artifacts import (
     write_manifest,
 )
 from metricls.errors import ArtifactError
-from metricls.formats import CSR_FORMAT, check_format
+from metricls.formats import CSR_FORMAT, ENCODER_FORMAT, check_format
 
 _OWN = ("format", "created", "versions", "data", "metrics", "files", "manifest_sha256")
 Edit = Callable[[dict[str, np.ndarray], dict[str, str]], None]
@@ -263,6 +265,41 @@ def test_label_thresholds_of_the_wrong_length_say_how_many(tiny_tagger_copy):
     error = refused(tiny_tagger_copy, "scoring.json", "label_thresholds")
     assert str(error) == (f"{path}: label_thresholds has 3 values, expected 0 or 20 (one per "
                           f"label); rebuild with `metricls build-index {tiny_tagger_copy}`")
+
+
+# ---- 3. encoder weights of another encoder -----------------------------------------------------
+def _rewrite_weights(folder: Path, edit: Callable[[dict], None],
+                     metadata: dict[str, str] | None) -> None:
+    path = folder / "encoder" / "weights.safetensors"
+    state = load_file(str(path))
+    edit(state)
+    save_file(state, str(path), metadata=metadata)
+    resign(folder)
+
+
+def test_weights_of_another_encoder_name_the_shapes(tiny_tagger_copy):
+    def other_dim(state: dict) -> None:  # as if copied from a tagger with out_dim 16
+        name = next(k for k in sorted(state) if k.startswith("head.") and k.endswith("weight")
+                    and state[k].shape[0] == 32)
+        state[name] = state[name][:16].contiguous()
+
+    _rewrite_weights(tiny_tagger_copy, other_dim, {"format": ENCODER_FORMAT})
+    error = refused(tiny_tagger_copy, "encoder/weights.safetensors",
+                    r"'head\.[\w.]+weight' is torch\.float32 of shape \(16, \d+\), expected "
+                    r"torch\.float32 of shape \(32, \d+\) \(from encoder/config\.json")
+    assert "retrain" in str(error) and "size mismatch" not in str(error)
+
+
+def test_encoder_weights_nan_or_untagged_are_refused(tiny_tagger_copy):
+    def poison(state: dict) -> None:
+        name = sorted(k for k in state if state[k].is_floating_point())[0]
+        state[name] = torch.full_like(state[name], float("nan"))
+
+    _rewrite_weights(tiny_tagger_copy, poison, {"format": ENCODER_FORMAT})
+    refused(tiny_tagger_copy, "encoder/weights.safetensors", r"holds NaN or infinite values")
+    _rewrite_weights(tiny_tagger_copy, lambda state: None, None)
+    refused(tiny_tagger_copy, "encoder/weights.safetensors",
+            r"no format tag, expected 'metricls-encoder/1'")
 
 
 # ---- 4. per-file format tags ---------------------------------------------------------------------
