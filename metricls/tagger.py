@@ -332,6 +332,11 @@ class Tagger:
                 raise ArtifactError(f"{folder / name}: expected {expected} (from labels.json and "
                                     f"encoder/config.json), found {found}; rebuild with "
                                     f"`metricls build-index {folder}`")
+        for name, index in (("prototypes", self.proto_index), ("items", self.item_index)):
+            if not index.ids_are_positions:  # they index the labels and item_labels' rows
+                raise ArtifactError(f"{folder / 'ann' / name}: its ids are not the row positions "
+                                    f"0..{index.ntotal - 1} (vectors were removed); rebuild with "
+                                    f"`metricls build-index {folder}`")
 
     def __repr__(self) -> str:
         return (f"Tagger(labels={len(self.vocab)}, dim={self.model.out_dim}, "

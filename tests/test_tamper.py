@@ -4,6 +4,7 @@ in numpy, scipy, FAISS or torch."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -339,6 +340,45 @@ def test_each_format_tag_is_spelled_once():
                 "metricls-encoder/", "metricls-label-vectors/"):
         spelled = [p.relative_to(ROOT).as_posix() for p in sources if tag in p.read_text()]
         assert spelled == ["metricls/formats.py"], (tag, spelled)
+
+
+# ---- 5. ann/<name>/backend.json ------------------------------------------------------------------
+BACKEND_CASES = {
+    "dim a string": ({"dim": "32"}, r"dim is str '32', expected an int in \[1, 2147483647\]"),
+    "dim zero": ({"dim": 0}, r"dim is int 0, expected an int in \[1, "),
+    "n negative": ({"n": -1}, r"n is int -1, expected an int in \[0, "),
+    "backend a list": ({"backend": ["flat"]}, r"backend is list \['flat'\], expected a backend"),
+    "metric l2": ({"metric": "l2"}, r"metric str 'l2' and params dict .*, expected metric 'ip'"),
+    "params a list": ({"params": [1]}, r"expected metric 'ip' and a params object"),
+    "param a list": ({"params": {"use_gpu": [True]}},
+                     r"params: use_gpu is list \[True\], expected null, a bool"),
+    "param beyond a C int": ({"backend": "hnsw", "params": {"ef_search": 2**40}},
+                             r"params: ef_search is int 1099511627776, expected"),
+    "param NaN": ({"params": {"use_gpu": float("nan")}}, r"params: use_gpu is NaN"),
+}
+
+
+@pytest.mark.parametrize("case", BACKEND_CASES)
+def test_crafted_backend_json_is_refused(tiny_tagger_copy, case):
+    change, pattern = BACKEND_CASES[case]
+    path = tiny_tagger_copy / "ann" / "items" / "backend.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | change))
+    resign(tiny_tagger_copy)
+    refused(tiny_tagger_copy, "ann/items/backend.json", pattern + r".*; rebuild with `metricls "
+                                                                  r"build-index ")
+
+
+def test_item_ids_that_are_not_row_positions_are_refused(tiny_tagger_copy):
+    # a flat index's id map (ids.npy) past the item labels' rows: the vote would index past them
+    folder = tiny_tagger_copy / "ann" / "items"
+    meta = json.loads((folder / "backend.json").read_text())
+    ids = np.arange(meta["n"], dtype=np.int64)
+    ids[-1] = 10**6
+    np.save(folder / "ids.npy", ids)
+    (folder / "backend.json").write_text(json.dumps(meta | {"next_id": 10**6 + 1}))
+    resign(tiny_tagger_copy)
+    refused(tiny_tagger_copy, "ann/items", rf"its ids are not the row positions "
+                                           rf"0\.\.{meta['n'] - 1} \(vectors were removed\)")
 
 
 def test_an_untampered_tagger_still_loads(tiny_tagger_copy):
