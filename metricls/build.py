@@ -19,7 +19,6 @@ from metricls.ann.sharded import SHARDABLE
 from metricls.artifacts import (
     check_output,
     folder_lock,
-    load_tensors,
     read_json,
     scratch_dir,
     staged_dir,
@@ -34,9 +33,9 @@ from metricls.errors import ConfigError, InputError, NotFittedError
 from metricls.evaluation import ranking_metrics, summarize
 from metricls.metrics import precision_at_k, psp_at_k
 from metricls.progress import progress
-from metricls.prototypes import mean_prototypes
+from metricls.prototypes import mean_prototypes, read_label_vectors
 from metricls.rerank import DEPTH, MIN_ITEMS, Neighbours, Reranker, fit_trees, pick, ranked
-from metricls.scoring import Scoring, tune_global_threshold, tune_label_thresholds
+from metricls.scoring import PER_LABEL, Scoring, tune_global_threshold, tune_label_thresholds
 from metricls.tagger import Tagger
 from metricls.tfidf import TfidfPrototypes
 
@@ -45,7 +44,6 @@ TRAINED_FILES = ("label_vectors.safetensors", "training.json")
 MEMMAP_BYTES = 1 << 28  # embeddings larger than this go to a memory-mapped file in `scratch`
 TUNE_QUERIES = 10_000  # validation items the scoring grid search uses at most
 PQ_MIN_VECTORS = 10_000  # index.pq_m compresses ivf indexes of at least this many vectors
-PER_LABEL = ("label_thresholds", "label_bias")  # Scoring fields with one value per label
 BIAS_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # tried on valid when the labels have learned biases
 
 
@@ -278,10 +276,11 @@ def _build_in_place(folder: Path, backend: str | None, prototypes: str | None,
     if list(data.vocab.names) != trained_labels:
         raise InputError(f"{cfg.data.path}: its training labels differ from {folder}/labels.json; "
                          "the data changed since training: retrain")
-    vectors, _ = load_tensors(folder / "label_vectors.safetensors")
+    vectors, bias = read_label_vectors(folder / "label_vectors.safetensors",
+                                       len(trained_labels), model.out_dim)
     with scratch_dir(folder) as scratch:
-        tagger, report = assemble_tagger(cfg, model, data, vectors["label_vectors"],
-                                         label_bias=vectors.get("label_bias"), scratch=scratch)
+        tagger, report = assemble_tagger(cfg, model, data, vectors, label_bias=bias,
+                                         scratch=scratch)
         write_tagger(tagger, folder, data, report, keep_from=folder)
     del tagger  # its indexes: free them before loading the written copy
     return Tagger.load(folder)

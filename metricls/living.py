@@ -25,13 +25,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from metricls.ann import AnnIndex, make_index
-from metricls.artifacts import load_tensors, read_json
+from metricls.artifacts import read_json
 from metricls.config import DataConfig
 from metricls.data.dataset import read_config_items
 from metricls.data.items import Items, read_texts
 from metricls.data.labels import LabelVocab
 from metricls.errors import ArtifactError, InputError
-from metricls.prototypes import normalize_rows
+from metricls.prototypes import normalize_rows, read_label_vectors
 from metricls.state import TaggerState
 from metricls.tfidf import TfidfPrototypes
 from metricls.validation import check_texts, describe
@@ -288,8 +288,8 @@ def _rebuilt(index: AnnIndex, vectors: np.ndarray) -> AnnIndex:
 def label_vectors(origin: Path, names: tuple[str, ...], prototypes: np.ndarray) -> np.ndarray:
     """The learned label vectors of the folder `origin`, by name, for the labels `names`; a
     label added since training gets its prototype (row of `prototypes`)."""
-    tensors, _ = load_tensors(origin / "label_vectors.safetensors")
-    learned = tensors["label_vectors"]
+    learned, _ = read_label_vectors(origin / "label_vectors.safetensors", None,
+                                    prototypes.shape[1])
     trained = read_json(origin / "labels.json").get("labels", [])
     row = {n: j for j, n in enumerate(trained) if j < len(learned)}
     return np.stack([learned[row[n]] if n in row else prototypes[i]

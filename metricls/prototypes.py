@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import scipy.sparse as sp
 
 from metricls.errors import InputError
+from metricls.formats import LABEL_VECTORS_FORMAT, PROTOTYPES_FORMAT, check_array, read_tensors
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
@@ -37,3 +40,26 @@ def mean_prototypes(embeddings: np.ndarray, Y: sp.csr_matrix,
         sums += np.asarray(block.T @ embeddings[start:start + chunk], dtype=np.float32)
     counts = np.asarray(Y.sum(axis=0)).ravel().astype(np.int64)
     return normalize_rows(sums), counts
+
+
+def read_prototypes(path: Path, n_labels: int, dim: int) -> np.ndarray:
+    """The (L, d) finite float32 prototypes of a ``prototypes.safetensors`` (and its (L,)
+    integer counts), or ArtifactError naming the file."""
+    tensors = read_tensors(path, PROTOTYPES_FORMAT)
+    check_array(path, tensors, "counts", "i", (n_labels,))
+    return check_array(path, tensors, "prototypes", "f4", (n_labels, dim), finite=True,
+                       source="labels.json and encoder/config.json")
+
+
+def read_label_vectors(path: Path, n_labels: int | None,
+                       dim: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The learned (L, d) label vectors of a ``label_vectors.safetensors`` and its (L,) label
+    biases (None when it has none), finite float32, or ArtifactError naming the file
+    (`n_labels` None: any L)."""
+    tensors = read_tensors(path, LABEL_VECTORS_FORMAT)
+    vectors = check_array(path, tensors, "label_vectors", "f4", (n_labels, dim), finite=True,
+                          source="labels.json and encoder/config.json")
+    bias = None
+    if "label_bias" in tensors:
+        bias = check_array(path, tensors, "label_bias", "f", (len(vectors),), finite=True)
+    return vectors, bias

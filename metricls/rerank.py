@@ -19,12 +19,15 @@ from __future__ import annotations
 import functools
 import itertools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
 
+from metricls.artifacts import load_tensors
 from metricls.errors import ArtifactError
+from metricls.formats import RERANKER_FORMAT, check_array, check_format, remedy
 from metricls.scoring import Scoring, vote_matrix, with_label_bias
 from metricls.tfidf import rank_in_rows
 
@@ -301,26 +304,58 @@ class TreeEnsemble:
 
     @classmethod
     def from_tensors(cls, t: dict[str, np.ndarray], source: str) -> TreeEnsemble:
-        """Rebuild from `to_tensors`, checking that every pointer stays inside the arrays."""
-        try:
-            out = cls(feature=t["feature"].astype(np.int64), threshold=t["threshold"],
-                      left=t["left"].astype(np.int64), right=t["right"].astype(np.int64),
-                      value=t["value"], roots=t["roots"].astype(np.int64),
-                      tree_depths=t["tree_depths"].astype(np.int64),
-                      baseline=float(t["baseline"][0]), n_features=int(t["n_features"][0]))
-        except (KeyError, ValueError, TypeError, IndexError) as exc:
-            raise ArtifactError(f"{source}: not a reranker ({exc}); rebuild with "
-                                "`metricls build-index`") from None
-        nodes = len(out.value)
-        same = all(len(a) == nodes for a in (out.feature, out.threshold, out.left, out.right))
-        inside = all(((a >= 0) & (a < nodes)).all() for a in (out.left, out.right, out.roots))
-        shallow = len(out.tree_depths) == len(out.roots) and (out.tree_depths >= 0).all() \
-            and (out.tree_depths <= nodes).all()
-        if not (same and inside and shallow and ((out.feature >= 0)
-                                                  & (out.feature < out.n_features)).all()):
-            raise ArtifactError(f"{source}: the reranker's trees are inconsistent; rebuild with "
-                                "`metricls build-index`")
-        return out
+        """Rebuild from `to_tensors`, refusing arrays that a walk would leave or loop in: every
+        child inside the arrays and after its parent (a leaf points to itself), every root and
+        feature index in range, thresholds not NaN, finite leaf values, and each tree's stored
+        depth the one its nodes have."""
+        nodes = len(check_array(source, t, "value", "f", (None,), finite=True))
+        left, right, feature = (check_array(source, t, k, "i", (nodes,)).astype(np.int64)
+                                for k in ("left", "right", "feature"))
+        threshold = check_array(source, t, "threshold", "f", (nodes,))
+        roots = check_array(source, t, "roots", "i", (None,)).astype(np.int64)
+        depths = check_array(source, t, "tree_depths", "i", (len(roots),)).astype(np.int64)
+        n_features = int(check_array(source, t, "n_features", "i", (1,))[0])
+        baseline = float(check_array(source, t, "baseline", "f", (1,), finite=True)[0])
+        fix = remedy(source)
+        own = np.arange(nodes)
+        leaf = (left == own) & (right == own)
+        inner = (left > own) & (right > own) & (left < nodes) & (right < nodes)
+        if not (leaf | inner).all():
+            i = int(np.flatnonzero(~(leaf | inner))[0])
+            raise ArtifactError(f"{source}: node {i} has children {int(left[i])} and "
+                                f"{int(right[i])}, expected both after it and below {nodes} "
+                                f"(a leaf: itself); {fix}")
+        for name, ids, stop in (("roots", roots, nodes), ("feature", feature, n_features)):
+            if ids.size and (ids.min() < 0 or ids.max() >= stop):
+                raise ArtifactError(f"{source}: {name!r} span [{int(ids.min())}, "
+                                    f"{int(ids.max())}], expected within [0, {stop}); {fix}")
+        if np.isnan(threshold).any():
+            raise ArtifactError(f"{source}: 'threshold' holds NaN, expected numbers; {fix}")
+        found = _tree_depths(leaf, left, right, roots)
+        if not np.array_equal(found, depths):
+            i = int(np.flatnonzero(found != depths)[0])
+            raise ArtifactError(f"{source}: tree {i} is {int(found[i])} deep, 'tree_depths' "
+                                f"says {int(depths[i])}; {fix}")
+        return cls(feature=feature, threshold=threshold.astype(np.float64), left=left,
+                   right=right, value=t["value"].astype(np.float64), roots=roots,
+                   tree_depths=depths, baseline=baseline, n_features=n_features)
+
+
+def _tree_depths(leaf: np.ndarray, left: np.ndarray, right: np.ndarray,
+                 roots: np.ndarray) -> np.ndarray:
+    """How many levels each tree's walk from its root takes to reach only leaves (children
+    come after their parents, so at most one level per node)."""
+    depth = np.zeros(len(roots), np.int64)
+    at, tree = roots, np.arange(len(roots))
+    for level in range(1, len(leaf) + 1):
+        go = ~leaf[at]
+        if not go.any():
+            break
+        pairs = np.unique(np.stack([np.concatenate([left[at[go]], right[at[go]]]),
+                                    np.tile(tree[go], 2)]), axis=1)  # shared nodes once
+        at, tree = pairs
+        depth[tree] = level
+    return depth
 
 
 @dataclass(frozen=True)
@@ -342,11 +377,22 @@ class Reranker:
     @classmethod
     def from_tensors(cls, t: dict[str, np.ndarray], source: str) -> Reranker:
         trees = TreeEnsemble.from_tensors(t, source)
-        depth = int(t["candidates"][0]) if "candidates" in t and t["candidates"].size else 0
+        depth = int(check_array(source, t, "candidates", "i", (1,))[0])
         if depth < 1 or trees.n_features != len(FEATURES):
-            raise ArtifactError(f"{source}: expected a reranker over {len(FEATURES)} features of "
-                                f">= 1 candidates; rebuild with `metricls build-index`")
+            raise ArtifactError(f"{source}: a reranker over {trees.n_features} features of "
+                                f"{depth} candidates, expected {len(FEATURES)} features of >= 1 "
+                                f"candidates; {remedy(source)}")
         return cls(trees, depth)
+
+    @classmethod
+    def load(cls, path: Path) -> Reranker:
+        """Read a reranker file written with `RERANKER_FORMAT` and `FEATURES` in its metadata."""
+        tensors, meta = load_tensors(path)
+        check_format(path, meta.get("format"), RERANKER_FORMAT)
+        if meta.get("features") != ",".join(FEATURES):
+            raise ArtifactError(f"{path}: trees over the features {meta.get('features')!r}, "
+                                f"expected {','.join(FEATURES)!r}; {remedy(path)}")
+        return cls.from_tensors(tensors, str(path))
 
     def top_k(self, cand: Candidates, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k most probable candidates per query: (scores f32, ids i64), -inf / -1 padding."""

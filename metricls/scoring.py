@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import scipy.sparse as sp
+
+from metricls.errors import ArtifactError
+from metricls.formats import remedy
+from metricls.validation import describe
 
 
 @dataclass(frozen=True)
@@ -45,8 +50,54 @@ class Scoring:
         return np.asarray(self.label_thresholds, dtype=np.float32)
 
     @classmethod
-    def from_dict(cls, d: dict) -> Scoring:
+    def from_dict(cls, d: dict, *, n_labels: int | None = None,
+                  source: str = "scoring.json") -> Scoring:
+        """The scoring of `to_dict`, read back from `source`: every key present and none other,
+        blend in [0, 1], knn and candidates positive ints, temperature > 0, finite numbers, and
+        per-label lists of 0 or `n_labels` values (any length without `n_labels`)."""
+        fix = remedy(source)
+        names = [f.name for f in fields(cls)]
+        unknown, missing = sorted(set(d) - set(names)), [k for k in names if k not in d]
+        if unknown or missing:
+            what = f"unknown key {unknown[0]!r}" if unknown else f"missing key {missing[0]!r}"
+            raise ArtifactError(f"{source}: {what}, expected the keys {names}; {fix}")
+
+        def bad(key: str, expected: str) -> ArtifactError:
+            return ArtifactError(f"{source}: {key} is {describe(d[key])}, expected {expected}; "
+                                 f"{fix}")
+
+        for key in ("knn", "candidates"):
+            if isinstance(d[key], bool) or not isinstance(d[key], int) or d[key] < 1:
+                raise bad(key, "a positive int")
+        numbers = {"blend": ("a number in [0, 1]", lambda v: 0 <= v <= 1),
+                   "temperature": ("a number > 0", lambda v: v > 0),
+                   "bias_weight": ("a finite number", lambda v: True)}
+        for key, (expected, ok) in numbers.items():
+            if not _finite(d[key]) or not ok(d[key]):
+                raise bad(key, expected)
+        if d["threshold"] is not None and not _finite(d["threshold"]):
+            raise bad("threshold", "null or a finite number")
+        for key in PER_LABEL:
+            values = d[key]
+            if not isinstance(values, list) or not all(_finite(v) for v in values):
+                raise bad(key, "a list of finite numbers")
+            if n_labels is not None and len(values) not in (0, n_labels):
+                raise ArtifactError(f"{source}: {key} has {len(values)} values, expected 0 or "
+                                    f"{n_labels} (one per label); {fix}")
         return cls(**d)
+
+
+PER_LABEL = ("label_thresholds", "label_bias")  # Scoring fields with one value per label
+
+
+def _finite(value: object) -> bool:
+    """A JSON number (not a bool) that is neither NaN nor infinite (nor beyond a float)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def vote_matrix(nn_scores: np.ndarray, nn_ids: np.ndarray, item_labels: sp.csr_matrix,

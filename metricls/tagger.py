@@ -17,7 +17,6 @@ from metricls.artifacts import (
     check_folder,
     check_output,
     folder_lock,
-    load_tensors,
     read_json,
     save_tensors,
     staged_dir,
@@ -29,6 +28,15 @@ from metricls.data.items import Items
 from metricls.data.labels import LabelVocab
 from metricls.encoders.model import EmbeddingModel
 from metricls.errors import ArtifactError, InputError, NotFittedError
+from metricls.formats import (
+    CSR_FORMAT,
+    PROTOTYPES_FORMAT,
+    RERANKER_FORMAT,
+    TFIDF_FORMAT,
+    check_csr,
+    read_tensors_and_meta,
+)
+from metricls.prototypes import read_prototypes
 from metricls.rerank import (
     FEATURES,
     WIDE_KNN,
@@ -436,24 +444,25 @@ class Tagger:
         save_tensors(folder / "prototypes.safetensors",
                      {"prototypes": state.prototypes,
                       "counts": state.vocab.counts.astype(np.int64)},
-                     {"format": "metricls-prototypes/1"})
+                     {"format": PROTOTYPES_FORMAT})
         Y = state.item_labels
         save_tensors(folder / "item_labels.safetensors",
                      {"indptr": Y.indptr.astype(np.int64), "indices": Y.indices.astype(np.int64),
                       "shape": np.array(Y.shape, dtype=np.int64)},
-                     {"format": "metricls-csr/1", "trained_rows": str(state.trained_items)})
+                     {"format": CSR_FORMAT, "trained_rows": str(state.trained_items)})
         state.proto_index.save(folder / "ann" / "prototypes")
         state.item_index.save(folder / "ann" / "items")
         write_json(folder / "scoring.json", state.scoring.to_dict())
         if self.reranker is not None:
             save_tensors(folder / RERANKER, self.reranker.to_tensors(),
-                         {"format": "metricls-reranker/1", "features": ",".join(FEATURES)})
+                         {"format": RERANKER_FORMAT, "features": ",".join(FEATURES)})
         if state.tfidf is not None:
-            save_tensors(folder / TFIDF, state.tfidf.to_tensors(), {"format": "metricls-tfidf/1"})
+            save_tensors(folder / TFIDF, state.tfidf.to_tensors(), {"format": TFIDF_FORMAT})
 
     @classmethod
     def load(cls, path: str | Path) -> Tagger:
-        """Load a tagger folder, verifying every checksum and that its parts agree."""
+        """Load a tagger folder, verifying every checksum, that each file holds what its reader
+        expects (format tags, shapes, dtypes, indices in range) and that its parts agree."""
         folder = Path(path)
         if not (folder / "scoring.json").exists() and (folder / "encoder").exists():
             raise NotFittedError(f"{folder}: trained but not indexed; run "
@@ -462,25 +471,23 @@ class Tagger:
         config = from_dict(read_json(folder / "config.json"), source=str(folder / "config.json"))
         vocab = LabelVocab.from_dict(read_json(folder / "labels.json"))
         model = EmbeddingModel.load(folder / "encoder")
-        tensors, _ = load_tensors(folder / "prototypes.safetensors")
-        csr, csr_meta = load_tensors(folder / "item_labels.safetensors")
-        shape = tuple(int(v) for v in csr["shape"])
-        item_labels = sp.csr_matrix((np.ones(len(csr["indices"]), np.float32), csr["indices"],
-                                     csr["indptr"]), shape=shape)
-        reranker = None
-        if (folder / RERANKER).exists():
-            reranker = Reranker.from_tensors(load_tensors(folder / RERANKER)[0],
-                                             str(folder / RERANKER))
-        tfidf = None
-        if (folder / TFIDF).exists():
-            tfidf = TfidfPrototypes.from_tensors(load_tensors(folder / TFIDF)[0],
-                                                 str(folder / TFIDF))
-        tagger = cls(model=model, vocab=vocab, prototypes=tensors["prototypes"],
+        L = len(vocab)
+        prototypes = read_prototypes(folder / "prototypes.safetensors", L, model.out_dim)
+        item_index = load_index(folder / "ann" / "items")
+        path = folder / "item_labels.safetensors"
+        csr, csr_meta = read_tensors_and_meta(path, CSR_FORMAT)
+        item_labels = check_csr(path, csr, (item_index.ntotal, L), data=False,
+                                source="ann/items and labels.json")
+        reranker = Reranker.load(folder / RERANKER) if (folder / RERANKER).exists() else None
+        tfidf = TfidfPrototypes.load(folder / TFIDF, L) if (folder / TFIDF).exists() else None
+        path = folder / "scoring.json"
+        tagger = cls(model=model, vocab=vocab, prototypes=prototypes,
                      proto_index=load_index(folder / "ann" / "prototypes"),
-                     item_index=load_index(folder / "ann" / "items"), item_labels=item_labels,
-                     scoring=Scoring.from_dict(read_json(folder / "scoring.json")),
+                     item_index=item_index, item_labels=item_labels,
+                     scoring=Scoring.from_dict(read_json(path), n_labels=L, source=str(path)),
                      config=config, metrics=manifest.get("metrics", {}), reranker=reranker,
-                     tfidf=tfidf, trained_items=_trained_rows(csr_meta, shape[0], folder))
+                     tfidf=tfidf,
+                     trained_items=_trained_rows(csr_meta, item_labels.shape[0], folder))
         tagger._check_consistent(folder)
         tagger.origin, tagger._origin_sha = folder, manifest.get("manifest_sha256")
         return tagger
@@ -493,14 +500,18 @@ class Tagger:
             (self.proto_index.ntotal, L, "ann/prototypes"),
             (self.item_index.dim, d, "ann/items/backend.json"),
             (self.item_index.ntotal, self.item_labels.shape[0], "ann/items"),
-            (self.item_labels.shape[1], L, "item_labels.safetensors"),
-            (len(self.scoring.label_thresholds) in (0, L), True, "scoring.json")]
+            (self.item_labels.shape[1], L, "item_labels.safetensors")]
         if self.tfidf is not None:
             checks.append((self.tfidf.centroids.shape[0], L, TFIDF))
         for found, expected, name in checks:
             if found != expected:
                 raise ArtifactError(f"{folder / name}: expected {expected} (from labels.json and "
                                     f"encoder/config.json), found {found}; rebuild with "
+                                    f"`metricls build-index {folder}`")
+        for name, index in (("prototypes", self.proto_index), ("items", self.item_index)):
+            if not index.ids_are_positions:  # they index the labels and item_labels' rows
+                raise ArtifactError(f"{folder / 'ann' / name}: its ids are not the row positions "
+                                    f"0..{index.ntotal - 1} (vectors were removed); rebuild with "
                                     f"`metricls build-index {folder}`")
 
     def __repr__(self) -> str:

@@ -17,11 +17,13 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
 from metricls.errors import ArtifactError
+from metricls.formats import TFIDF_FORMAT, check_array, check_csr, read_tensors, remedy
 
 TOKEN = re.compile(r"(?u)\b\w\w+\b")  # words of two or more characters, lowercased
 MIN_DF = 2  # a term must occur in this many training texts
@@ -107,21 +109,32 @@ class TfidfPrototypes:
                 "data": C.data.astype(np.float32), "shape": np.array(C.shape, np.int64)}
 
     @classmethod
-    def from_tensors(cls, t: dict[str, np.ndarray], source: str) -> TfidfPrototypes:
-        """Rebuild from `to_tensors`, checking that the parts agree."""
+    def from_tensors(cls, t: dict[str, np.ndarray], source: str,
+                     n_labels: int | None = None) -> TfidfPrototypes:
+        """Rebuild from `to_tensors`, checking that the parts agree: the terms UTF-8 lines, one
+        finite positive idf per term, and (`n_labels`, terms) prototypes (`check_csr`)."""
+        words = check_array(source, t, "terms", "i", (None,))
+        if words.size and (words.min() < 0 or words.max() > 255):
+            raise ArtifactError(f"{source}: 'terms' holds values outside [0, 255], expected "
+                                f"UTF-8 bytes; {remedy(source)}")
         try:
-            words = bytes(t["terms"].astype(np.uint8)).decode()
-            terms = tuple(words.split("\n")) if words else ()
-            shape = tuple(int(v) for v in t["shape"])
-            C = sp.csr_matrix((t["data"], t["indices"], t["indptr"]), shape=shape)
-            C.check_format(full_check=True)
-        except (KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
-            raise ArtifactError(f"{source}: not TF-IDF prototypes ({exc}); rebuild with "
-                                "`metricls build-index`") from None
-        if t["idf"].shape != (len(terms),) or shape[1] != len(terms):
-            raise ArtifactError(f"{source}: {len(terms)} terms but idf {t['idf'].shape} and "
-                                f"prototypes {shape}; rebuild with `metricls build-index`")
-        return cls(terms, t["idf"].astype(np.float32), C)
+            text = bytes(words.astype(np.uint8)).decode()
+        except UnicodeDecodeError as exc:
+            raise ArtifactError(f"{source}: 'terms' is not UTF-8 ({exc}); "
+                                f"{remedy(source)}") from None
+        terms = tuple(text.split("\n")) if text else ()
+        idf = check_array(source, t, "idf", "f", (len(terms),), finite=True)
+        if (idf <= 0).any():
+            raise ArtifactError(f"{source}: 'idf' holds values <= 0, expected log((1 + n) / "
+                                f"(1 + df)) + 1 >= 1; {remedy(source)}")
+        C = check_csr(source, t, (n_labels, len(terms)), data=True,
+                      source=f"labels.json and the {len(terms)} terms")
+        return cls(terms, idf.astype(np.float32), sp.csr_matrix(C, dtype=np.float32))
+
+    @classmethod
+    def load(cls, path: Path, n_labels: int) -> TfidfPrototypes:
+        """Read a TF-IDF prototypes file written with `TFIDF_FORMAT` for `n_labels` labels."""
+        return cls.from_tensors(read_tensors(path, TFIDF_FORMAT), str(path), n_labels)
 
 
 def _tokens(text: str) -> list[str]:

@@ -133,11 +133,13 @@ def test_damaged_trees_are_refused_with_the_file_named():
         HistGradientBoostingClassifier(max_iter=5, random_state=0).fit(X, y))
     tensors = Reranker(trees, 20).to_tensors()
     bad = dict(tensors, left=tensors["left"] + 10**6)
-    with pytest.raises(ArtifactError, match=r"x/reranker\.safetensors: the reranker's trees"):
+    with pytest.raises(ArtifactError, match=r"x/reranker\.safetensors: node 0 has children \d+ "
+                       r"and \d+, expected both after it"):
         Reranker.from_tensors(bad, "x/reranker.safetensors")
-    with pytest.raises(ArtifactError, match="x/r: not a reranker"):
+    with pytest.raises(ArtifactError, match="x/r: 'value' missing"):
         Reranker.from_tensors({k: v for k, v in tensors.items() if k != "value"}, "x/r")
-    with pytest.raises(ArtifactError, match=f"over {len(FEATURES)} features of >= 1 candidates"):
+    with pytest.raises(ArtifactError,
+                       match=f"of 0 candidates, expected {len(FEATURES)} features of >= 1"):
         Reranker.from_tensors(dict(tensors, candidates=np.array([0])), "x/r")
 
 
@@ -316,5 +318,5 @@ def test_a_damaged_reranker_is_refused_with_its_name(reranked_dir):
     save_tensors(reranked_dir / RERANKER, tensors, meta)
     old = read_json(reranked_dir / "manifest.json")  # re-signed: only the trees are bad
     write_manifest(reranked_dir, data=old["data"], metrics=old["metrics"])
-    with pytest.raises(ArtifactError, match=r"reranker\.safetensors: the reranker's trees"):
+    with pytest.raises(ArtifactError, match=r"reranker\.safetensors: 'roots' span \[1000000, "):
         Tagger.load(reranked_dir)

@@ -10,16 +10,19 @@ from __future__ import annotations
 import abc
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from metricls.errors import ArtifactError, InputError, NotFittedError
-from metricls.validation import check_positive_int
+from metricls.formats import remedy
+from metricls.validation import check_positive_int, describe
 
 META_FILE = "backend.json"
 META_KEYS = ("backend", "metric", "dim", "n", "params")
+C_INT_MAX = 2**31 - 1  # FAISS and ScaNN read dimensions and parameters as C ints
 
 
 class AnnIndex(abc.ABC):
@@ -153,6 +156,11 @@ class AnnIndex(abc.ABC):
         return index
 
     @property
+    def ids_are_positions(self) -> bool:
+        """Whether `search` returns row positions 0..ntotal-1 as ids (not after a `remove`)."""
+        return True
+
+    @property
     def is_built(self) -> bool:
         """Whether `build` (or `load`) has run."""
         return self._is_built()
@@ -234,10 +242,34 @@ def read_meta(folder: Path) -> dict[str, Any]:
         raise ArtifactError(f"{path}: not readable JSON ({exc}); rebuild the index") from exc
     if not isinstance(meta, dict) or any(key not in meta for key in META_KEYS):
         raise ArtifactError(f"{path}: expected a JSON object with keys {list(META_KEYS)}")
+    fix = remedy(path)
     if meta["metric"] != "ip" or not isinstance(meta["params"], dict):
-        raise ArtifactError(f"{path}: expected metric 'ip' and a params object, got "
-                            f"metric={meta['metric']!r}")
-    for key in ("dim", "n"):
-        if isinstance(meta[key], bool) or not isinstance(meta[key], int) or meta[key] < 0:
-            raise ArtifactError(f"{path}: {key} must be a non-negative int, got {meta[key]!r}")
+        raise ArtifactError(f"{path}: metric {describe(meta['metric'])} and params "
+                            f"{describe(meta['params'])}, expected metric 'ip' and a params "
+                            f"object; {fix}")
+    if not isinstance(meta["backend"], str):
+        raise ArtifactError(f"{path}: backend is {describe(meta['backend'])}, expected a "
+                            f"backend name; {fix}")
+    for key, low, high in (("dim", 1, C_INT_MAX), ("n", 0, 2**63 - 1)):
+        if isinstance(meta[key], bool) or not isinstance(meta[key], int) \
+                or not low <= meta[key] <= high:
+            raise ArtifactError(f"{path}: {key} is {describe(meta[key])}, expected an int in "
+                                f"[{low}, {high}]; {fix}")
+    if bad := _bad_param(meta["params"]):
+        raise ArtifactError(f"{path}: params: {bad}; {fix}")
     return meta
+
+
+def _bad_param(params: dict[str, Any], prefix: str = "") -> str | None:
+    """What is wrong with the first parameter that FAISS or ScaNN could not take (an int beyond
+    a C int, NaN, a list), or None."""
+    for name, value in params.items():
+        if isinstance(value, dict):
+            if bad := _bad_param(value, f"{prefix}{name}."):
+                return bad
+        elif not (value is None or isinstance(value, bool | str)
+                  or (isinstance(value, int) and abs(value) <= C_INT_MAX)
+                  or (isinstance(value, float) and math.isfinite(value))):
+            return (f"{prefix}{name} is {describe(value)}, expected null, a bool, a string, a "
+                    f"finite number or an int within +-{C_INT_MAX}")
+    return None

@@ -186,6 +186,11 @@ class FlatIndex(FaissIndex):
         self._index.add(vectors)
         self._ids, self._gpu = current[keep], None
 
+    @property
+    def ids_are_positions(self) -> bool:
+        """False once `remove` left ids that are not 0..ntotal-1."""
+        return self._ids is None or np.array_equal(self._ids, np.arange(self.ntotal))
+
     def memory_bytes(self) -> int:
         """Bytes of the stored vectors (and id map)."""
         ids = 0 if self._ids is None else self._ids.nbytes

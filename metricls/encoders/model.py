@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from metricls.config import EncoderConfig
@@ -18,6 +18,7 @@ from metricls.encoders.backbone import FeatureBackbone, MiniLMBackbone
 from metricls.encoders.head import ProjectionHead
 from metricls.encoders.lexical import LexicalBackbone
 from metricls.errors import ArtifactError, InputError
+from metricls.formats import ENCODER_FORMAT, check_format, remedy
 
 BACKBONES: dict[str, type[nn.Module]] = {
     "lexical": LexicalBackbone, "minilm": MiniLMBackbone, "features": FeatureBackbone}
@@ -109,22 +110,41 @@ class EmbeddingModel(nn.Module):
         (folder / "config.json").write_text(json.dumps(self.describe(), indent=2) + "\n")
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(folder / "weights.safetensors"),
-                  metadata={"format": "metricls-encoder/1"})
+                  metadata={"format": ENCODER_FORMAT})
 
     @classmethod
     def load(cls, folder: Path) -> EmbeddingModel:
-        """Rebuild the model from a folder written by `save`."""
+        """Rebuild the model from a folder written by `save`, refusing weights whose format tag,
+        names, shapes or values do not fit the model that ``config.json`` describes."""
+        path = folder / "weights.safetensors"
         try:
             desc = json.loads((folder / "config.json").read_text())
             model = cls.from_description(desc)
-            state = load_file(str(folder / "weights.safetensors"))
-        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                state = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+        except ArtifactError:  # from_description's own, already one line naming the file
+            raise
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
             raise ArtifactError(f"{folder}: cannot read the encoder ({exc}); "
                                 "retrain with `metricls train`") from None
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        check_format(path, meta.get("format"), ENCODER_FORMAT)
+        expected = model.state_dict()
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         if missing or unexpected:
-            raise ArtifactError(f"{folder / 'weights.safetensors'}: weights do not match "
-                                f"encoder/config.json (missing {missing}, unexpected {unexpected})")
+            raise ArtifactError(f"{path}: weights do not match encoder/config.json (missing "
+                                f"{missing}, unexpected {unexpected}); {remedy(path)}")
+        for name, want in expected.items():
+            got = state[name]
+            if got.shape != want.shape or got.is_floating_point() != want.is_floating_point():
+                raise ArtifactError(f"{path}: {name!r} is {got.dtype} of shape "
+                                    f"{tuple(got.shape)}, expected {want.dtype} of shape "
+                                    f"{tuple(want.shape)} (from encoder/config.json: the weights "
+                                    f"of another encoder?); {remedy(path)}")
+            if got.is_floating_point() and not torch.isfinite(got).all():
+                raise ArtifactError(f"{path}: {name!r} holds NaN or infinite values; "
+                                    f"{remedy(path)}")
+        model.load_state_dict(state)
         model.eval()
         return model
 

@@ -30,6 +30,7 @@ from metricls.data.dataset import Dataset
 from metricls.data.sampler import LabelBatchSampler
 from metricls.encoders.model import EmbeddingModel, build_model
 from metricls.errors import ConfigError
+from metricls.formats import LABEL_VECTORS_FORMAT
 from metricls.metrics import recall_at_k
 from metricls.miners import LabelMiner, SharedLabelMiner
 from metricls.progress import progress
@@ -318,7 +319,7 @@ def _write_tagger(folder: Path, cfg: Config, data: Dataset, result: TrainResult)
         if result.label_bias is not None:
             tensors["label_bias"] = result.label_bias
         save_tensors(tmp / "label_vectors.safetensors", tensors,
-                     {"format": "metricls-label-vectors/1"})
+                     {"format": LABEL_VECTORS_FORMAT})
         write_json(tmp / "training.json", {"history": result.history,
                                            "best_epoch": result.best_epoch,
                                            "seconds": round(result.seconds, 1)})
