@@ -13,7 +13,10 @@ parser.add_argument("config")
 parser.add_argument("--set", dest="overrides", action="append", default=[],
                     help="override, e.g. train.lr=3e-4")
 parser.add_argument("--out", default=None, help="tagger folder (default index/NAME)")
+parser.add_argument("--overwrite", action="store_true",
+                    help="replace an existing tagger folder there (never another kind)")
 args = parser.parse_args()
-folder = train_embedder(load_config(args.config, args.overrides), out=args.out)
+folder = train_embedder(load_config(args.config, args.overrides), out=args.out,
+                        overwrite=args.overwrite)
 if launch_ranks()[0] == 0:
     print(folder)

@@ -16,6 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 
 
+def entries(folder: Path) -> list[str]:
+    """The names in `folder`, sorted, but the writers' lock files (``.NAME.lock``), which
+    stay beside the folders metricls writes."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Frozen-embedding caches go to a per-session temp folder, never to ~/.cache."""

@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import entries
 
 from metricls.config import Config, dump_config, from_dict, load_config, to_dict
 from metricls.errors import ConfigError
@@ -100,7 +101,7 @@ def test_cli_train_refuses_an_empty_name_before_writing(tmp_path, monkeypatch):
                                    "--set", "name="])
     assert res.exit_code == 2
     assert res.output.strip().startswith("error: --set name=: name must not be empty")
-    assert [p.name for p in (tmp_path / "index").iterdir()] == ["other"]
+    assert entries(tmp_path / "index") == ["other"]
 
 
 def test_errors_name_the_override_not_the_file(tmp_path):

@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import entries
 from synthetic import make_items, write_jsonl
 
 from metricls import Tagger, build_index, load_config, train_embedder
@@ -128,7 +129,7 @@ def test_build_with_memory_mapped_embeddings_gives_the_same_tagger(
     tagger = build_index(tiny_tagger_copy)
     assert [p.name for p in written] == ["train.npy", "valid.npy"]
     assert not any(p.exists() for p in written)  # the scratch folder is gone
-    assert sorted(p.name for p in tiny_tagger_copy.parent.iterdir()) == ["tagger"]
+    assert entries(tiny_tagger_copy.parent) == ["tagger"]
     texts = ["w1x0 w1x2 noise3", "w4x1 w7x3 w7x0 noise1", "noise2 w12x1"]
     expected = Tagger.load(tiny_tagger_dir).predict_scores(texts, k=5)
     got = tagger.predict_scores(texts, k=5)

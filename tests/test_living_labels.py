@@ -183,13 +183,14 @@ def test_save_and_load_round_trip_a_changed_tagger(tagger, tiny_tagger_copy):
     (lambda t: t.add_label(" new::a", ["x"]), "name: expected a non-empty label name"),
     (lambda t: t.add_label(7, ["x"]), "label name without surrounding spaces, got int 7"),
     (lambda t: t.add_label("new::a", description=""), "description: expected a non-empty text"),
+    (lambda t: t.add_label("new::\udc80"), "name: 'new::\\udc80' is not valid Unicode"),
     (lambda t: t.remove_label("facet0::tag33"), "unknown label 'facet0::tag33'; did you mean"),
     (lambda t: t.update_label("nope", ["x"]), "unknown label 'nope'"),
     (lambda t: t.update_label(LABEL, ["x"], mode="swap"), "mode: expected one of"),
 ])
 def test_bad_label_changes_raise_one_clear_error_and_change_nothing(tagger, call, message):
     before = _state(tagger)
-    with pytest.raises(InputError, match=re.escape(message)):
+    with pytest.raises(InputError, match="^" + re.escape(message)):  # the whole message, once
         call(tagger)
     after = _state(tagger)
     assert after[0] == before[0] and after[2:] == before[2:]

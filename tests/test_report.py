@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from conftest import entries
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -86,7 +87,7 @@ def test_bad_data_path_is_one_clear_error_and_writes_nothing(tiny_tagger_dir, tm
     result = CliRunner().invoke(app, ["report", str(tiny_tagger_dir), "--data", str(missing),
                                       "--out", str(out)])
     assert result.exit_code == 2 and "error:" in result.output and "Traceback" not in result.output
-    assert list(tmp_path.iterdir()) == []  # no report, no staged temp folder
+    assert entries(tmp_path) == []  # no report, no staged temp folder
 
 
 def test_failure_while_drawing_leaves_the_previous_report(report_dir, tiny_tagger_dir,

@@ -91,7 +91,7 @@ def bench_fewshot(config: str | Path, *, holdout: int = 50, shots: Sequence[int]
         held_cfg = dataclasses.replace(cfg, name=f"{cfg.name}-holdout", data=dataclasses.replace(
             cfg.data, exclude_labels=(*cfg.data.exclude_labels, *labels)))
         start = time.perf_counter()
-        build_index(train_embedder(held_cfg, out=folder / "holdout"))
+        build_index(train_embedder(held_cfg, out=folder / "holdout", overwrite=True))
         train_s = time.perf_counter() - start
         full_tagger = _full_tagger(cfg, full, folder / "full")
         rows, per_label, add_s = _variants(folder / "holdout", full_tagger, data, labels, shots,
@@ -175,7 +175,7 @@ def _test_counts(data: Dataset, labels: list[str]) -> list[int]:
 def _full_tagger(cfg: Config, full: str | Path | None, folder: Path) -> Tagger:
     """The given fully trained tagger (warning if its config differs), or one trained now."""
     if full is None:
-        return build_index(train_embedder(cfg, out=folder))
+        return build_index(train_embedder(cfg, out=folder, overwrite=True))
     tagger = Tagger.load(full)
     mine, theirs = to_dict(cfg), to_dict(tagger.config)
     differ = [k for k in mine if k != "name" and mine[k] != theirs.get(k)]
