@@ -28,6 +28,7 @@ from metricls.config import DataConfig
 from metricls.data.items import Items, iter_items, resolve_dataset
 from metricls.data.splits import md5_split
 from metricls.errors import InputError, MetriclsError
+from metricls.pipeline.tag import named, score, selection
 from metricls.progress import progress
 from metricls.validation import check_k
 
@@ -117,8 +118,9 @@ class TagBatch:
                       texts=block.column("text").to_pylist() if "text" in names else None,
                       features=_matrix(block.column("features")) if "features" in names else None)
         emb = self.tagger.embed(items)
-        tags = self.tagger.predict_embeddings(emb, k=self.options.k,
-                                              threshold=self.options.threshold, texts=items.texts)
+        state = self.tagger.state  # one snapshot from scores to names
+        k, cut = selection(self.options.k, self.options.threshold, state)
+        tags = named(state, *score(state, emb, k, items.texts), self.options.threshold, cut)
         columns = {"row": block.column("row"), "id": block.column("id"),
                    "labels": pa.array([[name for name, _ in row] for row in tags],
                                       pa.list_(pa.string())),
@@ -160,8 +162,7 @@ def tag_catalog(tagger_dir: str | Path, data: str | Path, out: str | Path, *,
     ray = _import_ray() if engine == "ray" else None
     start = time.perf_counter()
     tagger = Tagger.load(tagger_dir)
-    tagger.predict_embeddings(np.zeros((0, tagger.model.out_dim), np.float32), k=options.k,
-                              threshold=options.threshold)  # checks k and threshold now
+    selection(options.k, options.threshold, tagger.state)  # checks k and threshold now
     blocks = read_blocks(source, tagger.config.data, options.batch_size)
     first = next(blocks)  # a bad column or first row fails here, before any work
     with staged_dir(out) as tmp:

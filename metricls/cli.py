@@ -399,7 +399,7 @@ def _edit_labels(tagger: Path, out: Path | None, overwrite: bool, edit, examples
     several processes run one after another and none is lost; returns (label id, folder)."""
     from metricls import Tagger
     from metricls.artifacts import check_output, folder_lock
-    from metricls.living import read_examples
+    from metricls.pipeline.labels import read_examples
 
     if out is not None:  # checked before any work: the output must be safe to write
         check_output(out, "tagger", overwrite=overwrite, inputs=(tagger,),

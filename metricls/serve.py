@@ -166,7 +166,7 @@ def create_app(tagger_or_path: Tagger | str | Path, *, max_batch: int = Limits.m
     tagger.predict(np.zeros((1, dim), np.float32) if dim is not None else ["warm-up"], k=1)
     health = Health(status="ok", tagger=tagger.config.name, labels=len(tagger.labels),
                     inputs="vectors" if dim is not None else "texts", vector_dim=dim,
-                    backend=tagger.proto_index.backend,
+                    backend=tagger.state.proto_index.backend,
                     manifest_sha256=manifest.get("manifest_sha256"),
                     created=manifest.get("created"), versions=versions(),
                     limits=dataclasses.asdict(limits))
@@ -328,7 +328,7 @@ def _validation_detail(errors: list[dict]) -> str:
 
 # ---- documents ----------------------------------------------------------------------------------
 def _labels(tagger: Tagger) -> LabelsResponse:
-    cuts = tagger.scoring.label_thresholds or [None] * len(tagger.labels)
+    cuts = tagger.state.scoring.label_thresholds or [None] * len(tagger.labels)
     return LabelsResponse(labels=[LabelInfo(name=name, count=int(count), threshold=cut)
                                   for name, count, cut in zip(tagger.labels,
                                                               tagger.vocab.counts, cuts)],

@@ -16,6 +16,16 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 
 
+def replaced(tagger, **changes):
+    """A tagger like `tagger` whose state has `changes` (e.g. reranker=None: the blend)."""
+    from metricls import Tagger
+
+    twin = Tagger(model=tagger.model, state=tagger.state.replace(**changes),
+                  config=tagger.config, metrics=tagger.metrics)
+    twin._origin, twin._origin_sha = tagger._origin, tagger._origin_sha  # saves in place
+    return twin
+
+
 def entries(folder: Path) -> list[str]:
     """The names in `folder`, sorted, but the writers' lock files (``.NAME.lock``), which
     stay beside the folders metricls writes."""

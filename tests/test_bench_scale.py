@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import scipy.sparse as sp
+from conftest import replaced
 from typer.testing import CliRunner
 
 from metricls.bench.scale import STAGES, bench_scale, markdown_summary
@@ -104,14 +105,14 @@ def test_validation_recall_in_blocks_equals_one_block(monkeypatch):
 
 def test_scoring_in_batches_equals_one_batch(tiny_tagger_dir, monkeypatch):
     from metricls import Tagger
-    from metricls import tagger as tagger_module
+    from metricls.pipeline import tag
 
     tagger = Tagger.load(tiny_tagger_dir)
     texts = [f"w{i % 20}x{i % 4} noise{i % 30}" for i in range(50)]
     emb = tagger.embed(texts)
-    whole = tagger.score_embeddings(emb, 5, texts)  # texts: the reranker reads their TF-IDF
-    monkeypatch.setattr(tagger_module, "SCORE_BATCH", 7)
-    batched = tagger.score_embeddings(emb, 5, texts)
+    whole = tag.score(tagger.state, emb, 5, texts)  # texts: the reranker reads their TF-IDF
+    monkeypatch.setattr(tag, "SCORE_BATCH", 7)
+    batched = tag.score(tagger.state, emb, 5, texts)
     np.testing.assert_array_equal(batched[1], whole[1])
     np.testing.assert_array_equal(batched[0], whole[0])
 
@@ -121,19 +122,18 @@ def test_prototype_only_scoring_never_searches_the_items(tiny_tagger_dir):
 
     from metricls import Tagger
 
-    tagger = Tagger.load(tiny_tagger_dir)
-    tagger.reranker = None  # the blend's scoring, not the reranker's (which reads items)
-    tagger.scoring = dataclasses.replace(tagger.scoring, blend=1.0)
+    loaded = Tagger.load(tiny_tagger_dir)  # the blend's scoring, not the reranker's
+    tagger = replaced(loaded, reranker=None,
+                      scoring=dataclasses.replace(loaded.state.scoring, blend=1.0))
     texts = ["w1x0 w1x2 noise3", "w4x1 w7x3 w7x0 noise1"]
     expected = tagger.predict_scores(texts, k=5)
 
     class Untouchable:
-        ntotal = tagger.item_index.ntotal
+        ntotal = tagger.state.item_index.ntotal
 
         def search(self, *args, **kwargs):
             raise AssertionError("the item index was searched")
 
-    tagger._state = tagger._state.replace(item_index=Untouchable())
-    got = tagger.predict_scores(texts, k=5)
+    got = replaced(tagger, item_index=Untouchable()).predict_scores(texts, k=5)
     np.testing.assert_array_equal(got[1], expected[1])
     np.testing.assert_array_equal(got[0], expected[0])

@@ -10,9 +10,11 @@ from conftest import TINY
 
 from metricls import Tagger, build_index, load_config, train_embedder
 from metricls.artifacts import load_tensors
-from metricls.build import BIAS_WEIGHTS
 from metricls.evaluation import evaluate
-from metricls.scoring import Scoring, with_label_bias
+from metricls.pipeline.fit import BIAS_WEIGHTS
+from metricls.pipeline.scoring import Scoring, with_label_bias
+from metricls.pipeline.search import search
+from metricls.pipeline.tag import combine
 
 
 @pytest.fixture(scope="module")
@@ -39,20 +41,19 @@ def test_biases_are_learned_saved_and_used(biased_dir, synthetic_path):
     tagger = Tagger.load(biased_dir)
     bias = tensors["label_bias"]
     assert bias.shape == (len(tagger.vocab),) and np.abs(bias).max() > 1e-3  # they moved
-    np.testing.assert_allclose(tagger.scoring.label_bias, bias, rtol=1e-6)
-    assert tagger.scoring.bias_weight in BIAS_WEIGHTS  # tuned on valid
+    np.testing.assert_allclose(tagger.state.scoring.label_bias, bias, rtol=1e-6)
+    assert tagger.state.scoring.bias_weight in BIAS_WEIGHTS  # tuned on valid
     # prototype-only scores are (1 + cos + w * bias) / 2 over every label (the candidates
     # cover all of the tiny tagger's labels)
     texts = ["alpha beta gamma", "delta epsilon"]
     emb = tagger.embed(texts)
-    reranker, tagger.reranker = tagger.reranker, None  # the blend's scores
-    scoring = dataclasses.replace(tagger.scoring, blend=1.0, bias_weight=1.0)
-    scores, ids = tagger.combine(tagger.search(emb, candidates=len(tagger.vocab), knn=0), 3,
-                                 scoring)
+    blend = tagger.state.replace(reranker=None)  # the blend's scores
+    scoring = dataclasses.replace(tagger.state.scoring, blend=1.0, bias_weight=1.0)
+    scores, ids = combine(blend, search(blend, emb, candidates=len(tagger.vocab), knn=0), 3,
+                          scoring)
     expected = (1 + emb @ tagger.prototypes.T + bias[None]) / 2
     np.testing.assert_array_equal(ids, np.argsort(-expected, axis=1, kind="stable")[:, :3])
     np.testing.assert_allclose(scores, np.take_along_axis(expected, ids, 1), rtol=1e-5)
-    tagger.reranker = reranker
     # and it is a working tagger
     cfg = load_config(TINY, [f"data.path={synthetic_path}"])
     from metricls.data.dataset import Dataset
@@ -62,16 +63,16 @@ def test_biases_are_learned_saved_and_used(biased_dir, synthetic_path):
 
 def test_living_labels_keep_the_biases_in_step(biased_dir, tmp_path):
     tagger = Tagger.load(biased_dir)
-    bias = list(tagger.scoring.label_bias)
+    bias = list(tagger.state.scoring.label_bias)
     L = len(bias)
     new = tagger.add_label("new::label", ["alpha beta", "alpha gamma"])
-    assert len(tagger.scoring.label_bias) == L + 1
-    assert tagger.scoring.label_bias[new] == pytest.approx(float(np.median(bias)))
+    assert len(tagger.state.scoring.label_bias) == L + 1
+    assert tagger.state.scoring.label_bias[new] == pytest.approx(float(np.median(bias)))
     gone = tagger.remove_label(tagger.vocab.names[0])
-    assert tagger.scoring.label_bias == [*bias[1:], pytest.approx(float(np.median(bias)))]
+    assert tagger.state.scoring.label_bias == [*bias[1:], pytest.approx(float(np.median(bias)))]
     assert gone == 0
     saved = tagger.save(tmp_path / "changed")
     again = Tagger.load(saved)
-    assert again.scoring.label_bias == pytest.approx(tagger.scoring.label_bias)
+    assert again.state.scoring.label_bias == pytest.approx(tagger.state.scoring.label_bias)
     tensors, _ = load_tensors(saved / "label_vectors.safetensors")
-    np.testing.assert_allclose(tensors["label_bias"], tagger.scoring.label_bias, rtol=1e-6)
+    np.testing.assert_allclose(tensors["label_bias"], tagger.state.scoring.label_bias, rtol=1e-6)

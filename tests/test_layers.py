@@ -12,12 +12,11 @@ LAYERS = [
     {"build", "training"},
     {"evaluation"},
     {"tagger"},
-    {"living"},
-    {"state"},
-    {"rerank"},
-    {"scoring", "prototypes", "tfidf", "ann", "miners", "encoders"},
+    {"folder"},
+    {"pipeline"},
+    {"prototypes", "ann", "miners", "encoders"},
     {"data"},
-    {"config", "validation", "metrics", "artifacts", "progress"},
+    {"config", "validation", "metrics", "artifacts", "formats", "progress"},
     {"errors"},
 ]
 
@@ -51,6 +50,7 @@ def test_no_module_imports_a_higher_layer():
 
 
 def test_numpy_only_modules_do_not_load_torch():
-    code = ("import sys, metricls.ann, metricls.metrics, metricls.artifacts, metricls.scoring, "
-            "metricls.data; assert 'torch' not in sys.modules, 'torch was imported'")
+    code = ("import sys, metricls.ann, metricls.metrics, metricls.artifacts, "
+            "metricls.pipeline.scoring, metricls.data; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -5,6 +5,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import replaced
 from typer.testing import CliRunner
 
 from metricls import Tagger
@@ -16,8 +17,8 @@ from metricls.config import load_config
 from metricls.data.dataset import Dataset, read_config_items
 from metricls.data.items import read_texts
 from metricls.errors import InputError
-from metricls.living import label_text
 from metricls.metrics import label_recall_at_k
+from metricls.pipeline.labels import label_text
 
 LABEL = "facet0::tag3"
 
@@ -36,8 +37,8 @@ def _texts_of(items, label):
 
 
 def _state(tagger):
-    return (tagger.labels, tagger.prototypes.copy(), tagger.proto_index.ntotal,
-            tagger.item_index.ntotal, tagger.item_labels.nnz, tagger.scoring)
+    return (tagger.labels, tagger.prototypes.copy(), tagger.state.proto_index.ntotal,
+            tagger.state.item_index.ntotal, tagger.state.item_labels.nnz, tagger.state.scoring)
 
 
 def test_label_text_turns_a_name_into_words():
@@ -53,7 +54,8 @@ def test_added_label_ranks_top_for_its_items_and_predict_returns_it(tagger):
     tagger.remove_label(LABEL)
     new_id = tagger.add_label("new::three", texts, add_items=True)
     assert new_id == len(tagger.labels) - 1 and tagger.labels[new_id] == "new::three"
-    assert tagger.item_index.ntotal == tagger.item_labels.shape[0] == len(train) + len(texts)
+    state = tagger.state
+    assert state.item_index.ntotal == state.item_labels.shape[0] == len(train) + len(texts)
     _, ids = tagger.predict_scores(texts, k=5)
     # within each item's own number of labels: it ranks as high as a true label can
     n_true = [len(train.labels[i]) for i in rows]
@@ -64,40 +66,43 @@ def test_added_label_ranks_top_for_its_items_and_predict_returns_it(tagger):
 
 
 def test_prototype_only_label_is_the_mean_and_scored_by_the_blend(tagger):
-    tagger.reranker = None  # the blend's scores (the reranker's are probabilities)
+    tagger = replaced(tagger, reranker=None)  # the blend's scores (the reranker's: probabilities)
     train = _items(tagger, "train")
     texts = _texts_of(train, LABEL)
     new_id = tagger.add_label("new::proto", texts, add_items=False)
     emb = tagger.embed(texts)
     mean = emb.mean(axis=0)
     np.testing.assert_allclose(tagger.prototypes[new_id], mean / np.linalg.norm(mean), atol=1e-6)
-    assert tagger.item_labels[:, new_id].nnz == 0 and tagger.vocab.counts[new_id] == len(texts)
+    assert tagger.state.item_labels[:, new_id].nnz == 0
+    assert tagger.vocab.counts[new_id] == len(texts)
     # no item carries it, so its score is the prototype part alone: blend * (1 + cos) / 2
     scores, ids = tagger.predict_scores(texts[:10], k=len(tagger.labels))
     cos = emb[:10] @ tagger.prototypes[new_id]
     found = scores[ids == new_id]
-    np.testing.assert_allclose(found, tagger.scoring.blend * (1 + cos) / 2, atol=1e-5)
+    np.testing.assert_allclose(found, tagger.state.scoring.blend * (1 + cos) / 2, atol=1e-5)
 
 
 def test_zero_shot_label_exists_and_is_scored(tagger):
-    tagger.reranker = None  # the blend's scores (the reranker's are probabilities)
+    tagger = replaced(tagger, reranker=None)  # the blend's scores (the reranker's: probabilities)
     new_id = tagger.add_label("works-with::image")
     text = label_text("works-with::image")
     np.testing.assert_allclose(tagger.prototypes[new_id], tagger.embed([text])[0], atol=1e-6)
     assert tagger.vocab.counts[new_id] == 0
     described = tagger.add_label("new::described", description="w5x0 w5x1 noise3")
     tags = dict(tagger.predict(["w5x0 w5x1 noise3"], k=len(tagger.labels))[0])
-    assert tags["new::described"] == pytest.approx(tagger.scoring.blend, abs=1e-5)  # cos = 1
-    assert described == new_id + 1 and len(tagger.scoring.label_thresholds) == len(tagger.labels)
-    assert tagger.scoring.label_thresholds[-1] == tagger.scoring.threshold
+    assert tags["new::described"] == pytest.approx(tagger.state.scoring.blend, abs=1e-5)  # cos = 1
+    assert described == new_id + 1
+    assert len(tagger.state.scoring.label_thresholds) == len(tagger.labels)
+    assert tagger.state.scoring.label_thresholds[-1] == tagger.state.scoring.threshold
 
 
 def test_remove_label_vanishes_and_leaves_the_others_unchanged(tagger):
     texts = _items(tagger, "test").texts
     L = len(tagger.labels)
     before = tagger.predict(texts, k=L)
-    old = {n: (tagger.prototypes[i], tagger.scoring.label_thresholds[i], tagger.vocab.counts[i],
-               tagger.item_labels[:, i].toarray()) for i, n in enumerate(tagger.labels)}
+    state = tagger.state
+    old = {n: (state.prototypes[i], state.scoring.label_thresholds[i], state.vocab.counts[i],
+               state.item_labels[:, i].toarray()) for i, n in enumerate(tagger.labels)}
     removed = tagger.remove_label(LABEL)
     assert tagger.labels[removed] != LABEL and LABEL not in tagger.labels
     after = tagger.predict(texts, k=L)
@@ -105,21 +110,22 @@ def test_remove_label_vanishes_and_leaves_the_others_unchanged(tagger):
     for i, name in enumerate(tagger.labels):  # every id-indexed part moved in step
         proto, threshold, count, column = old[name]
         np.testing.assert_array_equal(tagger.prototypes[i], proto)
-        assert tagger.scoring.label_thresholds[i] == threshold
+        assert tagger.state.scoring.label_thresholds[i] == threshold
         assert tagger.vocab.counts[i] == count
-        np.testing.assert_array_equal(tagger.item_labels[:, i].toarray(), column)
-    assert tagger.proto_index.ntotal == L - 1 and tagger.item_labels.shape[1] == L - 1
+        np.testing.assert_array_equal(tagger.state.item_labels[:, i].toarray(), column)
+    assert tagger.state.proto_index.ntotal == L - 1 and tagger.state.item_labels.shape[1] == L - 1
 
 
 def test_remove_rebuilds_an_hnsw_prototype_index_with_its_params(tagger):
     hnsw = make_index("hnsw", tagger.model.out_dim, m=8, ef_search=40)
     hnsw.build(tagger.prototypes)
-    tagger._state = tagger._state.replace(proto_index=hnsw)
+    tagger = replaced(tagger, proto_index=hnsw)
     tagger.remove_label(LABEL)
-    assert tagger.proto_index.backend == "hnsw" and tagger.proto_index.params == hnsw.params
-    np.testing.assert_allclose(tagger.proto_index.reconstruct(), tagger.prototypes)
+    index = tagger.state.proto_index
+    assert index.backend == "hnsw" and index.params == hnsw.params
+    np.testing.assert_allclose(tagger.state.proto_index.reconstruct(), tagger.prototypes)
     tagger.add_label("new::after", ["w3x0 w3x1 noise1"])
-    assert tagger.proto_index.ntotal == len(tagger.labels)
+    assert tagger.state.proto_index.ntotal == len(tagger.labels)
 
 
 def test_update_label_replace_and_merge(tagger):
@@ -128,21 +134,21 @@ def test_update_label_replace_and_merge(tagger):
     i = tagger.vocab.index(LABEL)
     old_proto, old_count = tagger.prototypes[i].copy(), int(tagger.vocab.counts[i])
     emb = tagger.embed(other)
-    carriers = tagger.item_labels[:, i].nnz
+    carriers = tagger.state.item_labels[:, i].nnz
     assert tagger.update_label(LABEL, other, mode="merge", add_items=False) == i
     merged = old_count * old_proto + emb.sum(axis=0)
     np.testing.assert_allclose(tagger.prototypes[i], merged / np.linalg.norm(merged), atol=1e-5)
     assert tagger.vocab.counts[i] == old_count + len(other)
-    assert tagger.item_labels[:, i].nnz == carriers  # merge keeps the items carrying it
-    n_items = tagger.item_labels.shape[0]
+    assert tagger.state.item_labels[:, i].nnz == carriers  # merge keeps the items carrying it
+    n_items = tagger.state.item_labels.shape[0]
     tagger.update_label(LABEL, other, mode="replace")  # the examples join the items
     mean = emb.mean(axis=0)
     np.testing.assert_allclose(tagger.prototypes[i], mean / np.linalg.norm(mean), atol=1e-5)
     assert tagger.vocab.counts[i] == len(other)
     # replace: only the new examples carry it now
-    assert tagger.item_labels[:, i].nonzero()[0].tolist() == list(range(n_items, n_items +
+    assert tagger.state.item_labels[:, i].nonzero()[0].tolist() == list(range(n_items, n_items +
                                                                          len(other)))
-    np.testing.assert_allclose(tagger.proto_index.reconstruct(), tagger.prototypes, atol=1e-6)
+    np.testing.assert_allclose(tagger.state.proto_index.reconstruct(), tagger.prototypes, atol=1e-6)
     assert tagger.labels[i] == LABEL
 
 
@@ -181,7 +187,8 @@ def test_save_and_load_round_trip_a_changed_tagger(tagger, tiny_tagger_copy):
     (lambda t: t.add_label("new::a", ["ok", 3]), "examples[1]: expected a non-empty string"),
     (lambda t: t.add_label("new::a", np.ones((2, 32))), "examples: this tagger reads texts"),
     (lambda t: t.add_label(" new::a", ["x"]), "name: expected a non-empty label name"),
-    (lambda t: t.add_label(7, ["x"]), "label name without surrounding spaces, got int 7"),
+    (lambda t: t.add_label(7, ["x"]), "name: expected a non-empty label name without "
+                                      "surrounding spaces, got int 7"),
     (lambda t: t.add_label("new::a", description=""), "description: expected a non-empty text"),
     (lambda t: t.add_label("new::\udc80"), "name: 'new::\\udc80' is not valid Unicode"),
     (lambda t: t.remove_label("facet0::tag33"), "unknown label 'facet0::tag33'; did you mean"),
@@ -195,7 +202,7 @@ def test_bad_label_changes_raise_one_clear_error_and_change_nothing(tagger, call
     after = _state(tagger)
     assert after[0] == before[0] and after[2:] == before[2:]
     np.testing.assert_array_equal(after[1], before[1])
-    assert tagger.label_changes == []
+    assert tagger._changes == []
 
 
 def test_labels_cli_list_add_update_remove(tiny_tagger_dir, tiny_tagger_copy, tmp_path):
@@ -221,8 +228,8 @@ def test_labels_cli_list_add_update_remove(tiny_tagger_dir, tiny_tagger_copy, tm
     changed = Tagger.load(out)
     assert changed.vocab.counts[-1] == 4  # 2 texts, merged with 2 more
     # --no-items on add, the default (items) on update: the 2 merged texts joined the items
-    assert changed.item_labels[:, L].nnz == 2 and changed.item_index.ntotal == \
-        Tagger.load(tiny_tagger_dir).item_index.ntotal + 2
+    assert changed.state.item_labels[:, L].nnz == 2 and changed.state.item_index.ntotal == \
+        Tagger.load(tiny_tagger_dir).state.item_index.ntotal + 2
     listed = json.loads(runner.invoke(app, ["labels", "list", str(out), "--json"]).output)
     assert listed[-1] == {"id": L, "count": 4, "name": "cli::a"}
     assert runner.invoke(app, ["verify", str(out)]).exit_code == 0
@@ -317,7 +324,7 @@ def test_a_features_tagger_takes_feature_rows_and_refuses_a_text(synthetic_path)
     new_id = tagger.add_label("new::vec", rows)
     mean = tagger.embed(rows).mean(axis=0)
     np.testing.assert_allclose(tagger.prototypes[new_id], mean / np.linalg.norm(mean), atol=1e-6)
-    assert tagger.item_labels[:, new_id].nnz == len(rows)
+    assert tagger.state.item_labels[:, new_id].nnz == len(rows)
     with pytest.raises(InputError, match=re.escape("description: this tagger reads feature")):
         tagger.add_label("new::text", description="a text")
     with pytest.raises(InputError, match=re.escape("examples: this tagger reads feature vectors")):

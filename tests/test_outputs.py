@@ -170,18 +170,18 @@ def test_predictions_beside_label_edits_see_before_or_after(tiny_tagger_copy):
 
 def test_add_remove_cycles_do_not_grow_the_item_index(tiny_tagger_copy):
     tagger = Tagger.load(tiny_tagger_copy)
-    n = tagger.item_index.ntotal
+    n = tagger.state.item_index.ntotal
     for cycle in range(5):
         tagger.add_label(f"new::{cycle}", ["w1x1 w1x2", "w3x0 noise2"])
-        assert tagger.item_index.ntotal == n + 2
+        assert tagger.state.item_index.ntotal == n + 2
         tagger.remove_label(f"new::{cycle}")
-        assert tagger.item_index.ntotal == tagger.item_labels.shape[0] == n
+        assert tagger.state.item_index.ntotal == tagger.state.item_labels.shape[0] == n
     tagger.add_label("kept", ["w1x1 w1x2", "w3x0 noise2"])
     tagger.update_label("kept", ["w2x2"], mode="replace")  # the first examples go with it
-    assert tagger.item_index.ntotal == n + 1
+    assert tagger.state.item_index.ntotal == n + 1
     saved = Tagger.load(tagger.save(tiny_tagger_copy))
     saved.remove_label("kept")  # the saved tagger still knows which rows were examples
-    assert saved.item_index.ntotal == n
+    assert saved.state.item_index.ntotal == n
 
 
 # ---- catalogs ----------------------------------------------------------------------------------

@@ -81,7 +81,7 @@ def test_every_backend_builds_loads_and_agrees(tiny_tagger_copy, backend):
     exact = Tagger.load(tiny_tagger_copy)
     texts = ["w3x0 w7x1", "w1x2 noise1", "w10x3 w11x0 w0x0"]
     built = build_index(tiny_tagger_copy, backend=backend)
-    assert built.proto_index.backend == backend
+    assert built.state.proto_index.backend == backend
     reloaded = Tagger.load(tiny_tagger_copy)
     assert [t for t, _ in reloaded.predict(texts, k=1)[0]] == [t for t, _ in
                                                                 exact.predict(texts, k=1)[0]]
@@ -153,12 +153,12 @@ def test_auto_backend_is_exact_below_the_threshold(tiny_tagger_copy):
     assert choose_backend("auto", 20_000, 20_000) == "hnsw"
     assert choose_backend("scann", 10, 20_000) == "scann"
     tagger = build_index(tiny_tagger_copy, backend="auto")
-    assert tagger.proto_index.backend == tagger.item_index.backend == "flat"
+    assert tagger.state.proto_index.backend == tagger.state.item_index.backend == "flat"
     ann = read_json(tiny_tagger_copy / "manifest.json")["build"]["ann"]
     assert ann == {"prototypes": {"backend": "flat"}, "items": {"backend": "flat"}}
     hnsw = build_index(tiny_tagger_copy, backend="hnsw")
     ann = read_json(tiny_tagger_copy / "manifest.json")["build"]["ann"]
-    assert hnsw.proto_index.backend == "hnsw" and ann["prototypes"]["recall@k"] >= 0.99
+    assert hnsw.state.proto_index.backend == "hnsw" and ann["prototypes"]["recall@k"] >= 0.99
     assert "ef_search" in ann["prototypes"]["params"]
 
 

@@ -8,30 +8,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from conftest import TINY
+from conftest import TINY, replaced
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from metricls import Tagger, build_index, load_config, train_embedder
 from metricls.artifacts import load_tensors, read_json, save_tensors, write_manifest
-from metricls.build import objective, tune_reranker
 from metricls.data.dataset import Dataset
 from metricls.errors import ArtifactError
 from metricls.evaluation import evaluate
-from metricls.rerank import (
-    FEATURES,
+from metricls.folder import RERANKER
+from metricls.pipeline.features import candidate_features
+from metricls.pipeline.fit import (
     LEARNING_RATE,
     LEAVES,
     TREES,
-    LabelStats,
-    Neighbours,
-    Reranker,
-    TreeEnsemble,
-    candidate_features,
     fit_trees,
-    ranked,
+    objective,
+    tune_reranker,
 )
-from metricls.scoring import Scoring
-from metricls.tagger import RERANKER
+from metricls.pipeline.rerank import FEATURES, Reranker, ranked
+from metricls.pipeline.scoring import Scoring
+from metricls.pipeline.search import Neighbours, search
+from metricls.pipeline.state import LabelStats
+from metricls.pipeline.tag import candidates
+from metricls.pipeline.trees import TreeEnsemble
 
 
 def test_exported_trees_give_scikit_learns_logits_and_survive_a_round_trip():
@@ -73,7 +73,7 @@ def test_averaged_ensembles_give_the_mean_logit_and_fit_trees_bags():
 
 
 def test_trees_that_are_single_leaves_score_their_value_either_way(monkeypatch):
-    import metricls.rerank as rerank
+    import metricls.pipeline.trees as rerank
 
     one = np.array([0])
     stump = TreeEnsemble(feature=one, threshold=np.array([np.inf]), left=one, right=one,
@@ -88,7 +88,7 @@ def test_trees_that_are_single_leaves_score_their_value_either_way(monkeypatch):
 def test_the_compiled_walk_is_used_when_it_agrees_and_numpy_walks_otherwise(monkeypatch):
     import sys
 
-    import metricls.rerank as rerank
+    import metricls.pipeline.trees as rerank
 
     rng = np.random.default_rng(2)
     X = rng.normal(size=(2000, 4))
@@ -211,17 +211,14 @@ def _miscalibrated(n: int, seed: int = 0) -> tuple[Neighbours, sp.csr_matrix, sp
 
 
 class _Stub:
-    """What `tune_reranker` reads of a tagger."""
+    """What `tune_reranker` reads of a tagger's state."""
 
     def __init__(self, train: sp.csr_matrix) -> None:
         from metricls.data.labels import LabelVocab
 
         self.item_labels = train
+        self.label_stats = LabelStats.of(train)
         self.vocab = LabelVocab.fit([[f"l{j}"] for j in train.indices])
-
-    def candidates(self, found, scoring, depth):
-        return candidate_features(found, self.item_labels, LabelStats.of(self.item_labels),
-                                  scoring, depth)
 
 
 def test_the_reranker_learns_to_rank_a_broad_label_first_and_is_kept():
@@ -236,7 +233,7 @@ def test_the_reranker_learns_to_rank_a_broad_label_first_and_is_kept():
     assert _p1(found.proto_ids, Y) < 0.6 < 0.9 < _p1(ids, Y)  # out of fold: unseen queries
     # fresh queries from the same process
     test, Y_test, _ = _miscalibrated(500, seed=1)
-    _, test_ids = reranker.top_k(stub.candidates(test, Scoring(), reranker.depth), 5)
+    _, test_ids = reranker.top_k(candidates(stub, test, Scoring(), reranker.depth), 5)
     assert _p1(test_ids, Y_test) > 0.9 > 0.6 > _p1(test.proto_ids, Y_test)
 
 
@@ -276,8 +273,9 @@ def test_build_index_records_its_reranker_decision(tiny_tagger_dir, plain_dir):
     card = (tiny_tagger_dir / "README.md").read_text()
     assert f"reranker {{'kept': {report['kept']}, 'out_of_fold': {report['out_of_fold']}" in card
     assert read_json(plain_dir / "manifest.json")["build"]["rerank"].startswith("off")
-    assert Tagger.load(plain_dir).reranker is None and not (plain_dir / RERANKER).exists()
-    assert Tagger.load(plain_dir).tfidf is None and not (plain_dir / "tfidf.safetensors").exists()
+    plain = Tagger.load(plain_dir).state
+    assert plain.reranker is None and not (plain_dir / RERANKER).exists()
+    assert plain.tfidf is None and not (plain_dir / "tfidf.safetensors").exists()
 
 
 @pytest.fixture
@@ -285,19 +283,18 @@ def reranked_dir(tiny_tagger_copy, synthetic_path) -> Path:
     """The tiny tagger with a reranker fitted on its valid split (kept whatever it scores)."""
     tagger = Tagger.load(tiny_tagger_copy)
     data = Dataset.load(load_config(TINY, [f"data.path={synthetic_path}"]).data)
-    found = tagger.search(tagger.embed(data.valid), candidates=20, knn=50,
-                          texts=data.valid.texts)
-    reranker, _, report = tune_reranker(tagger, found, tagger.scoring, data.labels("valid"),
-                                        plain=-1.0, seed=0)
+    found = search(tagger.state, tagger.embed(data.valid), candidates=20, knn=50,
+                   texts=data.valid.texts)
+    reranker, _, report = tune_reranker(tagger.state, found, tagger.state.scoring,
+                                        data.labels("valid"), plain=-1.0, seed=0)
     assert report["kept"]
-    tagger.reranker = reranker
-    tagger.save(tiny_tagger_copy)
+    replaced(tagger, reranker=reranker).save(tiny_tagger_copy)
     return tiny_tagger_copy
 
 
 def test_a_reranker_is_saved_loaded_and_scores_probabilities(reranked_dir, synthetic_path):
     tagger = Tagger.load(reranked_dir)
-    assert tagger.reranker is not None
+    assert tagger.state.reranker is not None
     texts = ["w0x1 w3x2 noise1", "w5x0 w5x1 noise2 noise3", "noise4"]
     scores, ids = tagger.predict_scores(texts, k=5)
     assert ((scores > 0) & (scores < 1)).all() and (np.diff(scores, axis=1) <= 0).all()

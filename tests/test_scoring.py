@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from metricls.scoring import (
+from metricls.pipeline.scoring import (
     Scoring,
     apply_thresholds,
     blend_scores,

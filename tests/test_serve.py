@@ -118,7 +118,7 @@ def test_labels(client, tagger):
     assert [label["name"] for label in body["labels"]] == list(tagger.labels)
     assert [label["count"] for label in body["labels"]] == tagger.vocab.counts.tolist()
     assert [label["threshold"] for label in body["labels"]] == \
-           pytest.approx(tagger.scoring.label_thresholds)
+           pytest.approx(tagger.state.scoring.label_thresholds)
     assert body["n_train_items"] == tagger.vocab.n_items
 
 
@@ -130,7 +130,7 @@ def test_health(client, tagger, tiny_tagger_dir):
     assert body["manifest_sha256"] == manifest["manifest_sha256"]
     assert body["created"] == manifest["created"]
     assert body["versions"]["metricls"] == __version__
-    assert body["backend"] == tagger.proto_index.backend
+    assert body["backend"] == tagger.state.proto_index.backend
     assert body["limits"] == LIMITS
 
 

@@ -121,7 +121,7 @@ def test_index_shards_config_builds_a_sharded_tagger(tiny_tagger_dir, tiny_tagge
     (tiny_tagger_copy / "config.json").write_text(json.dumps(
         config | {"index": config["index"] | {"shards": 3}}))  # build-index reads the config
     tagger = build_index(tiny_tagger_copy)
-    assert tagger.item_index.backend == "sharded" and len(tagger.item_index.parts) == 3
+    assert tagger.state.item_index.backend == "sharded" and len(tagger.state.item_index.parts) == 3
     got = tagger.predict_scores(texts, k=5)  # tiny's flat backend: sharding changes nothing
     np.testing.assert_array_equal(got[1], expected[1])
     np.testing.assert_allclose(got[0], expected[0], atol=1e-6)
@@ -138,7 +138,7 @@ def test_index_pq_m_compresses_the_large_ivf_indexes(tiny_tagger_dir, tiny_tagge
     from metricls import build as build_module
 
     config = read_json(tiny_tagger_copy / "config.json")
-    n_items = Tagger.load(tiny_tagger_dir).item_index.ntotal
+    n_items = Tagger.load(tiny_tagger_dir).state.item_index.ntotal
     n_labels = len(Tagger.load(tiny_tagger_dir).vocab)
     assert n_labels < 256 <= n_items  # items get compressed, prototypes stay IVF-flat
     monkeypatch.setattr(build_module, "PQ_MIN_VECTORS", 256)
@@ -152,12 +152,12 @@ def test_index_pq_m_compresses_the_large_ivf_indexes(tiny_tagger_dir, tiny_tagge
     (tiny_tagger_copy / "config.json").write_text(json.dumps(
         config | {"index": config["index"] | {"backend": "ivf", "pq_m": 4}}))
     tagger = build_index(tiny_tagger_copy)
-    assert type(tagger.item_index._index).__name__ == "IndexIVFPQ"
-    assert type(tagger.proto_index._index).__name__ == "IndexIVFFlat"
+    assert type(tagger.state.item_index._index).__name__ == "IndexIVFPQ"
+    assert type(tagger.state.proto_index._index).__name__ == "IndexIVFFlat"
     ann = read_json(tiny_tagger_copy / "manifest.json")["build"]["ann"]
     assert ann["items"]["pq_m"] == 4 and "pq_m" not in ann["prototypes"]
     reloaded = Tagger.load(tiny_tagger_copy)
-    assert reloaded.item_index._index.code_size == 4  # bytes a vector, not 32 x 4
+    assert reloaded.state.item_index._index.code_size == 4  # bytes a vector, not 32 x 4
     texts = ["w1x0 w1x2 noise3", "w4x1 w7x3 w7x0 noise1"]
     np.testing.assert_array_equal(reloaded.predict_scores(texts, k=3)[1],
                                   tagger.predict_scores(texts, k=3)[1])

@@ -9,11 +9,12 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 from synthetic import make_items
 
-import metricls.tfidf as tfidf_module
+import metricls.pipeline.tfidf as tfidf_module
 from metricls import Tagger
 from metricls.artifacts import load_tensors, read_json, save_tensors, write_manifest
 from metricls.errors import ArtifactError, InputError
-from metricls.tfidf import TfidfPrototypes, rank_in_rows
+from metricls.pipeline.tag import combine, named, neighbours, reads_texts, score
+from metricls.pipeline.tfidf import TfidfPrototypes, rank_in_rows
 
 ITEMS = make_items(n_items=300, seed=3)
 TEXTS = [item["text"] + " The C++ and Perl words, once." for item in ITEMS]
@@ -90,19 +91,20 @@ def test_tensors_round_trip_and_damage_is_named():
 
 def test_the_tagger_reads_texts_beside_embeddings(tiny_tagger_dir):
     tagger = Tagger.load(tiny_tagger_dir)
-    assert tagger.reads_texts and tagger.tfidf is not None  # the tiny build kept its reranker
+    state = tagger.state
+    assert reads_texts(state) and state.tfidf is not None  # the tiny build kept its reranker
     texts = ["w0x1 w3x2 noise1", "w5x0 w5x1 noise2 noise3"]
     emb = tagger.embed(texts)
     expected = tagger.predict(texts, k=3)
-    assert tagger.predict_embeddings(emb, k=3, texts=texts) == expected
+    assert named(state, *score(state, emb, 3, texts), None, None) == expected
     with pytest.raises(InputError, match="reads the texts beside their embeddings"):
-        tagger.predict_embeddings(emb, k=3)
+        score(state, emb, 3)
     with pytest.raises(InputError, match=r"texts: expected one per embedding \(2\), got 1"):
-        tagger.predict_embeddings(emb, k=3, texts=texts[:1])
+        score(state, emb, 3, texts[:1])
     # the TF-IDF features move the scores: with them zeroed the reranker scores differently
-    found = tagger.neighbours(emb, 3, texts)
-    with_tfidf = tagger.combine(found, 3, tagger.scoring)[0]
-    without = tagger.combine(found._replace(tfidf=found.tfidf * 0), 3, tagger.scoring)[0]
+    found = neighbours(state, emb, 3, texts)
+    with_tfidf = combine(state, found, 3, state.scoring)[0]
+    without = combine(state, found._replace(tfidf=found.tfidf * 0), 3, state.scoring)[0]
     assert not np.allclose(with_tfidf, without)
 
 
@@ -118,7 +120,7 @@ def test_a_damaged_tfidf_file_is_refused_with_its_name(tiny_tagger_copy):
 
 
 def _row(tagger, i) -> np.ndarray:
-    return tagger.tfidf.centroids[i].toarray().ravel()
+    return tagger.state.tfidf.centroids[i].toarray().ravel()
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -129,26 +131,28 @@ def test_living_labels_keep_the_tfidf_prototypes_in_step(tiny_tagger_copy):
     tagger = Tagger.load(tiny_tagger_copy)
     examples = ["w9x0 w9x1 noise1 brandnew", "w9x2 noise1 noise1"]  # "brandnew": not a term
     new = tagger.add_label("facet9::new", examples)
-    assert tagger.tfidf.centroids.shape[0] == len(tagger.labels)
-    sums = tagger.tfidf.vectors(examples).toarray().sum(axis=0)
+    assert tagger.state.tfidf.centroids.shape[0] == len(tagger.labels)
+    sums = tagger.state.tfidf.vectors(examples).toarray().sum(axis=0)
     assert sums.any()
     np.testing.assert_allclose(_row(tagger, new), _unit(sums), atol=1e-6)
     zero = tagger.add_label("facet9::described", description="w5x0 w5x1")
     np.testing.assert_allclose(_row(tagger, zero),
-                               tagger.tfidf.vectors(["w5x0 w5x1"]).toarray().ravel(), atol=1e-6)
+                               tagger.state.tfidf.vectors(["w5x0 w5x1"]).toarray().ravel(),
+                               atol=1e-6)
     # merge: the old prototype counts as its `count` texts, as the dense prototype does
     old, count = _row(tagger, 0), tagger.vocab.counts[0]
     more = ["w0x0 w0x1 noise5"]
     tagger.update_label(tagger.labels[0], more, mode="merge")
-    merged = count * old + tagger.tfidf.vectors(more).toarray().ravel()
+    merged = count * old + tagger.state.tfidf.vectors(more).toarray().ravel()
     np.testing.assert_allclose(_row(tagger, 0), _unit(merged), atol=1e-5)
     tagger.update_label(tagger.labels[0], more, mode="replace")
-    np.testing.assert_allclose(_row(tagger, 0), tagger.tfidf.vectors(more).toarray().ravel(),
+    np.testing.assert_allclose(_row(tagger, 0), tagger.state.tfidf.vectors(more).toarray().ravel(),
                                atol=1e-6)
-    before = tagger.tfidf.centroids.toarray()
+    before = tagger.state.tfidf.centroids.toarray()
     tagger.remove_label(tagger.labels[1])
-    np.testing.assert_array_equal(tagger.tfidf.centroids.toarray(), np.delete(before, 1, axis=0))
+    np.testing.assert_array_equal(tagger.state.tfidf.centroids.toarray(),
+                                  np.delete(before, 1, axis=0))
     tagger.save(tiny_tagger_copy)
     again = Tagger.load(tiny_tagger_copy)
-    np.testing.assert_array_equal(again.tfidf.centroids.toarray(),
-                                  tagger.tfidf.centroids.toarray())
+    np.testing.assert_array_equal(again.state.tfidf.centroids.toarray(),
+                                  tagger.state.tfidf.centroids.toarray())

@@ -22,13 +22,11 @@ def test_diverged_training_fails_and_writes_nothing(tmp_path, synthetic_path):
     assert not out.exists()
 
 
-def test_diverged_training_leaves_an_existing_folder_as_it_was(tmp_path, synthetic_path):
-    out = tmp_path / "tagger"
-    out.mkdir()
-    (out / "keep.txt").write_text("old")
+def test_diverged_training_leaves_an_existing_folder_as_it_was(tiny_tagger_copy,
+                                                               synthetic_path):
+    before = {p: p.read_bytes() for p in tiny_tagger_copy.rglob("*") if p.is_file()}
     cfg = load_config(TINY, [f"data.path={synthetic_path}", "loss.name=decoupled_softmax",
                              "loss.temperature=1e-300"])
     with pytest.raises(ConfigError, match=r"diverged .* raise loss\.temperature \(1e-300\)"):
-        train_embedder(cfg, out=out)
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    assert (out / "keep.txt").read_text() == "old"
+        train_embedder(cfg, out=tiny_tagger_copy, overwrite=True)
+    assert {p: p.read_bytes() for p in tiny_tagger_copy.rglob("*") if p.is_file()} == before

@@ -92,7 +92,7 @@ def test_predict_from_8_threads_matches_single_thread(tiny_tagger_dir, tiny_tagg
                                                         backend):
     tagger = (Tagger.load(tiny_tagger_dir) if backend == "flat"
               else build_index(tiny_tagger_copy, backend="hnsw"))
-    assert tagger.proto_index.backend == backend
+    assert tagger.state.proto_index.backend == backend
     jobs = _jobs()
     reference = [_call(tagger, job) for job in jobs]  # single thread, first
     n_threads = 8
@@ -254,7 +254,7 @@ def _check_after_crash(folder: Path, ref: dict, allowed: tuple[str, ...], what: 
     tagger = Tagger.load(folder)
     assert _siblings(folder) == {"tmp": [], "old": []}, (what, _siblings(folder))
     assert verify_folder(folder) == [], what
-    backend = tagger.proto_index.backend
+    backend = tagger.state.proto_index.backend
     assert backend in allowed, (what, backend)
     _assert_same_tags(_clear_tags(tagger), ref[backend], f"{what}: {backend}")
     return backend

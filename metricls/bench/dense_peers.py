@@ -15,14 +15,14 @@ import numpy as np
 from metricls.ann import make_index
 from metricls.artifacts import read_json
 from metricls.bench.peer_run import K, PeerRun, Trial, best_trial
-from metricls.build import PER_LABEL, assemble_tagger
+from metricls.build import assemble_tagger
 from metricls.config import Config, from_dict, to_dict
 from metricls.data.dataset import Dataset
 from metricls.encoders.model import build_model
 from metricls.errors import MetriclsError
 from metricls.evaluation import evaluate_tagged
+from metricls.pipeline.scoring import PER_LABEL, top_k, vote_matrix
 from metricls.prototypes import mean_prototypes
-from metricls.scoring import top_k, vote_matrix
 from metricls.tagger import Tagger
 from metricls.training.trainer import fit
 
@@ -126,7 +126,7 @@ def run_metricls(cfg: Config, data: Dataset, *, reuse: Path | None = None) -> Pe
     warm = data.test.subset(np.arange(min(1, len(data.test))))
     tagger.embed(warm)  # load the frozen encoder before the clock starts
     report, tagged = evaluate_tagged(tagger, data.test, k=K)
-    scoring = tagger.scoring.to_dict()
+    scoring = tagger.state.scoring.to_dict()
     for key in PER_LABEL:  # one value per label: their count is enough here
         scoring[key] = len(scoring[key])
     settings |= {"config": to_dict(cfg), "scoring": scoring}

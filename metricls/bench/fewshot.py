@@ -36,8 +36,9 @@ from metricls.config import Config, load_config, to_dict
 from metricls.data.dataset import Dataset
 from metricls.errors import InputError
 from metricls.evaluation import ranking_metrics
-from metricls.living import label_text
 from metricls.metrics import label_recall_at_k, precision_at_k
+from metricls.pipeline.labels import label_text
+from metricls.pipeline.tag import score
 from metricls.tagger import Tagger
 from metricls.training.trainer import train_embedder
 
@@ -143,7 +144,7 @@ def _variants(holdout_dir: Path, full: Tagger, data: Dataset, labels: list[str],
 def _score(variant: str, tagger: Tagger, emb: np.ndarray, test: Any,
            labels: list[str]) -> dict[str, Any]:
     """The metrics of the module doc for one tagger on the test embeddings."""
-    _, ids = tagger.score_embeddings(emb, 10, test.texts)
+    _, ids = score(tagger.state, emb, 10, test.texts)
     Y, _ = tagger.vocab.to_csr(test.labels)
     known = [tagger.vocab.index(n) for n in labels if n in tagger.vocab]
     recall = dict.fromkeys(labels, 0.0)

@@ -25,8 +25,8 @@ from metricls.artifacts import read_json, write_json
 from metricls.bench.peer_run import K, PeerRun, Trial, best_trial
 from metricls.data.dataset import Dataset
 from metricls.errors import MetriclsError
+from metricls.pipeline.scoring import top_k
 from metricls.progress import progress
-from metricls.scoring import top_k
 
 log = logging.getLogger(__name__)
 

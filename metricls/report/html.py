@@ -148,8 +148,8 @@ def _group_table(groups: list[dict]) -> str:
 
 def _timings(t: dict, n_items: int) -> str:
     rows = [["embed (encoding included)", f"{t['embed_s']:.3f}"],
-            ["search (prototype and item indexes)", f"{t['search_s']:.3f}"],
-            ["score (blend, top 10)", f"{t['score_s']:.3f}"], ["total", f"{t['total_s']:.3f}"]]
+            ["search and score (both indexes, top 10)", f"{t['search_score_s']:.3f}"],
+            ["total", f"{t['total_s']:.3f}"]]
     note = (f"{n_items} items, {t['items_per_s']:.1f} items/s end to end"
             + (" (cached frozen encodings)" if t.get("cached_encoding") else ""))
     return f"<table>{_rows([['stage', 'seconds']], rows)}</table><p class='note'>{note}</p>"

@@ -18,19 +18,13 @@ import torch.nn.functional as F
 from pytorch_metric_learning.distances import CosineSimilarity, DotProductSimilarity
 from torch import nn
 
-from metricls.artifacts import (
-    check_output,
-    save_tensors,
-    staged_dir,
-    write_json,
-    write_manifest,
-)
-from metricls.config import Config, dump_config, to_dict
+from metricls.artifacts import check_output
+from metricls.config import Config, dump_config
 from metricls.data.dataset import Dataset
 from metricls.data.sampler import LabelBatchSampler
 from metricls.encoders.model import EmbeddingModel, build_model
 from metricls.errors import ConfigError
-from metricls.formats import LABEL_VECTORS_FORMAT
+from metricls.folder import write_trained
 from metricls.metrics import recall_at_k
 from metricls.miners import LabelMiner, SharedLabelMiner
 from metricls.progress import progress
@@ -311,17 +305,9 @@ def _data_files(cfg: Config) -> tuple[str, ...]:
 
 def _write_tagger(folder: Path, cfg: Config, data: Dataset, result: TrainResult) -> None:
     """Write the trained embedder and label vectors into `folder`, atomically."""
-    with staged_dir(folder) as tmp:
-        write_json(tmp / "config.json", to_dict(cfg))
-        write_json(tmp / "labels.json", data.vocab.to_dict())
-        result.model.save(tmp / "encoder")
-        tensors = {"label_vectors": result.label_vectors}
-        if result.label_bias is not None:
-            tensors["label_bias"] = result.label_bias
-        save_tensors(tmp / "label_vectors.safetensors", tensors,
-                     {"format": LABEL_VECTORS_FORMAT})
-        write_json(tmp / "training.json", {"history": result.history,
-                                           "best_epoch": result.best_epoch,
-                                           "seconds": round(result.seconds, 1)})
-        best = result.history[result.best_epoch - 1] if result.history else {}
-        write_manifest(tmp, data=data.summary(), metrics={"train": best})
+    best = result.history[result.best_epoch - 1] if result.history else {}
+    write_trained(folder, config=cfg, vocab=data.vocab, model=result.model,
+                  label_vectors=result.label_vectors, label_bias=result.label_bias,
+                  training={"history": result.history, "best_epoch": result.best_epoch,
+                            "seconds": round(result.seconds, 1)},
+                  data=data.summary(), metrics={"train": best})

@@ -1,9 +1,9 @@
-"""TaggerState: the part of a tagger that label edits change, replaced whole, never edited.
+"""TaggerState: everything the tagging pipeline reads but the encoder; replaced whole, never edited.
 
 A `Tagger` holds one `TaggerState`. A prediction reads it once and uses that snapshot to the
-end; a label edit (`metricls.living`) builds a new state, copying every index it changes, and
-the tagger swaps it in with one assignment. So a prediction running beside an edit sees the
-tagger before or after the edit, never between.
+end; a label edit (`metricls.pipeline.labels`) builds a new state, copying every index it
+changes, and the tagger swaps it in with one assignment. So a prediction running beside an
+edit sees the tagger before or after the edit, never between.
 """
 
 from __future__ import annotations
@@ -16,14 +16,34 @@ import scipy.sparse as sp
 
 from metricls.ann import AnnIndex
 from metricls.data.labels import LabelVocab
-from metricls.rerank import LabelStats
-from metricls.scoring import Scoring
-from metricls.tfidf import TfidfPrototypes
+from metricls.pipeline.rerank import Reranker
+from metricls.pipeline.scoring import Scoring
+from metricls.pipeline.tfidf import TfidfPrototypes
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelStats:
+    """What the features read from the training labels: counts and co-occurrence."""
+
+    log_counts: np.ndarray  # (L,) log(1 + items per label)
+    given: sp.csr_matrix  # (L, L): [m, l] = P(l | m), the share of m's items that carry l (l != m)
+
+    @classmethod
+    def of(cls, item_labels: sp.csr_matrix) -> LabelStats:
+        Y = sp.csr_matrix(item_labels, dtype=np.float32)
+        Y.data[:] = 1.0
+        pairs = sp.csr_matrix(Y.T @ Y)
+        counts = pairs.diagonal()
+        pairs.setdiag(0)
+        pairs.eliminate_zeros()
+        given = sp.csr_matrix(sp.diags(1.0 / np.maximum(counts, 1.0)) @ pairs, dtype=np.float32)
+        return cls(np.log1p(counts).astype(np.float32), given)
+
 
 
 @dataclasses.dataclass(frozen=True)
 class TaggerState:
-    """Labels, prototypes, both indexes, the item-label matrix and the scoring of a tagger.
+    """Labels, prototypes, both indexes, the item-label matrix, the scoring and the reranker.
 
     Attributes:
         vocab: label names and counts; label id = position.
@@ -33,6 +53,7 @@ class TaggerState:
         item_labels: (n_items, L) CSR, row = id in `item_index`.
         scoring: blend, vote and thresholds (per-label lists have L entries or none).
         tfidf: TF-IDF label prototypes (L rows), or None.
+        reranker: trees over candidate features, or None (scores are the blend).
         trained_items: rows of `item_labels` from the build; later rows are the examples of
             labels added or updated since, and go when their label goes.
     """
@@ -44,6 +65,7 @@ class TaggerState:
     item_labels: sp.csr_matrix
     scoring: Scoring
     tfidf: TfidfPrototypes | None = None
+    reranker: Reranker | None = None
     trained_items: int | None = None
 
     def __post_init__(self) -> None:

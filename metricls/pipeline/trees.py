@@ -1,17 +1,9 @@
-"""Reranker: gradient-boosted trees that turn each candidate label's evidence into a probability.
+"""Boosted tree ensembles as plain arrays, and how they are walked (the reranker's runtime).
 
-Cosine similarity to a prototype ranks items well within one label, but it is not comparable
-across labels: a broad label (`role::program`) sits at cosine 0.66 from its own items where a
-narrow one (`role::devel-lib`) sits at 0.85, so the narrow label wins the first place too often.
-The reranker learns, on the validation split, P(candidate is a true label | its evidence) from
-a few features per candidate (`FEATURES`): its cosine, how common the label is, the neighbour
-votes, its rank and its distance to the best candidate, its co-occurrence with the leaders, and
-its TF-IDF prototype's cosine and rank. Scores then read as probabilities.
-
-The trees are fitted with scikit-learn's `HistGradientBoostingClassifier` (`BAG` ensembles,
-averaged) and kept as plain arrays (`TreeEnsemble`), saved as safetensors, and walked by
-scikit-learn's compiled predictor when it is installed and agrees, else with numpy, so a tagger
-folder never holds a pickle and loads with any scikit-learn version, or none.
+Trees fitted with scikit-learn (`fit.py`) are kept as flat arrays (`TreeEnsemble`), saved as
+safetensors, and walked by scikit-learn's compiled predictor when it is installed and agrees,
+else with numpy, so a tagger folder never holds a pickle and loads with any scikit-learn
+version, or none.
 """
 
 from __future__ import annotations
@@ -19,124 +11,18 @@ from __future__ import annotations
 import functools
 import itertools
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import scipy.sparse as sp
 
-from metricls.artifacts import load_tensors
 from metricls.errors import ArtifactError
-from metricls.formats import RERANKER_FORMAT, check_array, check_format, remedy
-from metricls.scoring import Scoring, vote_matrix, with_label_bias
-from metricls.tfidf import rank_in_rows
+from metricls.formats import check_array, remedy
 
-FEATURES = ("cosine", "log_count", "vote", "vote_wide", "log_rank", "gap_to_top", "top_cosine",
-            "co_occurrence", "tfidf_cosine", "tfidf_log_rank")
-DEPTH = 20  # candidates (by cosine) the reranker scores per query, at least k
-WIDE_KNN, WIDE_TEMPERATURE = 30, 1.0  # the "vote_wide" feature: a flat vote of 30 neighbours
-LEADERS = 3  # "co_occurrence": how often the label goes with one of the 3 best candidates
-MIN_ITEMS = 50  # validation items needed to fit one
-TREES, LEARNING_RATE, LEAVES = 100, 0.1, 15  # at most; scikit-learn stops early on a held-out 10%
-BAG = 3  # such ensembles averaged, each stopped on its own random 10%: less variance
 # scikit-learn's compiled walk (`TreeEnsemble.logits`): below COMPILED_FROM_ROWS rows numpy's
 # walk is as fast; from THREADS_FROM_ROWS on (one caller tagging a big batch) it runs on every
 # core, below on one, since concurrent callers (server threads) with an OpenMP team each
-# oversubscribe the cores (8 threads tagging batches of 32: 1,535 texts/s, against 2,113 walking)
+# oversubscribe the cores
 COMPILED_FROM_ROWS, THREADS_FROM_ROWS = 2048, 16384
-
-
-class Neighbours(NamedTuple):
-    """What one search found: prototypes and training items, each (n, k) in FAISS order, and
-    the (n, L) cosines to the TF-IDF prototypes when the tagger has them and read the texts."""
-
-    proto_scores: np.ndarray
-    proto_ids: np.ndarray
-    item_scores: np.ndarray
-    item_ids: np.ndarray
-    tfidf: sp.csr_matrix | None = None
-
-
-class Candidates(NamedTuple):
-    """The labels a reranker scores for each query: ids (n, c) by cosine, -1 padding, and
-    their features (n, c, len(FEATURES))."""
-
-    ids: np.ndarray
-    features: np.ndarray
-
-
-@dataclass(frozen=True)
-class LabelStats:
-    """What the features read from the training labels: counts and co-occurrence."""
-
-    log_counts: np.ndarray  # (L,) log(1 + items per label)
-    given: sp.csr_matrix  # (L, L): [m, l] = P(l | m), the share of m's items that carry l (l != m)
-
-    @classmethod
-    def of(cls, item_labels: sp.csr_matrix) -> LabelStats:
-        Y = sp.csr_matrix(item_labels, dtype=np.float32)
-        Y.data[:] = 1.0
-        pairs = sp.csr_matrix(Y.T @ Y)
-        counts = pairs.diagonal()
-        pairs.setdiag(0)
-        pairs.eliminate_zeros()
-        given = sp.csr_matrix(sp.diags(1.0 / np.maximum(counts, 1.0)) @ pairs, dtype=np.float32)
-        return cls(np.log1p(counts).astype(np.float32), given)
-
-
-def candidate_features(found: Neighbours, item_labels: sp.csr_matrix, stats: LabelStats,
-                       scoring: Scoring, depth: int) -> Candidates:
-    """Features of the `depth` best candidates by (biased) cosine of each query.
-
-    Args:
-        found: the prototype search (n, >= depth), the training-item search (n, >= WIDE_KNN
-            when there are that many items), and the TF-IDF cosines (zero features without).
-        item_labels: (n_train, L) labels of the indexed training items.
-        stats: `LabelStats.of(item_labels)`.
-        scoring: its `knn`, `temperature` and label biases shape the "vote" and "cosine".
-    """
-    item_scores, item_ids = found.item_scores, found.item_ids
-    cos = with_label_bias(found.proto_scores, found.proto_ids, scoring)[:, :depth]
-    ids = found.proto_ids[:, :depth]
-    real = ids >= 0
-    safe = np.maximum(ids, 0)
-    n, c = ids.shape
-    votes = [vote_matrix(item_scores[:, :k], item_ids[:, :k], item_labels, t)
-             for k, t in ((scoring.knn, scoring.temperature), (WIDE_KNN, WIDE_TEMPERATURE))]
-    vote, wide = (pick(V, safe) for V in votes)
-    top = np.where(real[:, :1], cos[:, :1], 0.0)
-    cos = np.where(real, cos, top - 2.0)  # padding: far below every real candidate
-    rank = np.broadcast_to(np.log1p(np.arange(c, dtype=np.float32)), (n, c))
-    tfidf = tfidf_rank = np.zeros((n, c), np.float32)
-    if found.tfidf is not None:
-        tfidf = pick(found.tfidf, safe)
-        tfidf_rank = np.log1p(rank_in_rows(found.tfidf, tfidf))
-    X = np.stack([cos, stats.log_counts[safe], vote, wide, rank, top - cos,
-                  np.broadcast_to(top, (n, c)), _co_occurrence(stats.given, safe, real, cos),
-                  tfidf, tfidf_rank], axis=-1)
-    return Candidates(ids, X.astype(np.float32))
-
-
-def _co_occurrence(given: sp.csr_matrix, ids: np.ndarray, found: np.ndarray,
-                   cos: np.ndarray) -> np.ndarray:
-    """(n, c): max over the `LEADERS` best candidates m of max(cos_m, 0) * P(candidate | m)."""
-    n, c = ids.shape
-    lead = min(LEADERS, c)
-    if n == 0 or lead == 0:
-        return np.zeros((n, c), np.float32)
-    weight = np.where(found[:, :lead], np.maximum(cos[:, :lead], 0.0), 0.0)  # (n, lead)
-    m = np.broadcast_to(ids[:, :lead, None], (n, lead, c)).ravel()
-    l_ = np.broadcast_to(ids[:, None, :], (n, lead, c)).ravel()
-    share = np.asarray(given[m, l_], dtype=np.float32).reshape(n, lead, c)
-    return (weight[:, :, None] * share).max(axis=1)
-
-
-def pick(V: sp.csr_matrix, ids: np.ndarray) -> np.ndarray:
-    """(n, c) entries V[i, ids[i, j]] of a sparse (n, L) matrix."""
-    if ids.size == 0:
-        return np.zeros(ids.shape, np.float32)
-    rows = np.repeat(np.arange(ids.shape[0]), ids.shape[1])
-    return np.asarray(V[rows, ids.ravel()], dtype=np.float32).reshape(ids.shape)
 
 
 class _Compiled(NamedTuple):
@@ -358,64 +244,3 @@ def _tree_depths(leaf: np.ndarray, left: np.ndarray, right: np.ndarray,
     return depth
 
 
-@dataclass(frozen=True)
-class Reranker:
-    """Trees over `FEATURES` of the top `depth` candidates; `score` gives probabilities."""
-
-    trees: TreeEnsemble
-    depth: int = DEPTH
-
-    def score(self, features: np.ndarray) -> np.ndarray:
-        """(n, c) probabilities for (n, c, len(FEATURES)) candidate features."""
-        n, c, f = features.shape
-        z = self.trees.logits(features.reshape(n * c, f)).reshape(n, c)
-        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
-
-    def to_tensors(self) -> dict[str, np.ndarray]:
-        return self.trees.to_tensors() | {"candidates": np.array([self.depth], np.int64)}
-
-    @classmethod
-    def from_tensors(cls, t: dict[str, np.ndarray], source: str) -> Reranker:
-        trees = TreeEnsemble.from_tensors(t, source)
-        depth = int(check_array(source, t, "candidates", "i", (1,))[0])
-        if depth < 1 or trees.n_features != len(FEATURES):
-            raise ArtifactError(f"{source}: a reranker over {trees.n_features} features of "
-                                f"{depth} candidates, expected {len(FEATURES)} features of >= 1 "
-                                f"candidates; {remedy(source)}")
-        return cls(trees, depth)
-
-    @classmethod
-    def load(cls, path: Path) -> Reranker:
-        """Read a reranker file written with `RERANKER_FORMAT` and `FEATURES` in its metadata."""
-        tensors, meta = load_tensors(path)
-        check_format(path, meta.get("format"), RERANKER_FORMAT)
-        if meta.get("features") != ",".join(FEATURES):
-            raise ArtifactError(f"{path}: trees over the features {meta.get('features')!r}, "
-                                f"expected {','.join(FEATURES)!r}; {remedy(path)}")
-        return cls.from_tensors(tensors, str(path))
-
-    def top_k(self, cand: Candidates, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The k most probable candidates per query: (scores f32, ids i64), -inf / -1 padding."""
-        return ranked(self.score(cand.features), cand.ids, k)
-
-
-def ranked(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sort each row's candidates by score (padding, id -1, last) and keep k, padding to k."""
-    scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    s, i = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
-    if s.shape[1] < k:
-        pad = k - s.shape[1]
-        s = np.pad(s, ((0, 0), (0, pad)), constant_values=-np.inf)
-        i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
-    return s, i
-
-
-def fit_trees(X: np.ndarray, y: np.ndarray, seed: int) -> TreeEnsemble:
-    """Boosted trees for P(y | X) (binary): `BAG` of scikit-learn's histogram gradient boosting
-    ensembles (seeds seed, seed + 1, ...), averaged."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
-    return TreeEnsemble.average([TreeEnsemble.from_sklearn(HistGradientBoostingClassifier(
-        max_iter=TREES, learning_rate=LEARNING_RATE, max_leaf_nodes=LEAVES,
-        random_state=seed + b).fit(X, y)) for b in range(BAG)])

@@ -11,7 +11,7 @@ label brought into the item index leave it with the label; training items stay.
 
 Each function takes a `TaggerState` and returns a new one, and never changes its input: every
 index it adds to is copied first. `Tagger.add_label`, `update_label` and `remove_label` embed
-the examples and swap the result in.
+the examples and swap the result in. No module here imports `Tagger`.
 """
 
 from __future__ import annotations
@@ -25,15 +25,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from metricls.ann import AnnIndex, make_index
-from metricls.artifacts import read_json
 from metricls.config import DataConfig
 from metricls.data.dataset import read_config_items
 from metricls.data.items import Items, read_texts
 from metricls.data.labels import LabelVocab
 from metricls.errors import ArtifactError, InputError
-from metricls.prototypes import normalize_rows, read_label_vectors
-from metricls.state import TaggerState
-from metricls.tfidf import TfidfPrototypes
+from metricls.pipeline.state import TaggerState
+from metricls.pipeline.tfidf import TfidfPrototypes
+from metricls.prototypes import normalize_rows
 from metricls.validation import check_texts, describe
 
 MODES = ("replace", "merge")
@@ -285,32 +284,9 @@ def _rebuilt(index: AnnIndex, vectors: np.ndarray) -> AnnIndex:
     return fresh
 
 
-def label_vectors(origin: Path, names: tuple[str, ...], prototypes: np.ndarray) -> np.ndarray:
-    """The learned label vectors of the folder `origin`, by name, for the labels `names`; a
-    label added since training gets its prototype (row of `prototypes`)."""
-    learned, _ = read_label_vectors(origin / "label_vectors.safetensors", None,
-                                    prototypes.shape[1])
-    trained = read_json(origin / "labels.json").get("labels", [])
-    row = {n: j for j, n in enumerate(trained) if j < len(learned)}
-    return np.stack([learned[row[n]] if n in row else prototypes[i]
-                     for i, n in enumerate(names)]).astype(np.float32)
-
-
 def change_record(op: str, name: str, n_examples: int, description: str | None,
                   add_items: bool) -> dict:
     """The manifest record of an add or update."""
     return {"op": op, "label": name, "source": "examples" if n_examples else "zero-shot",
             "examples": n_examples, "description": description,
             "add_items": bool(add_items and n_examples)}
-
-
-def card_with_changes(card: str, changes: list[dict]) -> str:
-    """The model card with its label-change section (re)written at the end."""
-    head = card.split("\n## Label changes\n")[0].rstrip("\n")
-    if not changes:
-        return head + "\n"
-    rows = "\n".join(f"- {c['op']} `{c['label']}`" + ("" if "source" not in c else
-                                                       f" ({c['examples']} examples)"
-                                                       if c["examples"] else " (zero-shot)")
-                      for c in changes)
-    return f"{head}\n\n## Label changes\n\nMade after the build, in order:\n\n{rows}\n"

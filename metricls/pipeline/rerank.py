@@ -1,0 +1,85 @@
+"""Step 3 of tagging: the reranker, trees over each candidate's features giving P(true label).
+
+Its trees are a `TreeEnsemble` (`trees.py`), fitted on the validation split by `fit.py`; the
+features are `FEATURES` of the `depth` best candidates by cosine (`features.py` makes them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from metricls.artifacts import load_tensors
+from metricls.errors import ArtifactError
+from metricls.formats import RERANKER_FORMAT, check_array, check_format, remedy
+from metricls.pipeline.trees import TreeEnsemble
+
+FEATURES = ("cosine", "log_count", "vote", "vote_wide", "log_rank", "gap_to_top", "top_cosine",
+            "co_occurrence", "tfidf_cosine", "tfidf_log_rank")  # made by features.py
+DEPTH = 20  # candidates (by cosine) the reranker scores per query, at least k
+
+
+class Candidates(NamedTuple):
+    """The labels a reranker scores for each query: ids (n, c) by cosine, -1 padding, and
+    their features (n, c, len(FEATURES))."""
+
+    ids: np.ndarray
+    features: np.ndarray
+
+
+@dataclass(frozen=True)
+class Reranker:
+    """Trees over `FEATURES` of the top `depth` candidates; `score` gives probabilities."""
+
+    trees: TreeEnsemble
+    depth: int = DEPTH
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """(n, c) probabilities for (n, c, len(FEATURES)) candidate features."""
+        n, c, f = features.shape
+        z = self.trees.logits(features.reshape(n * c, f)).reshape(n, c)
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+    def to_tensors(self) -> dict[str, np.ndarray]:
+        return self.trees.to_tensors() | {"candidates": np.array([self.depth], np.int64)}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, np.ndarray], source: str) -> Reranker:
+        trees = TreeEnsemble.from_tensors(t, source)
+        depth = int(check_array(source, t, "candidates", "i", (1,))[0])
+        if depth < 1 or trees.n_features != len(FEATURES):
+            raise ArtifactError(f"{source}: a reranker over {trees.n_features} features of "
+                                f"{depth} candidates, expected {len(FEATURES)} features of >= 1 "
+                                f"candidates; {remedy(source)}")
+        return cls(trees, depth)
+
+    @classmethod
+    def load(cls, path: Path) -> Reranker:
+        """Read a reranker file written with `RERANKER_FORMAT` and `FEATURES` in its metadata."""
+        tensors, meta = load_tensors(path)
+        check_format(path, meta.get("format"), RERANKER_FORMAT)
+        if meta.get("features") != ",".join(FEATURES):
+            raise ArtifactError(f"{path}: trees over the features {meta.get('features')!r}, "
+                                f"expected {','.join(FEATURES)!r}; {remedy(path)}")
+        return cls.from_tensors(tensors, str(path))
+
+    def top_k(self, cand: Candidates, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k most probable candidates per query: (scores f32, ids i64), -inf / -1 padding."""
+        return ranked(self.score(cand.features), cand.ids, k)
+
+
+def ranked(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sort each row's candidates by score (padding, id -1, last) and keep k, padding to k."""
+    scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    s, i = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+    if s.shape[1] < k:
+        pad = k - s.shape[1]
+        s = np.pad(s, ((0, 0), (0, pad)), constant_values=-np.inf)
+        i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
+    return s, i
+
+
