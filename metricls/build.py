@@ -237,7 +237,8 @@ def tune_reranker(tagger: Tagger, found: Neighbours, scoring: Scoring, Y: sp.csr
 
 
 def build_index(tagger_dir: str | Path, *, backend: str | None = None,
-                prototypes: str | None = None, target_recall: float | None = None) -> Tagger:
+                prototypes: str | None = None, target_recall: float | None = None,
+                data: Dataset | None = None) -> Tagger:
     """Build the ANN indexes of a trained tagger folder and write it back atomically.
 
     Args:
@@ -247,6 +248,8 @@ def build_index(tagger_dir: str | Path, *, backend: str | None = None,
         prototypes: "learned" (the trained label vectors) or "mean" (mean item embeddings).
         target_recall: recall@10 against exact search that the prototype index is tuned for
             (the item index: `index.item_target_recall`).
+        data: the folder's training data (`Dataset.load` of its `data` config) when the
+            caller has already loaded it; default: read it again.
 
     Returns:
         The loaded `Tagger`.
@@ -259,11 +262,11 @@ def build_index(tagger_dir: str | Path, *, backend: str | None = None,
         raise NotFittedError(f"{folder}: no trained encoder here; run `metricls train` first")
     check_output(folder, "tagger", in_place=True)  # nothing of the user's inside
     with folder_lock(folder):  # one writer at a time, from reading the folder to the swap
-        return _build_in_place(folder, backend, prototypes, target_recall)
+        return _build_in_place(folder, backend, prototypes, target_recall, data)
 
 
 def _build_in_place(folder: Path, backend: str | None, prototypes: str | None,
-                    target_recall: float | None) -> Tagger:
+                    target_recall: float | None, data: Dataset | None = None) -> Tagger:
     raw = read_json(folder / "config.json")
     overrides = {"backend": backend, "prototypes": prototypes, "target_recall": target_recall}
     raw.setdefault("index", {}).update({k: v for k, v in overrides.items() if v is not None})
@@ -271,7 +274,7 @@ def _build_in_place(folder: Path, backend: str | None, prototypes: str | None,
              if v is not None}  # errors about these name the argument, not config.json
     cfg = from_dict(raw, source=str(folder / "config.json"), origins=given)
     model = EmbeddingModel.load(folder / "encoder")
-    data = Dataset.load(cfg.data)
+    data = data if data is not None else Dataset.load(cfg.data)
     trained_labels = read_json(folder / "labels.json")["labels"]
     if list(data.vocab.names) != trained_labels:
         raise InputError(f"{cfg.data.path}: its training labels differ from {folder}/labels.json; "
