@@ -18,7 +18,7 @@ LAYERS = [
     {"rerank"},
     {"scoring", "prototypes", "tfidf", "ann", "miners", "encoders"},
     {"data"},
-    {"config", "validation", "metrics", "artifacts", "formats", "progress"},
+    {"config", "config_docs", "validation", "metrics", "artifacts", "formats", "progress"},
     {"errors"},
 ]
 
