@@ -41,7 +41,8 @@ PQ_MIN_VECTORS = 10_000  # index.pq_m compresses ivf indexes of at least this ma
 
 
 def build_index(tagger_dir: str | Path, *, backend: str | None = None,
-                prototypes: str | None = None, target_recall: float | None = None) -> Tagger:
+                prototypes: str | None = None, target_recall: float | None = None,
+                data: Dataset | None = None) -> Tagger:
     """Build the ANN indexes of a trained tagger folder and write it back atomically.
 
     Args:
@@ -51,6 +52,8 @@ def build_index(tagger_dir: str | Path, *, backend: str | None = None,
         prototypes: "learned" (the trained label vectors) or "mean" (mean item embeddings).
         target_recall: recall@10 against exact search that the prototype index is tuned for
             (the item index: `index.item_target_recall`).
+        data: the folder's training data (`Dataset.load` of its `data` config) when the
+            caller has already loaded it; default: read it again.
 
     Returns:
         The loaded `Tagger`.
@@ -62,16 +65,16 @@ def build_index(tagger_dir: str | Path, *, backend: str | None = None,
     read_trained(folder)  # a trained folder, else NotFittedError before anything else
     check_output(folder, "tagger", in_place=True)  # nothing of the user's inside
     with folder_lock(folder):  # one writer at a time, from reading the folder to the swap
-        return _build_in_place(folder, backend, prototypes, target_recall)
+        return _build_in_place(folder, backend, prototypes, target_recall, data)
 
 
 def _build_in_place(folder: Path, backend: str | None, prototypes: str | None,
-                    target_recall: float | None) -> Tagger:
+                    target_recall: float | None, data: Dataset | None) -> Tagger:
     overrides = {"backend": backend, "prototypes": prototypes, "target_recall": target_recall}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     given = {f"index.{k}": f"--{k.replace('_', '-')} {v}" for k, v in overrides.items()}
     cfg, model = read_trained(folder, given, overrides)  # errors name the argument given
-    data = Dataset.load(cfg.data)
+    data = data if data is not None else Dataset.load(cfg.data)
     trained_labels = read_json(folder / LABELS)["labels"]
     if list(data.vocab.names) != trained_labels:
         raise InputError(f"{cfg.data.path}: its training labels differ from {folder}/labels.json; "

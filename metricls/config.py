@@ -18,20 +18,26 @@ import yaml
 from metricls.errors import ConfigError
 from metricls.validation import file_problem
 
+# Each field's comment (at the end of its line, or the comment lines right above it) is its
+# meaning in docs/configuration.md: `python scripts/config_reference.py` regenerates that file.
+
 
 @dataclass(frozen=True)
 class DataConfig:
     """Where the items are and which columns mean what (keys = `read_items` arguments)."""
 
+    # a table (.jsonl/.json/.ndjson, .csv, optionally .gz, or .parquet) or a packaged
+    # dataset name
     path: str = "debtags"
-    id_column: str = "package"
-    text_columns: tuple[str, ...] = ("summary", "description")
-    feature_columns: tuple[str, ...] = ()
-    vector_column: str | None = None
+    id_column: str = "package"  # unique item ids
+    text_columns: tuple[str, ...] = ("summary", "description")  # joined with newlines
+    feature_columns: tuple[str, ...] = ()  # numeric columns, the features in this order
+    vector_column: str | None = None  # a column of equal-length number lists (features)
+    # a list of labels per item (JSONL, Parquet), or a delimited string (CSV)
     label_column: str = "labels"
-    label_delimiter: str = "|"
-    split_column: str | None = None
-    min_count: int = 1
+    label_delimiter: str = "|"  # separator of the labels in a CSV cell
+    split_column: str | None = None  # train/valid/test per item; default: a hash of the id
+    min_count: int = 1  # train items a label needs to enter the vocabulary
     features_path: str | None = None  # a .npy (n_items, d) float array, row i = table row i
     exclude_labels: tuple[str, ...] = ()  # labels left out of the vocabulary (held out)
 
@@ -40,34 +46,36 @@ class DataConfig:
 class LexicalConfig:
     """Hashed word and character n-grams into a trainable `EmbeddingBag`."""
 
-    dim: int = 128
-    buckets: int = 262_144
-    word_ngrams: int = 2
-    char_ngrams: tuple[int, ...] = (3,)
-    lowercase: bool = True
+    dim: int = 128  # width of the bag's vectors
+    buckets: int = 262_144  # hash buckets (rows of the bag)
+    word_ngrams: int = 2  # longest word n-gram
+    char_ngrams: tuple[int, ...] = (3,)  # character n-gram lengths
+    lowercase: bool = True  # lowercase the text before hashing
 
 
 @dataclass(frozen=True)
 class MiniLMConfig:
     """The frozen all-MiniLM-L6-v2 sentence encoder."""
 
-    max_seq_length: int = 64
-    batch_size: int = 64
+    max_seq_length: int = 64  # tokens per text; longer texts are cut
+    batch_size: int = 64  # texts per encoding batch
 
 
 @dataclass(frozen=True)
 class HeadConfig:
     """MLP projection from the concatenated backbones to the L2-normalised embedding."""
 
-    hidden_dim: int = 512
-    out_dim: int = 256
-    dropout: float = 0.1
+    hidden_dim: int = 512  # width of the hidden layer
+    out_dim: int = 256  # dimension of the embedding (and of the label vectors)
+    dropout: float = 0.1  # dropout while training
 
 
 @dataclass(frozen=True)
 class EncoderConfig:
     """The embedding network: backbones (concatenated) plus a projection head."""
 
+    # lexical: hashed n-grams (trained); minilm: frozen sentence encoder; features: the
+    # numeric features as they are
     backbones: tuple[str, ...] = ("lexical", "minilm")
     lexical: LexicalConfig = field(default_factory=LexicalConfig)
     minilm: MiniLMConfig = field(default_factory=MiniLMConfig)
@@ -78,62 +86,66 @@ class EncoderConfig:
 class LossConfig:
     """A pytorch-metric-learning loss and its parameters (only the chosen loss's are used)."""
 
-    name: str = "multi_similarity"
-    alpha: float = 2.0
-    beta: float = 50.0
-    base: float = 0.5
-    margin: float = 0.1
-    pos_margin: float = 0.5
-    neg_margin: float = 0.0
-    temperature: float = 0.05
+    name: str = "multi_similarity"  # the loss
+    alpha: float = 2.0  # multi_similarity: weight of the positive pairs
+    beta: float = 50.0  # multi_similarity: weight of the negative pairs
+    base: float = 0.5  # multi_similarity: similarity the pairs are weighed around
+    margin: float = 0.1  # triplet: margin between positive and negative similarity
+    pos_margin: float = 0.5  # contrastive: positives more similar than this cost nothing
+    neg_margin: float = 0.0  # contrastive: negatives less similar than this cost nothing
+    temperature: float = 0.05  # decoupled_softmax: softmax temperature over cosines
 
 
 @dataclass(frozen=True)
 class MinerConfig:
     """Multi-label miners: item-to-label (learned label vectors) and item-to-item."""
 
-    min_jaccard: float = 0.5
-    item_hard_negatives: int = 20
-    label_hard_negatives: int = 50
-    item_weight: float = 0.0
-    label_weight: float = 1.0
+    min_jaccard: float = 0.5  # item pairs: label-set Jaccard for a positive pair
+    item_hard_negatives: int = 20  # item pairs: hardest negatives kept per anchor (0 = all)
+    label_hard_negatives: int = 50  # item-label pairs: hardest lacking labels kept per item
+    item_weight: float = 0.0  # weight of the item-to-item loss (0 = off)
+    label_weight: float = 1.0  # weight of the item-to-label loss
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, sampling and early stopping."""
 
-    epochs: int = 20
-    batch_size: int = 256
-    labels_per_batch: int = 64
+    epochs: int = 20  # most epochs (early stopping may end sooner)
+    batch_size: int = 256  # items per batch
+    labels_per_batch: int = 64  # labels drawn per batch, each with its items
+    # labels are drawn by count ** label_power: 1 = as in the data, 0 = uniform (favours
+    # the tail)
     label_power: float = 0.5
-    lr: float = 2e-3
-    lexical_lr: float = 0.05
-    weight_decay: float = 1e-5
-    patience: int = 3
+    lr: float = 2e-3  # AdamW learning rate (head, label vectors and biases)
+    lexical_lr: float = 0.05  # SparseAdam learning rate of the lexical bag
+    weight_decay: float = 1e-5  # AdamW weight decay
+    patience: int = 3  # epochs without a better valid R@10 before stopping
     schedule: str = "cosine"  # learning rate: cosine decay to 0 over `epochs`, or constant
     warmup: float = 0.0  # fraction of all steps with a linear warm-up (cosine only)
     label_bias: bool = False  # learn a score offset per label: score = cos(item, label) + b_l
-    seed: int = 0
-    device: str = "auto"
+    seed: int = 0  # seed of the weights, the sampler and the miners
+    device: str = "auto"  # auto = CUDA when present, else the CPU
     amp: bool = True  # kept for older configs: false makes precision "auto" mean fp32
     precision: str = "auto"  # fp32 | bf16 | fp16 (CUDA only); auto = bf16 on CUDA, else fp32
-    threads: int = 0
+    threads: int = 0  # torch CPU threads (0 = all cores)
 
 
 @dataclass(frozen=True)
 class IndexConfig:
     """Prototypes, ANN backend and tag scoring."""
 
-    backend: str = "hnsw"
+    backend: str = "hnsw"  # ANN library; auto = flat below `exact_below` vectors, else hnsw
+    # learned: the trained label vectors; mean: the mean embedding of each label's items
     prototypes: str = "learned"
-    target_recall: float = 0.99
-    item_target_recall: float = 0.95  # the item index only feeds votes over 10-30 neighbours
-    exact_below: int = 20_000
+    target_recall: float = 0.99  # recall@10 against exact search the label index is tuned to
+    # the same for the item index, set lower: it only feeds votes over 10-30 neighbours
+    item_target_recall: float = 0.95
+    exact_below: int = 20_000  # backend auto: exact (flat) search under this many vectors
     shards: int = 1  # > 1: FAISS indexes split into this many shards, one file each
     pq_m: int | None = None  # ivf: product-quantise indexes of >= 10,000 vectors to pq_m bytes each
-    knn: int = 30
-    candidates: int = 100
+    knn: int = 30  # nearest training items whose labels vote
+    candidates: int = 100  # most similar label prototypes scored per item
     rerank: bool = True  # fit a reranker of the candidates on valid, kept if it scores better
     tfidf: bool = True  # text taggers: TF-IDF label prototypes as two more reranker features
 
@@ -142,7 +154,7 @@ class IndexConfig:
 class Config:
     """The whole resolved config of a tagger."""
 
-    name: str = "tagger"
+    name: str = "tagger"  # the tagger's name; its default folder is index/<name>
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     loss: LossConfig = field(default_factory=LossConfig)

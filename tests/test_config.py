@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import re
@@ -129,3 +130,22 @@ def test_config_path_that_is_not_a_regular_file(tmp_path):
                        (Path("/dev/zero"), "a character device")]:
         with pytest.raises(ConfigError, match=re.escape(f"{path}: not a regular file ({kind})")):
             load_config(path)
+
+
+def test_configuration_reference_is_up_to_date():
+    from metricls.config_docs import COMMAND, DOC_PATH, config_reference
+
+    path = Path(__file__).resolve().parents[1] / DOC_PATH
+    assert path.is_file() and path.read_text(encoding="utf-8") == config_reference(), (
+        f"{DOC_PATH} differs from the config dataclasses in metricls/config.py: "
+        f"regenerate it with `{COMMAND}` and commit it")
+
+
+def test_every_config_key_has_a_meaning_in_the_reference():
+    from metricls.config_docs import field_meanings, sections
+
+    meanings, parts = field_meanings(), sections(Config)
+    nested = {prefix.rstrip(".") for prefix, _ in parts}  # the sections themselves
+    missing = [prefix + f.name for prefix, cls in parts for f in dataclasses.fields(cls)
+               if prefix + f.name not in nested and (cls.__name__, f.name) not in meanings]
+    assert not missing, f"give these config fields a comment in metricls/config.py: {missing}"

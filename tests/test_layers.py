@@ -1,4 +1,5 @@
-"""The import layers: data flows one way, and the numpy-only modules never load torch."""
+"""The import layers: data flows one way, no import cycle, and the numpy-only modules never load
+torch."""
 
 import ast
 import subprocess
@@ -16,7 +17,7 @@ LAYERS = [
     {"pipeline"},
     {"prototypes", "ann", "miners", "encoders"},
     {"data"},
-    {"config", "validation", "metrics", "artifacts", "formats", "progress"},
+    {"config", "config_docs", "validation", "metrics", "artifacts", "formats", "progress"},
     {"errors"},
 ]
 
@@ -54,3 +55,110 @@ def test_numpy_only_modules_do_not_load_torch():
             "metricls.pipeline.scoring, metricls.data; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def import_graph(root: Path, package: str = "metricls") -> dict[str, set[str]]:
+    """module -> the modules of `package` it imports, read statically from every file under
+    ``root/package``: module-level and function-level imports, ``TYPE_CHECKING`` blocks
+    included, relative imports resolved, ``from pkg import mod`` counted as an import of
+    ``pkg.mod``. A package's ``__init__`` is the package's name. A module importing its own
+    package (or one above it) is no edge: the package is already being imported then."""
+    files = {}
+    for path in (root / package).rglob("*.py"):
+        name = ".".join(path.relative_to(root).with_suffix("").parts)
+        files[name.removesuffix(".__init__")] = path
+
+    def known(name: str) -> str | None:
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {name: set() for name in files}
+    for name, path in files.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = name.split(".")
+                    if path.name != "__init__.py":
+                        parts = parts[:-1]
+                    parts = parts[:len(parts) - (node.level - 1)]
+                    base = ".".join([*parts, base] if base else parts)
+                targets = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            for target in targets:
+                found = known(target) if target.split(".")[0] == package else None
+                if found and found != name and not name.startswith(found + "."):
+                    graph[name].add(found)
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle ``[a, b, ..., a]`` per group of modules that import each other (each strongly
+    connected component of more than one module), the shortest through its first module."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan; the package is far shallower than the recursion limit
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while not group or group[-1] != v:
+                group.append(stack.pop())
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return [_shortest_cycle(graph, group) for group in groups]
+
+
+def _shortest_cycle(graph: dict[str, set[str]], group: list[str]) -> list[str]:
+    start, members = group[0], set(group)
+    paths = {w: [start, w] for w in sorted(graph[start] & members)}
+    frontier = list(paths)
+    while start not in paths:
+        frontier, step = [], frontier
+        for v in step:
+            for w in sorted(graph[v] & members):
+                if w not in paths:
+                    paths[w] = [*paths[v], w]
+                    frontier.append(w)
+    return paths[start]
+
+
+def test_no_import_cycle():
+    cycles = import_cycles(import_graph(PACKAGE.parent))
+    assert not cycles, "import cycles (static, function-level and TYPE_CHECKING imports " \
+        "included):\n" + "\n".join("  " + " -> ".join(cycle) for cycle in cycles)
+
+
+def test_the_cycle_check_sees_lazy_relative_and_type_checking_imports(tmp_path):
+    files = {
+        "__init__.py": "from pkg.a import A\n",
+        "a.py": "from pkg import b\nA = 1\n",
+        "b.py": "def f():\n    from .sub.c import C\n    return C\n",
+        "sub/__init__.py": "",
+        "sub/c.py": "from typing import TYPE_CHECKING\n"
+                    "if TYPE_CHECKING:\n    import pkg.a\nC = 2\n",
+        "d.py": "import pkg\nfrom . import a\n",  # its own package: no edge, no cycle
+    }
+    for rel, text in files.items():
+        (tmp_path / "pkg" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "pkg" / rel).write_text(text)
+    graph = import_graph(tmp_path, "pkg")
+    assert graph["pkg.b"] == {"pkg.sub.c"} and graph["pkg.d"] == {"pkg.a"}
+    assert import_cycles(graph) == [["pkg.a", "pkg.b", "pkg.sub.c", "pkg.a"]]

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from metricls import Tagger, build_index, load_config, train_embedder
 from metricls.cli import app
-from metricls.data.dataset import read_config_items
+from metricls.data.dataset import Dataset, read_config_items
 from metricls.errors import ArtifactError, InputError, NotFittedError
 from metricls.evaluation import evaluate
-from metricls.runner import evaluate_folder
+from metricls.runner import evaluate_folder, run_pipeline
 
 
 def test_tiny_tagger_learns_the_labels(tiny_tagger_dir):
@@ -208,3 +208,60 @@ def test_build_index_blames_a_bad_backend_on_the_argument(tiny_tagger_copy):
     assert res.exit_code == 2
     assert res.output.startswith("error: --backend annoy: index.backend = 'annoy' is not one of")
     assert "config.json" not in res.output
+
+
+@pytest.fixture
+def read_counts(monkeypatch):
+    """Counts the reads of a data file (every one goes through `read_items` of the dataset
+    module: `read_config_items`, `Dataset.load`) and the loads of a tagger folder."""
+    import metricls.data.dataset as dataset_module
+
+    counts = {"read": 0, "load": 0}
+    read, load = dataset_module.read_items, Tagger.load.__func__
+
+    def counted_read(*args, **kwargs):
+        counts["read"] += 1
+        return read(*args, **kwargs)
+
+    def counted_load(cls, *args, **kwargs):
+        counts["load"] += 1
+        return load(cls, *args, **kwargs)
+
+    monkeypatch.setattr(dataset_module, "read_items", counted_read)
+    monkeypatch.setattr(Tagger, "load", classmethod(counted_load))
+    return counts
+
+
+def test_run_reads_the_data_once_and_loads_the_tagger_once(tmp_path, synthetic_path,
+                                                           read_counts):
+    result = run_pipeline(TINY, overrides=[f"data.path={synthetic_path}"], out=tmp_path / "t",
+                          baseline="untrained", show=3)
+    assert read_counts["read"] == 1, f"the data file was read {read_counts['read']} times"
+    assert read_counts["load"] <= 1, f"the tagger was loaded {read_counts['load']} times"
+    assert set(result["reports"]) == {"metricls", "baseline:untrained"}
+    assert result["reports"]["metricls"]["split"] == "test" and len(result["examples"]) == 3
+    assert json.loads(Path(result["json"]).read_text())["metricls"]["n_items"] == \
+        result["reports"]["metricls"]["n_items"]
+
+
+def test_run_refuses_its_output_before_reading_the_data(tmp_path, synthetic_path, read_counts):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match="not a metricls tagger folder"):
+        run_pipeline(TINY, overrides=[f"data.path={synthetic_path}"], out=out)
+    assert read_counts == {"read": 0, "load": 0}
+
+
+def test_evaluate_folder_with_a_loaded_tagger_and_dataset_reports_the_same(tiny_tagger_dir):
+    tagger = Tagger.load(tiny_tagger_dir)
+    dataset = Dataset.load(tagger.config.data)
+    given = evaluate_folder(tiny_tagger_dir, split="test", tagger=tagger, dataset=dataset)
+    read = evaluate_folder(tiny_tagger_dir, split="test")
+    assert _untimed(given) == _untimed(read)
+    with pytest.raises(InputError, match="pass dataset only with split"):
+        evaluate_folder(tiny_tagger_dir, split="all", dataset=dataset)
+
+
+def _untimed(reports: dict) -> dict:
+    return {k: v for k, v in reports["metricls"].items() if k != "timings"}

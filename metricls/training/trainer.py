@@ -270,7 +270,7 @@ def _valid_recall(model: EmbeddingModel, prepared: list, n: int, label_vectors: 
 
 
 def train_embedder(cfg: Config, out: str | Path | None = None, *,
-                   overwrite: bool = False) -> Path:
+                   overwrite: bool = False, data: Dataset | None = None) -> Path:
     """Train the embedding network and label vectors; write them into a tagger folder.
 
     Args:
@@ -278,6 +278,7 @@ def train_embedder(cfg: Config, out: str | Path | None = None, *,
         out: the tagger folder (default ``index/<cfg.name>``), written atomically.
         overwrite: replace an existing tagger folder there (any other folder is never
             replaced, see `artifacts.check_output`); checked before training.
+        data: `Dataset.load(cfg.data)` when the caller has already loaded it (read once).
 
     Returns:
         The folder, ready for `build_index`.
@@ -286,10 +287,10 @@ def train_embedder(cfg: Config, out: str | Path | None = None, *,
         >>> train_embedder(load_config("configs/debtags.yaml"), out="index/debtags")
     """
     folder = Path(out) if out is not None else Path("index") / cfg.name
-    check_output(folder, "tagger", overwrite=overwrite, inputs=_data_files(cfg))
+    check_output(folder, "tagger", overwrite=overwrite, inputs=data_files(cfg))
     with process_group(cfg.train.device) as ctx:  # one process unless started by torchrun
         log.info("resolved config:\n%s", dump_config(cfg))
-        data = Dataset.load(cfg.data)
+        data = data if data is not None else Dataset.load(cfg.data)
         result = fit(cfg, data)
         if ctx.is_main:  # rank 0 writes the folder; the other processes wait for it
             _write_tagger(folder, cfg, data, result)
@@ -297,7 +298,7 @@ def train_embedder(cfg: Config, out: str | Path | None = None, *,
     return folder
 
 
-def _data_files(cfg: Config) -> tuple[str, ...]:
+def data_files(cfg: Config) -> tuple[str, ...]:
     """The files training reads (a packaged dataset name is no file)."""
     return tuple(path for path in (cfg.data.path, cfg.data.features_path)
                  if path and os.path.exists(path))
