@@ -15,7 +15,8 @@ from metricls.errors import ConfigError, InputError, MetriclsError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="metricls: multi-label tagging in a learned metric space.")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that write JSON.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that write JSON (the other "
+                        "harnesses: benchmarks/ in the repository).")
 app.add_typer(bench_app, name="bench")
 labels_app = typer.Typer(no_args_is_help=True,
                          help="List, add, update and remove the labels of a built tagger.")
@@ -239,7 +240,7 @@ def tag_catalog_cmd(tagger: Path,
 @bench_app.command("recall")
 @guarded
 def bench_recall_cmd(quick: bool = False, tagger: Optional[Path] = None,
-                     out: Path = Path("bench/recall.json"),
+                     out: Path = Path("benchmarks/recall/recall.json"),
                      threads: Annotated[int, typer.Option(help="0 = all cores")] = 0,
                      backends: Annotated[Optional[str], typer.Option(
                          help="Comma-separated, e.g. ivf-pq,sharded-ivf")] = None,
@@ -251,91 +252,6 @@ def bench_recall_cmd(quick: bool = False, tagger: Optional[Path] = None,
     result = bench_recall(tagger=tagger, quick=quick, out=out, threads=threads,
                           backends=_csv(backends, str), sizes=_csv(sizes, int))
     typer.echo(markdown_summary(result))
-
-
-@bench_app.command("scale")
-@guarded
-def bench_scale_cmd(items: int = 1_000_000, labels: int = 10_000, dim: int = 256,
-                    epochs: int = 1, set_: Sets = None, out: Path = Path("bench/scale.json"),
-                    workdir: Annotated[Optional[Path], typer.Option(
-                        help="Keep the data and tagger here (default: a temp folder)")] = None,
-                    ) -> None:
-    """Time and peak memory of each stage (train, prototypes, build, tag) on generated data."""
-    from metricls.bench.scale import bench_scale, markdown_summary
-
-    result = bench_scale(items=items, labels=labels, dim=dim, epochs=epochs,
-                         overrides=set_ or [], out=out, workdir=workdir)
-    typer.echo(markdown_summary(result))
-
-
-@bench_app.command("catalog")
-@guarded
-def bench_catalog_cmd(tagger: Path = Path("index/debtags-lexical"), data: str = "debtags",
-                      num_actors: int = 2, batch_size: int = 1024,
-                      out: Path = Path("bench/catalog.json")) -> None:
-    """Items/s of tag-catalog with each engine on one catalog; checks the outputs agree."""
-    from metricls.bench.catalog import bench_catalog, markdown_summary
-
-    result = bench_catalog(tagger, data, num_actors=num_actors, batch_size=batch_size, out=out)
-    typer.echo(markdown_summary(result))
-
-
-@bench_app.command("serve")
-@guarded
-def bench_serve_cmd(taggers: Annotated[list[Path], typer.Argument(help="Tagger folders")],
-                    requests: Annotated[int, typer.Option(help="Timed requests per run")] = 300,
-                    concurrency: Annotated[int, typer.Option(help="Client threads")] = 8,
-                    batch: Annotated[Optional[list[int]], typer.Option(
-                        help="Texts per request; repeat for several runs (default 1 and 32)",
-                        show_default=False)] = None,
-                    k: Annotated[int, typer.Option("-k")] = 5,
-                    workers: Annotated[int, typer.Option(help="Server processes")] = 1,
-                    out: Path = Path("bench/serve.json")) -> None:
-    """Throughput and latency of `metricls serve` under concurrent load on loopback."""
-    from metricls.bench.serve import bench_serve, markdown_summary
-
-    result = bench_serve(taggers, requests=requests, concurrency=concurrency,
-                         batches=batch or (1, 32), k=k, workers=workers, out=out)
-    typer.echo(markdown_summary(result))
-
-
-@bench_app.command("fewshot")
-@guarded
-def bench_fewshot_cmd(config: Path, holdout: int = 50,
-                      shots: Annotated[str, typer.Option(help="Comma-separated")] = "1,5,20",
-                      out: Path = Path("bench/fewshot.json"), set_: Sets = None,
-                      full: Annotated[Optional[Path], typer.Option(
-                          help="Built tagger of CONFIG on all labels (else trained)")] = None,
-                      seed: int = 0, work: Annotated[Optional[Path], typer.Option(
-                          help="Keep the trained taggers here")] = None) -> None:
-    """Hold labels out of training, then add them back from a few examples or zero-shot."""
-    from metricls.bench.fewshot import bench_fewshot, markdown_table, parse_shots
-
-    result = bench_fewshot(config, holdout=holdout, shots=parse_shots(shots), out=out, full=full,
-                           overrides=set_ or [], seed=seed, work=work)
-    typer.echo(markdown_table(result))
-
-
-@bench_app.command("peers")
-@guarded
-def bench_peers_cmd(configs: Annotated[str, typer.Option(help="Comma-separated config files")]
-                    = "configs/debtags.yaml,configs/debtags-lexical.yaml",
-                    peers: Annotated[str, typer.Option(help="Comma-separated, '' for none")]
-                    = "tfidf-ovr,napkinxc,pecos,knn,prototypes",
-                    out: Annotated[Path, typer.Option(help="Writes OUT.json/.md/.png")]
-                    = Path("bench/peers"), quick: bool = False,
-                    reuse: Annotated[bool, typer.Option(
-                        help="Evaluate index/NAME when built from the same config and data")]
-                    = False,
-                    frozen: Annotated[str, typer.Option(
-                        help="Backbone of the knn/prototypes peers: minilm|features")]
-                    = "minilm") -> None:
-    """metricls against TF-IDF linear, tree and frozen-embedding peers on the same test split."""
-    from metricls.bench.peers import bench_peers, markdown_table
-
-    result = bench_peers(_csv(configs, str), peers=_csv(peers, str), out=out, quick=quick,
-                         reuse=reuse, frozen=frozen)
-    typer.echo(markdown_table(result))
 
 
 Examples = Annotated[Optional[Path], typer.Option(

@@ -1,19 +1,21 @@
-"""The peers benchmark: one quick run on generated data, its files, and reusing tagger folders."""
+"""The peers benchmark (benchmarks/peers/): one quick run of the script on generated data, its
+files, and reusing tagger folders."""
 
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from typer.testing import CliRunner
 
+from benchmarks.peers.dense_peers import reusable_tagger
+from benchmarks.peers.run import bench_peers, main
 from metricls.artifacts import load_tensors, read_json
-from metricls.bench.dense_peers import reusable_tagger
-from metricls.bench.peers import bench_peers
-from metricls.cli import app
 from metricls.config import load_config
 from metricls.data.dataset import Dataset
 from metricls.errors import InputError
@@ -22,6 +24,7 @@ from metricls.tagger import Tagger
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
+SCRIPT = ROOT / "benchmarks" / "peers" / "run.py"
 CHEAP_PEERS = ["tfidf-ovr", "napkinxc", "knn", "prototypes"]
 
 
@@ -48,15 +51,18 @@ def _halfway(data: Dataset) -> dict:
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory, synthetic_path):
-    """`metricls bench peers --quick` with the cheap peers; kNN/prototypes on the data's vectors."""
+    """`python benchmarks/peers/run.py --quick` with the cheap peers, from another folder;
+    kNN/prototypes on the data's vectors."""
     folder = tmp_path_factory.mktemp("peers")
     config = _config(folder, synthetic_path, vector_column="vec")
     out = folder / "out" / "peers"
-    res = CliRunner().invoke(app, ["--quiet", "bench", "peers", "--configs", str(config),
-                                   "--peers", ",".join(CHEAP_PEERS), "--out", str(out),
-                                   "--quick", "--frozen", "features"])
-    assert res.exit_code == 0, res.output
-    return json.loads(out.with_suffix(".json").read_text()), out, config, res.output
+    env = {**os.environ, "METRICLS_CACHE": str(folder / "cache")}
+    res = subprocess.run([sys.executable, str(SCRIPT), "--quiet", "--configs", str(config),
+                          "--peers", ",".join(CHEAP_PEERS), "--out", str(out), "--quick",
+                          "--frozen", "features"], capture_output=True, text=True, env=env,
+                         cwd=folder)
+    assert res.returncode == 0, res.stderr
+    return json.loads(out.with_suffix(".json").read_text()), out, config, res.stdout
 
 
 def test_quick_run_writes_one_row_per_method(quick_run):
@@ -70,7 +76,7 @@ def test_quick_run_writes_one_row_per_method(quick_run):
         assert row["items_per_s"] <= row["items_per_s_from_features"]
     png = out.with_suffix(".png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
-    assert out.with_suffix(".md").read_text().strip() in printed.replace("\r", "")
+    assert out.with_suffix(".md").read_text().strip() in printed
 
 
 def test_metrics_are_those_of_the_saved_ids(quick_run):
@@ -138,7 +144,7 @@ def test_a_tagger_of_another_config_or_data_is_not_reused(tmp_path, synthetic_pa
     data = Dataset.load(cfg.data)
     assert reusable_tagger(tiny_tagger_dir, cfg, data) is not None
     other = load_config(TINY, [f"data.path={synthetic_path}", "train.epochs=3"])
-    with caplog.at_level(logging.WARNING, logger="metricls"):
+    with caplog.at_level(logging.WARNING, logger="benchmarks"):
         assert reusable_tagger(tiny_tagger_dir, other, data) is None
     assert "train.epochs" in caplog.text
     copy = tmp_path / "copy.jsonl"  # the same data elsewhere: reused
@@ -146,7 +152,7 @@ def test_a_tagger_of_another_config_or_data_is_not_reused(tmp_path, synthetic_pa
     moved = load_config(TINY, [f"data.path={copy}"])
     assert reusable_tagger(tiny_tagger_dir, moved, Dataset.load(moved.data)) is not None
     copy.write_text(synthetic_path.read_text().replace('"item0"', '"item0b"'))  # other data
-    with caplog.at_level(logging.WARNING, logger="metricls"):
+    with caplog.at_level(logging.WARNING, logger="benchmarks"):
         assert reusable_tagger(tiny_tagger_dir, moved, Dataset.load(moved.data)) is None
     assert "other data" in caplog.text
 
@@ -161,7 +167,7 @@ def test_a_tagger_saved_with_a_stale_config_key_is_retrained_not_fatal(
     saved["train"]["gone_key"] = 1  # written by a metricls that had this key
     (folder / "config.json").write_text(json.dumps(saved))
     cfg = load_config(TINY, [f"data.path={synthetic_path}"])
-    with caplog.at_level(logging.WARNING, logger="metricls"):
+    with caplog.at_level(logging.WARNING, logger="benchmarks"):
         assert reusable_tagger(folder, cfg, Dataset.load(cfg.data)) is None
     assert "its config does not read" in caplog.text and "gone_key" in caplog.text
 
@@ -171,13 +177,13 @@ def test_a_tagger_saved_with_a_stale_config_key_is_retrained_not_fatal(
     (["--quick", "--reuse"], "--reuse evaluates taggers trained on the full data"),
     (["--frozen", "bert"], "--frozen: expected one of ['minilm', 'features']"),
 ])
-def test_bad_arguments_give_one_error_line(tmp_path, synthetic_path, args, message):
+def test_bad_arguments_give_one_error_line(tmp_path, synthetic_path, capsys, args, message):
     config = _config(tmp_path, synthetic_path)
-    res = CliRunner().invoke(app, ["bench", "peers", "--configs", str(config),
-                                   "--out", str(tmp_path / "p"), *args])
-    lines = res.output.strip().splitlines()
-    assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}")
-    assert not list(tmp_path.glob("p.*"))
+    status = main(["--configs", str(config), "--out", str(tmp_path / "p"), *args])
+    printed = capsys.readouterr()
+    lines = printed.err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}")
+    assert not printed.out and not list(tmp_path.glob("p.*"))
 
 
 def test_configs_must_share_their_data_and_differ_in_name(tmp_path, synthetic_path):
@@ -191,7 +197,8 @@ def test_configs_must_share_their_data_and_differ_in_name(tmp_path, synthetic_pa
 
 @pytest.mark.slow
 def test_pecos_runs_in_its_own_venv(tmp_path, synthetic_path):
-    # creates (or reuses) .cache/peers-venv with pip: needs PyPI, so it is not in the default run
+    # the benchmark creates (or reuses) .cache/peers-venv with pip: needs PyPI, so it is not in
+    # the default run
     config = _config(tmp_path, synthetic_path)
     result = bench_peers([config], peers=["pecos"], out=tmp_path / "p", quick=True,
                          venv=ROOT / ".cache" / "peers-venv")

@@ -1,4 +1,5 @@
-"""bench scale: the generated data, and a whole run whose stages never hold items x labels."""
+"""The scale benchmark (benchmarks/scale/): the generated data, and a whole run whose stages never
+hold items x labels."""
 
 from __future__ import annotations
 
@@ -8,11 +9,9 @@ from collections import Counter
 import numpy as np
 import scipy.sparse as sp
 from conftest import replaced
-from typer.testing import CliRunner
 
-from metricls.bench.scale import STAGES, bench_scale, markdown_summary
-from metricls.bench.scale_data import generate_data
-from metricls.cli import app
+from benchmarks.scale.run import STAGES, bench_scale, main, markdown_summary
+from benchmarks.scale.scale_data import generate_data
 from metricls.data.labels import LabelVocab
 from metricls.metrics import precision_at_k
 from metricls.prototypes import mean_prototypes
@@ -72,13 +71,11 @@ def test_bench_scale_stages_never_hold_an_items_x_labels_array(tmp_path):
     assert "| tag |" in markdown_summary(result)
 
 
-def test_bench_scale_cli_refuses_bad_arguments_before_running(tmp_path):
-    runner = CliRunner()
-    res = runner.invoke(app, ["bench", "scale", "--items", "5", "--out", str(tmp_path / "x")])
-    assert res.exit_code == 2 and "error: items: expected an int >= 100, got 5" in res.output
-    res = runner.invoke(app, ["bench", "scale", "--set", "index.backend=annoy",
-                              "--out", str(tmp_path / "x")])
-    assert res.exit_code == 2 and "index.backend = 'annoy' is not one of" in res.output
+def test_bench_scale_cli_refuses_bad_arguments_before_running(tmp_path, capsys):
+    assert main(["--items", "5", "--out", str(tmp_path / "x")]) == 2
+    assert "error: items: expected an int >= 100, got 5" in capsys.readouterr().err
+    assert main(["--set", "index.backend=annoy", "--out", str(tmp_path / "x")]) == 2
+    assert "index.backend = 'annoy' is not one of" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

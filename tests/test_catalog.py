@@ -186,22 +186,6 @@ def test_cli_tag_catalog(tiny_tagger_dir, catalog_items, tmp_path):
     assert res.exit_code == 2 and "error: --threshold: expected a number or 'tuned'" in res.output
 
 
-def test_compare_tags_reports_what_differs():
-    from metricls.bench.catalog import compare_tags
-
-    def table(labels, scores):
-        return pa.table({"row": pa.array([0, 1], pa.int64()), "id": ["a", "b"],
-                         "labels": pa.array(labels, pa.list_(pa.string())),
-                         "scores": pa.array(scores, pa.list_(pa.float32()))})
-
-    base = table([["x", "y"], ["z"]], [[0.9, 0.5], [0.7]])
-    assert compare_tags(base, base) == {"same_rows_and_ids": True, "same_labels": True,
-                                        "max_score_diff": 0.0}
-    moved = compare_tags(base, table([["x", "y"], ["z"]], [[0.9, 0.5], [0.75]]))
-    assert moved["same_labels"] and moved["max_score_diff"] == pytest.approx(0.05, abs=1e-6)
-    assert not compare_tags(base, table([["y", "x"], ["z"]], [[0.9, 0.5], [0.7]]))["same_labels"]
-
-
 def test_lone_surrogates_are_refused_by_predict_and_tag_catalog_alike(tiny_tagger_dir, tmp_path):
     rows = [{"id": f"i{n}", "text": f"w0x1 w{n}x2"} for n in range(12)]
     bad_text = rows[9]["text"] = "w0x1 \ud800 w1x2"  # json.dumps writes it as a \ud800 escape

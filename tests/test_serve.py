@@ -1,5 +1,5 @@
-"""The HTTP service: /tag equals Tagger.predict, the other endpoints, limits and bad input, a real
-server, and the load benchmark."""
+"""The HTTP service: /tag equals Tagger.predict, the other endpoints, limits and bad input, and a
+real server (started by the serve benchmark's `running_server`)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from fastapi.testclient import TestClient
 from synthetic import make_items
 from typer.testing import CliRunner
 
+from benchmarks.serve.run import running_server
 from metricls import Tagger, __version__, build_index, load_config, train_embedder
 from metricls.artifacts import read_json
-from metricls.bench.serve import running_server
 from metricls.cli import app as cli
 from metricls.errors import InputError
 from metricls.serve import create_app
@@ -397,21 +397,3 @@ def test_real_server_over_loopback(tiny_tagger_dir, tagger):
         assert rebound.status_code == 400 and "Host header" in rebound.json()["detail"]
         process = server.process
     assert process.returncode == 0  # SIGTERM: graceful shutdown, clean exit
-
-
-def test_bench_serve_cli(tiny_tagger_dir, tmp_path):
-    out = tmp_path / "serve.json"
-    result = CliRunner().invoke(cli, ["bench", "serve", str(tiny_tagger_dir), "--requests", "12",
-                                      "--concurrency", "3", "--batch", "1", "--batch", "4",
-                                      "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    runs = json.loads(out.read_text())["runs"]
-    assert [run["batch"] for run in runs] == [1, 4]
-    for run in runs:
-        assert run["count"] == run["requests"] == 12 and run["errors"] == 0
-        lat = run["latency_ms"]
-        assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
-        assert run["server_ms"]["p50"] <= lat["p50"]  # the round trip holds the server's time
-        assert run["requests_per_s"] == pytest.approx(12 / run["seconds"], rel=0.01)
-        assert run["texts_per_s"] == pytest.approx(run["requests_per_s"] * run["batch"], rel=0.01)
-    assert "| tiny | 4 | 3 |" in result.output

@@ -1,1 +1,2 @@
-"""Benchmarks: each writes JSON (and a PNG plot where matplotlib is installed)."""
+"""`metricls bench recall` (recall.py) and the machine description every benchmark records
+(machine.py). The other benchmark harnesses live in the repository's benchmarks/ folder."""

@@ -98,7 +98,7 @@ def bench_set(name: str, vectors: np.ndarray, queries: np.ndarray, *, backends: 
 
 
 def bench_recall(*, tagger: str | Path | None = None, quick: bool = False,
-                 out: str | Path = "bench/recall.json", threads: int = 0,
+                 out: str | Path = "benchmarks/recall/recall.json", threads: int = 0,
                  backends: Sequence[str] | None = None,
                  sizes: Sequence[int] | None = None) -> dict[str, Any]:
     """Run the benchmark and write JSON (and a recall-vs-QPS PNG beside it).

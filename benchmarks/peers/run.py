@@ -1,45 +1,57 @@
-"""bench_peers: metricls against standard extreme multi-label methods on the same split.
+"""The peers benchmark: metricls against standard extreme multi-label methods on the same split.
+
+    python benchmarks/peers/run.py --configs configs/debtags.yaml,configs/debtags-lexical.yaml
 
 Every method reads the same items (the configs' data, md5 split, train vocabulary, texts of
 the configs' text columns), predicts its top-10 labels for the test split, and is scored by
 the same `metricls.evaluation.ranking_metrics`. Peers: TF-IDF + one-vs-rest linear SVM
-(scikit-learn), TF-IDF + napkinXC PLT, TF-IDF + PECOS XR-Linear (in its own venv), and a frozen
-backbone's kNN vote and mean prototypes (MiniLM with the first config's settings). Each
-peer's main setting is chosen on valid; metricls rows come from each config, trained here or
-reused from ``index/<name>``.
+(scikit-learn), TF-IDF + napkinXC PLT, TF-IDF + PECOS XR-Linear (in a virtual environment that
+this benchmark creates, `pecos_venv.py`), and a frozen backbone's kNN vote and mean prototypes
+(MiniLM with the first config's settings). Each peer's main setting is chosen on valid;
+metricls rows come from each config, trained here or, with --reuse, read from
+``index/<name>``. Results: peers.json, peers.md, peers.png and
+peers.safetensors beside this script.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for `benchmarks`
+
+from benchmarks._common import BENCHMARKS, csv, harness_parser, run_harness
+from benchmarks.peers.dense_peers import frozen_embeddings, run_knn, run_metricls, run_prototypes
+from benchmarks.peers.peer_run import K, PeerRun
+from benchmarks.peers.peers_report import markdown_table, write_markdown, write_plot
+from benchmarks.peers.sparse_peers import run_ovr, run_pecos, run_plt, tfidf_features
+from metricls import load_config
 from metricls.artifacts import save_tensors, versions, write_json
-from metricls.bench.dense_peers import frozen_embeddings, run_knn, run_metricls, run_prototypes
 from metricls.bench.machine import machine_info
-from metricls.bench.peer_run import K, PeerRun
-from metricls.bench.peers_report import markdown_table, write_markdown, write_plot
-from metricls.bench.sparse_peers import run_ovr, run_pecos, run_plt, tfidf_features
-from metricls.config import Config, load_config
+from metricls.config import Config
 from metricls.data.dataset import Dataset
 from metricls.errors import InputError
 from metricls.evaluation import ranking_metrics
 
-__all__ = ["PEERS", "bench_peers", "markdown_table"]
+__all__ = ["PEERS", "bench_peers", "main", "markdown_table"]
 
 PEERS = ("tfidf-ovr", "napkinxc", "pecos", "knn", "prototypes")
 FROZEN = ("minilm", "features")
 QUICK = {"train": 2_000, "valid": 500, "test": 500}  # first items of each split in --quick
 PACKAGES = ("scikit-learn", "napkinxc", "faiss-cpu", "torch", "sentence-transformers")
+OUT = BENCHMARKS / "peers" / "peers"  # the committed results: peers.json, .md, .png, .safetensors
+VENV = ".cache/peers-venv"
 
 
 def bench_peers(configs: Sequence[str | Path], *, peers: Sequence[str] = PEERS,
-                out: str | Path = "bench/peers", quick: bool = False, reuse: bool = False,
-                frozen: str = "minilm", venv: str | Path = ".cache/peers-venv",
+                out: str | Path = OUT, quick: bool = False, reuse: bool = False,
+                frozen: str = "minilm", venv: str | Path = VENV,
                 index_root: str | Path = "index") -> dict[str, Any]:
     """Run every peer and every config on the same split; write JSON, markdown and a plot.
 
@@ -52,7 +64,8 @@ def bench_peers(configs: Sequence[str | Path], *, peers: Sequence[str] = PEERS,
         reuse: evaluate ``index_root/<config name>`` when it was built from the same config
             and data, instead of training (not with `quick`).
         frozen: the backbone of the kNN and prototype peers: "minilm" or "features".
-        venv: the virtual environment PECOS runs in (created on first use).
+        venv: the virtual environment PECOS runs in (created with pip on first use, see
+            `benchmarks.peers.pecos_venv`).
         index_root: where reusable tagger folders are.
 
     Returns:
@@ -142,3 +155,31 @@ def _row(run: PeerRun, data: Dataset) -> dict[str, Any]:
             "items_per_s_from_features": round(n / max(run.predict_s, 1e-9), 1),
             "settings": run.settings}
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python benchmarks/peers/run.py [options]``: run, write, print the markdown table."""
+    parser = harness_parser(__doc__)
+    parser.add_argument("--configs", default="configs/debtags.yaml,configs/debtags-lexical.yaml",
+                        help="comma-separated metricls configs (one row each; they give the data)")
+    parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated, '' for none")
+    parser.add_argument("--out", type=Path, default=OUT,
+                        help="path stem: writes OUT.json, OUT.md, OUT.png, OUT.safetensors")
+    parser.add_argument("--quick", action="store_true",
+                        help="the first items of each split only (for tests)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="evaluate index/NAME when built from the same config and data")
+    parser.add_argument("--frozen", default="minilm",
+                        help="backbone of the knn/prototypes peers: minilm|features")
+    parser.add_argument("--venv", type=Path, default=Path(VENV),
+                        help="the PECOS virtual environment (created with pip on first use)")
+
+    def body(args: argparse.Namespace) -> str:
+        return markdown_table(bench_peers(csv(args.configs), peers=csv(args.peers), out=args.out,
+                                          quick=args.quick, reuse=args.reuse,
+                                          frozen=args.frozen, venv=args.venv))
+
+    return run_harness(parser, argv, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Generated multi-label data of any size for `bench scale`, written in chunks.
+"""Generated multi-label data of any size for the scale benchmark, written in chunks.
 
 `labels` labels with power-law frequencies (label l drawn with probability ~ (l + 1) ** -alpha),
 1 to `MAX_LABELS` distinct labels per item, and `dim`-d features = the sum of the item's labels'

@@ -1,7 +1,7 @@
-"""PECOS XR-Linear for `metricls bench peers`, run by the Python of its own virtual environment.
+"""PECOS XR-Linear for the peers benchmark, run by the Python of its own virtual environment.
 
 libpecos needs numpy < 2, so this script imports only numpy, scipy and libpecos (never
-metricls) and talks to the benchmark through files in one folder:
+metricls) and talks to the benchmark (`sparse_peers.run_pecos`) through files in one folder:
 
     in:  X_train.npz, Y_train.npz, X_valid.npz, X_test.npz (scipy CSR, float32), job.json
          ({"grid": [{"Cp": 1.0, "Cn": 1.0, "nr_splits": 16, "beam_size": 10}, ...], "k": 10})

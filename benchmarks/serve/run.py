@@ -1,14 +1,19 @@
-"""bench_serve: requests/s, texts/s and latency of `metricls serve` under concurrent load.
+"""The serve benchmark: requests/s, texts/s and latency of `metricls serve` under concurrent load.
+
+    python benchmarks/serve/run.py index/debtags-lexical index/debtags --batch 1 --batch 32
 
 The server runs as `metricls serve` in a subprocess on 127.0.0.1; the client sends a bounded
 number of POST /tag requests from `concurrency` threads (one keep-alive httpx client each) and
 times each one. Inputs are the tagger's test-split items (all items if it has no test split),
 cycled. Client and server share the machine, so the figures include the client's CPU use; each run
 records the 1-minute load average before and after it, since other work on the machine counts too.
+
+Results beside this script: serve.json. `running_server` also serves the tests of metricls serve.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -27,12 +32,19 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for `benchmarks`
+
+from benchmarks._common import BENCHMARKS, harness_parser, run_harness
 from metricls.artifacts import read_json, write_json
 from metricls.bench.machine import machine_info
 from metricls.config import from_dict
 from metricls.data.dataset import read_config_items
 from metricls.errors import InputError, MetriclsError
 from metricls.validation import check_k
+
+__all__ = ["bench_serve", "main", "markdown_summary", "running_server"]
+
+OUT = BENCHMARKS / "serve" / "serve.json"
 
 
 @dataclass
@@ -101,7 +113,7 @@ def _stop(process: subprocess.Popen) -> None:
 
 def bench_serve(taggers: Sequence[str | Path], *, requests: int = 300, concurrency: int = 8,
                 batches: Sequence[int] = (1, 32), k: int = 5, workers: int = 1,
-                out: str | Path = "bench/serve.json") -> dict[str, Any]:
+                out: str | Path = OUT) -> dict[str, Any]:
     """Load-test each tagger's server at each batch size; write and return the JSON result.
 
     Args:
@@ -231,3 +243,29 @@ def markdown_summary(result: dict[str, Any]) -> str:
                      f"{lat['p95']:.1f} | {lat['p99']:.1f} | {server.get('p50', 0):.1f} | "
                      f"{r['errors']} |")
     return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python benchmarks/serve/run.py TAGGER... [options]``: run, write, print the table."""
+    parser = harness_parser(__doc__)
+    parser.add_argument("taggers", type=Path, nargs="+", metavar="TAGGER",
+                        help="built tagger folders, each served in turn")
+    parser.add_argument("--requests", type=int, default=300, help="timed requests per run")
+    parser.add_argument("--concurrency", type=int, default=8, help="client threads")
+    parser.add_argument("--batch", type=int, action="append", default=None,
+                        help="texts per request; repeat for several runs (none given: 1 and 32)")
+    parser.add_argument("-k", type=int, default=5, help="tags per input")
+    parser.add_argument("--workers", type=int, default=1, help="server processes")
+    parser.add_argument("--out", type=Path, default=OUT, help="the JSON report")
+
+    def body(args: argparse.Namespace) -> str:
+        return markdown_summary(bench_serve(args.taggers, requests=args.requests,
+                                            concurrency=args.concurrency,
+                                            batches=args.batch or (1, 32), k=args.k,
+                                            workers=args.workers, out=args.out))
+
+    return run_harness(parser, argv, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,21 +12,21 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from benchmarks.peers.peer_run import K, PeerRun, Trial, best_trial
+from metricls import Tagger
 from metricls.ann import make_index
 from metricls.artifacts import read_json
-from metricls.bench.peer_run import K, PeerRun, Trial, best_trial
-from metricls.build import assemble_tagger
+from metricls.build import assemble_tagger  # internal, see `_trained`
 from metricls.config import Config, from_dict, to_dict
 from metricls.data.dataset import Dataset
 from metricls.encoders.model import build_model
 from metricls.errors import MetriclsError
 from metricls.evaluation import evaluate_tagged
-from metricls.pipeline.scoring import PER_LABEL, top_k, vote_matrix
+from metricls.pipeline.scoring import top_k, vote_matrix
 from metricls.prototypes import mean_prototypes
-from metricls.tagger import Tagger
-from metricls.training.trainer import fit
+from metricls.training.trainer import fit  # internal, see `_trained`
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("benchmarks.peers")
 # metricls's scoring grid (build.tune_scoring) widened: on debtags, frozen MiniLM's vote is best
 # near-uniform (valid score flat from temperature 0.5 up)
 KNN_GRID = [{"knn": k, "temperature": t} for k, t in
@@ -126,9 +126,8 @@ def run_metricls(cfg: Config, data: Dataset, *, reuse: Path | None = None) -> Pe
     warm = data.test.subset(np.arange(min(1, len(data.test))))
     tagger.embed(warm)  # load the frozen encoder before the clock starts
     report, tagged = evaluate_tagged(tagger, data.test, k=K)
-    scoring = tagger.state.scoring.to_dict()
-    for key in PER_LABEL:  # one value per label: their count is enough here
-        scoring[key] = len(scoring[key])
+    scoring = {key: len(value) if isinstance(value, list) else value  # per-label lists:
+               for key, value in tagger.state.scoring.to_dict().items()}  # their count is enough
     settings |= {"config": to_dict(cfg), "scoring": scoring}
     description = f"metricls `{cfg.name}` ({' + '.join(cfg.encoder.backbones)}, {cfg.loss.name})"
     return PeerRun(f"metricls:{cfg.name}", description, tagged.ids, train_s,
@@ -136,7 +135,11 @@ def run_metricls(cfg: Config, data: Dataset, *, reuse: Path | None = None) -> Pe
 
 
 def _trained(cfg: Config, data: Dataset) -> tuple[Tagger, float, dict[str, Any]]:
-    """Train and index `cfg` on `data` in memory: the tagger, its seconds, what happened."""
+    """Train and index `cfg` on `data` in memory: the tagger, its seconds, what happened.
+
+    `fit` and `assemble_tagger` are what `train_embedder` and `build_index` run, on the Dataset
+    given (the --quick subset too) rather than the config's data file, and without a folder.
+    """
     result = fit(cfg, data)
     start = time.perf_counter()
     tagger, _ = assemble_tagger(cfg, result.model, data, result.label_vectors,

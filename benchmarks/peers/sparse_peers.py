@@ -2,15 +2,12 @@
 
 All three read the same TF-IDF matrices, fitted on the train texts; each tries a small grid
 of its main regularisation setting, fitted on train and chosen on valid (`best_trial`).
-PECOS runs in its own virtual environment (libpecos needs numpy < 2) and exchanges features
-and scores with this process through files.
+PECOS runs in its own virtual environment (libpecos needs numpy < 2; `pecos_venv` makes it)
+and exchanges features and scores with this process through files (`peers_pecos.py`).
 """
 
 from __future__ import annotations
 
-import logging
-import subprocess
-import sys
 import tempfile
 import time
 import warnings
@@ -21,14 +18,12 @@ from typing import Any, NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
+from benchmarks.peers.pecos_venv import call, pecos_python
+from benchmarks.peers.peer_run import K, PeerRun, Trial, best_trial
 from metricls.artifacts import read_json, write_json
-from metricls.bench.peer_run import K, PeerRun, Trial, best_trial
 from metricls.data.dataset import Dataset
-from metricls.errors import MetriclsError
 from metricls.pipeline.scoring import top_k
 from metricls.progress import progress
-
-log = logging.getLogger(__name__)
 
 # word uni- and bigrams; adding char_wb 3-5 grams raised PECOS's valid P@1 from 0.863 to 0.868
 # on debtags at about 8x its fitting time, so they stay out
@@ -37,7 +32,6 @@ OVR_GRID = [{"C": c} for c in (0.3, 1.0, 3.0)]  # LinearSVC, squared hinge, libl
 PLT_GRID = [{"liblinear_c": c} for c in (32.0, 100.0, 320.0)]  # logistic loss per tree node
 PECOS_GRID = [{"Cp": c, "Cn": c, "nr_splits": 16, "beam_size": 10} for c in (1.0, 2.0, 4.0, 8.0)]
 PECOS_SCRIPT = Path(__file__).with_name("peers_pecos.py")
-PECOS_PACKAGES = (["numpy<2", "scipy<1.14", "scikit-learn"], ["--no-deps", "libpecos"])
 
 
 class TfidfFeatures(NamedTuple):
@@ -140,7 +134,7 @@ def run_pecos(feats: TfidfFeatures, data: Dataset, *, venv: Path) -> PeerRun:
             sp.save_npz(folder / f"X_{name}.npz", getattr(feats, name), compressed=False)
         sp.save_npz(folder / "Y_train.npz", data.labels("train"), compressed=False)
         write_json(folder / "job.json", {"grid": PECOS_GRID, "k": K})
-        _call([str(python), str(PECOS_SCRIPT), str(folder)], "the PECOS run")
+        call([str(python), str(PECOS_SCRIPT), str(folder)], "the PECOS run")
         result = read_json(folder / "result.json")
         trials = [Trial(setting, top_k(sp.load_npz(folder / f"pred-{i}-valid.npz"), K)[1],
                         top_k(sp.load_npz(folder / f"pred-{i}-test.npz"), K)[1],
@@ -148,32 +142,6 @@ def run_pecos(feats: TfidfFeatures, data: Dataset, *, venv: Path) -> PeerRun:
                   for i, (setting, t) in enumerate(zip(PECOS_GRID, result["trials"]))]
     return _sparse_run("pecos", "TF-IDF + PECOS XR-Linear (PIFA label tree)", trials, feats,
                        data, result["versions"])
-
-
-def pecos_python(venv: Path) -> Path:
-    """The Python of `venv` with libpecos importable, creating the venv with pip if needed."""
-    python = Path(venv).absolute() / "bin" / "python"
-    if python.exists() and subprocess.run([str(python), "-c", "import pecos.xmc.xlinear"],
-                                          capture_output=True).returncode == 0:
-        return python
-    log.info("creating %s for PECOS (libpecos needs numpy < 2)", venv)
-    _call([sys.executable, "-m", "venv", "--clear", str(venv)], f"creating the venv {venv}")
-    for args in PECOS_PACKAGES:
-        _call([str(python), "-m", "pip", "install", "-q", *args],
-              f"pip install {' '.join(args)} into {venv}")
-    return python
-
-
-def _call(command: list[str], what: str) -> None:
-    """Run `command`; a failure raises one line naming `what` and the last line it printed."""
-    try:
-        done = subprocess.run(command, capture_output=True, text=True)
-    except OSError as exc:
-        raise MetriclsError(f"{what} failed: {exc}") from None
-    if done.returncode != 0:
-        lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
-        raise MetriclsError(f"{what} failed (exit {done.returncode}): {lines[-1]}; leave "
-                            "'pecos' out of --peers to run the benchmark without it")
 
 
 def _sparse_run(name: str, description: str, trials: list[Trial], feats: TfidfFeatures,

@@ -1,4 +1,7 @@
-"""bench_fewshot: labels held out of training, added back from a few examples or zero-shot.
+"""The few-shot benchmark: labels held out of training, added back from a few examples or
+zero-shot.
+
+    python benchmarks/fewshot/run.py configs/debtags.yaml --full index/debtags
 
 Labels: among the train-split labels with at least max(shots) train items and `MIN_TEST` test
 items, sorted by train count (then name), cut into `holdout` bins of consecutive ranks
@@ -6,8 +9,8 @@ items, sorted by train count (then name), cut into `holdout` bins of consecutive
 spread over the frequencies. A tagger is trained with them excluded (`data.exclude_labels`);
 each is then added back with `Tagger.add_label` from its first s train items in a seeded
 permutation (so the 1 examples are among the 5, the 5 among the 20), or zero-shot from its
-name (`label_text`). Each variant is scored on the test split next to a tagger of the same
-config trained on every label.
+name (`Tagger.add_label` with no examples embeds the name as words). Each variant is scored
+on the test split next to a tagger of the same config trained on every label.
 
 Metrics, on the test items, with every tagger's top 10:
 - ``R@10 held-out``: the mean over the held-out labels of their label-wise recall@10, i.e.
@@ -15,12 +18,16 @@ Metrics, on the test items, with every tagger's top 10:
 - ``P@k share``: P@k counting only hits on held-out labels (their share of the tagger's P@k);
 - ``P@1``, ``P@5``, ``R@10``: the usual metrics over all test labels (labels a tagger does
   not know count as misses).
+
+Results beside this script: fewshot.json and fewshot.md (the table).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
+import sys
 import tempfile
 import time
 import warnings
@@ -30,19 +37,22 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for `benchmarks`
+
+from benchmarks._common import BENCHMARKS, harness_parser, run_harness
+from metricls import Tagger, build_index, load_config, train_embedder
 from metricls.artifacts import write_json
-from metricls.build import build_index
-from metricls.config import Config, load_config, to_dict
+from metricls.config import Config, to_dict
 from metricls.data.dataset import Dataset
 from metricls.errors import InputError
 from metricls.evaluation import ranking_metrics
 from metricls.metrics import label_recall_at_k, precision_at_k
-from metricls.pipeline.labels import label_text
 from metricls.pipeline.tag import score
-from metricls.tagger import Tagger
-from metricls.training.trainer import train_embedder
 
-log = logging.getLogger(__name__)
+__all__ = ["bench_fewshot", "choose_holdout", "main", "markdown_table", "parse_shots"]
+
+log = logging.getLogger("benchmarks.fewshot")
+OUT = BENCHMARKS / "fewshot" / "fewshot.json"
 MIN_TEST = 3  # test items a held-out label needs, so its recall is not all-or-nothing
 
 
@@ -66,7 +76,7 @@ def choose_holdout(data: Dataset, n: int, *, min_train: int, min_test: int = MIN
 
 
 def bench_fewshot(config: str | Path, *, holdout: int = 50, shots: Sequence[int] = (1, 5, 20),
-                  out: str | Path = "bench/fewshot.json", full: str | Path | None = None,
+                  out: str | Path = OUT, full: str | Path | None = None,
                   overrides: Sequence[str] = (), seed: int = 0,
                   work: str | Path | None = None) -> dict[str, Any]:
     """Run the few-shot benchmark and write its JSON (and a markdown table beside it).
@@ -130,8 +140,8 @@ def _variants(holdout_dir: Path, full: Tagger, data: Dataset, labels: list[str],
         tagger = Tagger.load(holdout_dir)
         for label, pool in zip(labels, pools):
             t0 = time.perf_counter()
-            if s == 0:
-                tagger.add_label(label, description=label_text(label))
+            if s == 0:  # zero-shot: the name as words ("a::b-c" -> "a b c") is embedded
+                tagger.add_label(label)
             else:
                 tagger.add_label(label, [data.train.texts[i] for i in pool[:s]], add_items=items)
             add_s.append(time.perf_counter() - t0)
@@ -209,3 +219,31 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines += [f"| {r['variant']} | " + " | ".join(f"{r[k]:.4f}" for k in keys) + " |"
               for r in result["rows"]]
     return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python benchmarks/fewshot/run.py CONFIG [options]``: run, write, print the table."""
+    parser = harness_parser(__doc__)
+    parser.add_argument("config", type=Path, help="the config of both taggers (YAML)")
+    parser.add_argument("--holdout", type=int, default=50, help="labels held out")
+    parser.add_argument("--shots", default="1,5,20", help="comma-separated example counts")
+    parser.add_argument("--out", type=Path, default=OUT,
+                        help="the JSON report (the table goes beside it, .md)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="config override, e.g. train.epochs=5")
+    parser.add_argument("--full", type=Path, default=None,
+                        help="built tagger of CONFIG on all labels (else trained)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=None, help="keep the trained taggers here")
+
+    def body(args: argparse.Namespace) -> str:
+        return markdown_table(bench_fewshot(args.config, holdout=args.holdout,
+                                            shots=parse_shots(args.shots), out=args.out,
+                                            full=args.full, overrides=args.overrides,
+                                            seed=args.seed, work=args.work))
+
+    return run_harness(parser, argv, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

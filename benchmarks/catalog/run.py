@@ -1,23 +1,37 @@
-"""bench_catalog: items/s of `tag_catalog` with each engine on one catalog, outputs compared.
+"""The catalog benchmark: items/s of `tag_catalog` with each engine on one catalog, outputs
+compared.
+
+    python benchmarks/catalog/run.py --tagger index/debtags-lexical --data debtags
 
 Each engine's time is the whole call (tagger loaded, file read, tagged, Parquet written; for
 Ray also starting and stopping the local cluster and its actors). Both outputs are read back
-and compared: ids and labels equal, largest score difference.
+and compared: ids and labels equal, largest score difference. Results beside this script:
+catalog.json.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for `benchmarks`
+
+from benchmarks._common import BENCHMARKS, harness_parser, run_harness
 from metricls.artifacts import write_json
 from metricls.bench.machine import machine_info
 from metricls.catalog import ENGINES, TagOptions, read_tags, tag_catalog
+
+__all__ = ["bench_catalog", "compare_tags", "main", "markdown_summary"]
+
+OUT = BENCHMARKS / "catalog" / "catalog.json"
 
 
 def compare_tags(a: pa.Table, b: pa.Table) -> dict[str, Any]:
@@ -32,7 +46,7 @@ def compare_tags(a: pa.Table, b: pa.Table) -> dict[str, Any]:
 
 
 def bench_catalog(tagger: str | Path, data: str | Path = "debtags", *, num_actors: int = 2,
-                  batch_size: int = 1024, out: str | Path | None = "bench/catalog.json"
+                  batch_size: int = 1024, out: str | Path | None = OUT
                   ) -> dict[str, Any]:
     """Tag `data` with `tagger` on each engine into temp folders; write the JSON report to `out`.
 
@@ -65,3 +79,24 @@ def markdown_summary(result: dict[str, Any]) -> str:
     lines.append(f"\nagreement: {result['agreement']}; 1-min load average {load[0]:.1f} "
                  f"before, {load[1]:.1f} after, on {result['machine']['cpus']} CPUs")
     return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python benchmarks/catalog/run.py [options]``: run, write, print the table."""
+    parser = harness_parser(__doc__)
+    parser.add_argument("--tagger", type=Path, default=Path("index/debtags-lexical"),
+                        help="a built tagger folder")
+    parser.add_argument("--data", default="debtags", help="the catalog: a file or dataset name")
+    parser.add_argument("--num-actors", type=int, default=2, help="Ray actors")
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--out", type=Path, default=OUT, help="the JSON report")
+
+    def body(args: argparse.Namespace) -> str:
+        return markdown_summary(bench_catalog(args.tagger, args.data, num_actors=args.num_actors,
+                                              batch_size=args.batch_size, out=args.out))
+
+    return run_harness(parser, argv, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The catalog benchmark: items/s of `tag-catalog` with each engine."""

@@ -1,0 +1,1 @@
+"""The peers benchmark: metricls against TF-IDF linear, tree and frozen-embedding peers."""

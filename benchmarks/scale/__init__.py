@@ -1,0 +1,1 @@
+"""The scale benchmark: time and peak memory of each pipeline stage on generated data."""

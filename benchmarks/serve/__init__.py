@@ -1,0 +1,1 @@
+"""The serve benchmark: throughput and latency of `metricls serve` under load."""
