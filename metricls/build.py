@@ -19,7 +19,7 @@ import numpy as np
 
 from metricls.ann import AnnIndex, choose_backend, make_index, tune_index
 from metricls.ann.sharded import SHARDABLE
-from metricls.artifacts import check_output, folder_lock, read_json, scratch_dir, write_npy
+from metricls.artifacts import read_json, write_npy
 from metricls.config import Config, from_dict, to_dict
 from metricls.data.dataset import Dataset
 from metricls.data.items import Items
@@ -27,12 +27,14 @@ from metricls.encoders.model import EmbeddingModel, build_model
 from metricls.errors import ConfigError, InputError
 from metricls.evaluation import ranking_metrics, summarize
 from metricls.folder import LABELS, model_card, read_learned, read_trained, write_built
+from metricls.outputs import check_output
 from metricls.pipeline.fit import tune_scoring
 from metricls.pipeline.scoring import PER_LABEL, Scoring
 from metricls.pipeline.state import TaggerState
 from metricls.pipeline.tag import score
 from metricls.pipeline.tfidf import TfidfPrototypes
 from metricls.prototypes import mean_prototypes
+from metricls.staging import folder_lock, scratch_dir
 from metricls.tagger import Tagger
 
 log = logging.getLogger(__name__)

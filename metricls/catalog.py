@@ -23,13 +23,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from metricls.artifacts import check_output, staged_dir, write_json
+from metricls.artifacts import write_json
 from metricls.config import DataConfig
 from metricls.data.items import Items, iter_items, resolve_dataset
 from metricls.data.splits import md5_split
 from metricls.errors import InputError, MetriclsError
+from metricls.outputs import check_output
 from metricls.pipeline.tag import named, score, selection
 from metricls.progress import progress
+from metricls.staging import staged_dir
 from metricls.validation import check_k
 
 if TYPE_CHECKING:  # torch loads with the tagger: Ray's reading worker never needs it

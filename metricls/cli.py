@@ -176,7 +176,7 @@ def run(config: Path, set_: Sets = None,
 @guarded
 def verify(tagger: Path) -> None:
     """Check every file of a tagger folder against its manifest."""
-    from metricls.artifacts import verify_folder
+    from metricls.manifest import verify_folder
 
     problems = verify_folder(tagger)
     for line in problems:
@@ -314,8 +314,9 @@ def _edit_labels(tagger: Path, out: Path | None, overwrite: bool, edit, examples
     """Load, edit and save under the folder's write lock, so that edits of one folder from
     several processes run one after another and none is lost; returns (label id, folder)."""
     from metricls import Tagger
-    from metricls.artifacts import check_output, folder_lock
+    from metricls.outputs import check_output
     from metricls.pipeline.labels import read_examples
+    from metricls.staging import folder_lock
 
     if out is not None:  # checked before any work: the output must be safe to write
         check_output(out, "tagger", overwrite=overwrite, inputs=(tagger,),

@@ -19,7 +19,7 @@ This module alone knows the layout; training, build-index, label edits and `Tagg
 
 Every safetensors file carries a format tag (`metricls.formats`), checked at load with every
 shape, index and value (`read_tagger`). Writes are atomic and hold the folder's lock
-(`artifacts.staged_dir`).
+(`staging.staged_dir`).
 """
 
 from __future__ import annotations
@@ -31,14 +31,7 @@ from typing import Any
 import numpy as np
 
 from metricls.ann import load_index
-from metricls.artifacts import (
-    check_folder,
-    read_json,
-    save_tensors,
-    staged_dir,
-    write_json,
-    write_manifest,
-)
+from metricls.artifacts import read_json, save_tensors, write_json
 from metricls.config import Config, from_dict, to_dict
 from metricls.data.labels import LabelVocab
 from metricls.encoders.model import EmbeddingModel
@@ -52,11 +45,13 @@ from metricls.formats import (
     check_csr,
     read_tensors_and_meta,
 )
+from metricls.manifest import check_folder, write_manifest
 from metricls.pipeline.rerank import FEATURES, Reranker
 from metricls.pipeline.scoring import Scoring
 from metricls.pipeline.state import TaggerState
 from metricls.pipeline.tfidf import TfidfPrototypes
 from metricls.prototypes import read_label_vectors, read_prototypes
+from metricls.staging import staged_dir
 
 CONFIG, LABELS, ENCODER, CARD = "config.json", "labels.json", "encoder", "README.md"
 LABEL_VECTORS, TRAINING = "label_vectors.safetensors", "training.json"

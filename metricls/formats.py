@@ -17,6 +17,7 @@ import scipy.sparse as sp
 
 from metricls import artifacts
 from metricls.errors import ArtifactError
+from metricls.manifest import MANIFEST, remedy_for
 
 PROTOTYPES_FORMAT = "metricls-prototypes/1"
 CSR_FORMAT = "metricls-csr/1"
@@ -33,8 +34,8 @@ def remedy(path: str | Path) -> str:
     build-index reads the file (as `metricls verify` says)."""
     path = Path(path)
     for folder in path.parents[:3]:
-        if (folder / artifacts.MANIFEST).is_file():
-            return artifacts._fix(folder, path.relative_to(folder).as_posix())
+        if (folder / MANIFEST).is_file():
+            return remedy_for(folder, path.relative_to(folder).as_posix())
     return "rebuild the tagger with `metricls build-index FOLDER`"
 
 

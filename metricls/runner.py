@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from metricls.artifacts import check_output, write_json
+from metricls.artifacts import write_json
 from metricls.build import build_index, untrained_baseline
 from metricls.config import load_config
 from metricls.data.dataset import Dataset, read_config_items
@@ -14,6 +14,7 @@ from metricls.data.items import Items
 from metricls.data.splits import SPLITS
 from metricls.errors import InputError
 from metricls.evaluation import evaluate
+from metricls.outputs import check_output
 from metricls.tagger import Tagger
 from metricls.training.trainer import data_files, train_embedder
 from metricls.validation import describe

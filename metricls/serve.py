@@ -40,8 +40,9 @@ from starlette.concurrency import run_in_threadpool
 
 from metricls import serve_guards as guards
 from metricls import serve_page
-from metricls.artifacts import MANIFEST, check_folder, read_json, versions
+from metricls.artifacts import read_json
 from metricls.errors import InputError
+from metricls.manifest import MANIFEST, check_folder, versions
 from metricls.tagger import Tagger
 from metricls.validation import check_features, check_positive_int, check_texts, describe
 

@@ -15,15 +15,17 @@ from pathlib import Path
 import numpy as np
 
 from metricls import folder as tagger_folder
-from metricls.artifacts import check_output, folder_lock, read_json
+from metricls.artifacts import read_json
 from metricls.config import Config
 from metricls.data.items import Items
 from metricls.data.labels import LabelVocab
 from metricls.encoders.model import EmbeddingModel
 from metricls.errors import ArtifactError, InputError
+from metricls.outputs import check_output
 from metricls.pipeline import labels as label_edits
 from metricls.pipeline.state import TaggerState
 from metricls.pipeline.tag import named, score, selection
+from metricls.staging import folder_lock
 from metricls.validation import check_features, check_k, check_texts, describe
 
 Inputs = Sequence[str] | np.ndarray | Items
@@ -226,7 +228,7 @@ class Tagger:
         for what is carried over from the folder it was loaded from).
 
         Raises:
-            InputError: `path` is not safe to replace (see `artifacts.check_output`).
+            InputError: `path` is not safe to replace (see `outputs.check_output`).
             ArtifactError: the folder it was loaded from changed on disk since (another writer
                 saved it): load it again and redo the change, so that no edit is lost.
         """

@@ -1,4 +1,4 @@
-"""Tests of metricls.artifacts: atomic writes, staged folder swaps, manifests, crash recovery."""
+"""Tests of metricls.artifacts, staging and manifest: atomic writes, swaps, manifests, recovery."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from metricls import artifacts as art
+from metricls import manifest as mf
+from metricls import staging
 from metricls.errors import ArtifactError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,12 +48,12 @@ def make_folder(folder: Path, version: int = 0) -> dict:
                    {"prototypes": np.full((2, 3), version, np.float32)}, {"version": str(version)})
     (folder / "ann").mkdir(exist_ok=True)
     (folder / "ann" / "index.bin").write_bytes(bytes([version % 256]) * 24 + bytes(range(8)))
-    return art.write_manifest(folder, data={"version": version}, metrics={"p@1": 0.5})
+    return mf.write_manifest(folder, data={"version": version}, metrics={"p@1": 0.5})
 
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
-    with art.staged_dir(tmp_path / "tagger") as tmp:
+    with staging.staged_dir(tmp_path / "tagger") as tmp:
         make_folder(tmp)
     return tmp_path / "tagger"
 
@@ -98,7 +100,7 @@ def test_tensors_round_trip_and_corruption(tmp_path: Path) -> None:
 
 
 def test_versions_never_import_torch() -> None:
-    code = ("import sys, json; import metricls.artifacts as a; "
+    code = ("import sys, json; import metricls.manifest as a; "
             "print(json.dumps([a.versions(), 'torch' in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
@@ -112,30 +114,30 @@ def test_versions_never_import_torch() -> None:
 # ---- staged folders -----------------------------------------------------------------------------
 def test_staged_dir_swaps_in_new_content(folder: Path) -> None:
     (folder / "only_in_old.txt").write_text("old")
-    with art.staged_dir(folder) as tmp:
+    with staging.staged_dir(folder) as tmp:
         assert tmp.parent == folder.parent and tmp.name.startswith(".tagger.tmp-")
         assert (folder / "only_in_old.txt").exists()  # the old folder stays readable meanwhile
         make_folder(tmp, version=1)
     assert art.read_json(folder / "config.json")["version"] == 1
     assert not (folder / "only_in_old.txt").exists()
-    assert art.verify_folder(folder) == [] and siblings(folder) == []
+    assert mf.verify_folder(folder) == [] and siblings(folder) == []
 
 
 def test_staged_dir_leaves_target_untouched_when_body_raises(folder: Path) -> None:
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    with pytest.raises(RuntimeError, match="boom"), art.staged_dir(folder) as tmp:
+    with pytest.raises(RuntimeError, match="boom"), staging.staged_dir(folder) as tmp:
         make_folder(tmp, version=7)
         raise RuntimeError("boom")
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
     assert siblings(folder) == []
-    with pytest.raises(KeyboardInterrupt), art.staged_dir(folder.parent / "fresh"):
+    with pytest.raises(KeyboardInterrupt), staging.staged_dir(folder.parent / "fresh"):
         raise KeyboardInterrupt
     assert not (folder.parent / "fresh").exists() and siblings(folder.parent / "fresh") == []
 
 
 def test_staged_dir_refuses_a_file_target(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ArtifactError, match="not a folder"), art.staged_dir(tmp_path / "file"):
+    with pytest.raises(ArtifactError, match="not a folder"), staging.staged_dir(tmp_path / "file"):
         pass
 
 
@@ -145,14 +147,14 @@ def test_recover_dir_after_crash_between_renames(folder: Path) -> None:
     tmp.mkdir()
     make_folder(tmp, version=2)  # complete new version, never swapped in
     os.rename(folder, folder.parent / f".tagger.old-{pid}")  # the crash: first rename only
-    assert art.verify_folder(folder)[0].endswith("restores it")
-    art.recover_dir(folder)
-    assert art.verify_folder(folder) == []
+    assert mf.verify_folder(folder)[0].endswith("restores it")
+    staging.recover_dir(folder)
+    assert mf.verify_folder(folder) == []
     assert art.read_json(folder / "config.json")["version"] == 0
     assert siblings(folder) == []
 
 
-HOLD = ("import sys\nfrom metricls.artifacts import folder_lock\n"
+HOLD = ("import sys\nfrom metricls.staging import folder_lock\n"
         "with folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    sys.stdin.read()\n")
 
 
@@ -168,14 +170,14 @@ def test_recover_dir_leaves_a_live_writer_alone_whatever_its_pid(folder: Path) -
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        art.recover_dir(folder)
-        assert "a running writer is replacing it" in art.verify_folder(folder)[0]
+        staging.recover_dir(folder)
+        assert "a running writer is replacing it" in mf.verify_folder(folder)[0]
         assert not folder.exists()
         assert siblings(folder) == sorted([tmp.name, f".tagger.old-{pid}"])  # untouched
     finally:
         holder.stdin.close()
         holder.wait(timeout=60)
-    art.recover_dir(folder)  # the writer is gone: its old folder comes back, its temp goes
+    staging.recover_dir(folder)  # the writer is gone: its old folder comes back, its temp goes
     assert art.read_json(folder / "config.json")["version"] == 0 and siblings(folder) == []
 
 
@@ -183,24 +185,24 @@ def test_recover_dir_drops_stale_old_when_target_exists(folder: Path) -> None:
     stale = folder.parent / f".tagger.old-{dead_pid()}"
     stale.mkdir()
     (stale / "half-deleted").write_text("x")
-    art.recover_dir(folder)
-    assert siblings(folder) == [] and art.verify_folder(folder) == []
+    staging.recover_dir(folder)
+    assert siblings(folder) == [] and mf.verify_folder(folder) == []
 
 
 def test_staged_dir_recovers_first(folder: Path) -> None:
     os.rename(folder, folder.parent / f".tagger.old-{dead_pid()}")
-    with art.staged_dir(folder) as tmp:
+    with staging.staged_dir(folder) as tmp:
         assert art.read_json(folder / "config.json")["version"] == 0  # old one readable again
         make_folder(tmp, version=3)
     assert art.read_json(folder / "config.json")["version"] == 3 and siblings(folder) == []
     os.rename(folder, folder.parent / f".tagger.old-{dead_pid()}")
-    assert art.check_folder(folder)["data"] == {"version": 3}  # loading recovers too
+    assert mf.check_folder(folder)["data"] == {"version": 3}  # loading recovers too
 
 
 # ---- manifests ----------------------------------------------------------------------------------
 def test_manifest_contents(folder: Path) -> None:
-    manifest = art.check_folder(folder)
-    assert manifest["format"] == art.FORMAT and manifest["data"] == {"version": 0}
+    manifest = mf.check_folder(folder)
+    assert manifest["format"] == mf.FORMAT and manifest["data"] == {"version": 0}
     assert list(manifest["files"]) == ["ann/index.bin", "config.json", "labels.json",
                                        "prototypes.safetensors"]
     entry = manifest["files"]["ann/index.bin"]
@@ -208,7 +210,7 @@ def test_manifest_contents(folder: Path) -> None:
     assert manifest["created"].endswith("+00:00") and "manifest_sha256" in manifest
     assert list(manifest)[-1] == "manifest_sha256"
     with pytest.raises(ValueError, match="reserved"):
-        art.write_manifest(folder, data={}, metrics={}, extra={"files": {}})
+        mf.write_manifest(folder, data={}, metrics={}, extra={"files": {}})
 
 
 def test_every_bit_flip_of_every_file_is_detected(folder: Path) -> None:
@@ -221,11 +223,11 @@ def test_every_bit_flip_of_every_file_is_detected(folder: Path) -> None:
                 changed = bytearray(original)
                 changed[pos] ^= 1 << bit
                 path.write_bytes(changed)
-                problems = art.verify_folder(folder)
+                problems = mf.verify_folder(folder)
                 assert problems, f"{path.name}: byte {pos} bit {bit} undetected"
                 assert all(str(folder) in p for p in problems)
         path.write_bytes(original)
-    assert art.verify_folder(folder) == []
+    assert mf.verify_folder(folder) == []
 
 
 def test_whitespace_swaps_in_manifest_are_detected(folder: Path) -> None:
@@ -235,7 +237,8 @@ def test_whitespace_swaps_in_manifest_are_detected(folder: Path) -> None:
         for other in WHITESPACE if byte in WHITESPACE else ():
             if other != byte:
                 path.write_bytes(original[:pos] + bytes([other]) + original[pos + 1:])
-                assert art.verify_folder(folder), f"byte {pos}: {byte!r} -> {other!r} undetected"
+                assert mf.verify_folder(folder), \
+                    f"byte {pos}: {byte!r} -> {other!r} undetected"
 
 
 @settings(max_examples=300, deadline=None,
@@ -248,7 +251,7 @@ def test_any_byte_change_in_manifest_is_detected(folder: Path, data: st.DataObje
     new = data.draw(st.integers(0, 255).filter(lambda b: b != original[pos]))
     path.write_bytes(original[:pos] + bytes([new]) + original[pos + 1:])
     try:
-        assert art.verify_folder(folder)
+        assert mf.verify_folder(folder)
     finally:
         path.write_bytes(original)
 
@@ -258,7 +261,7 @@ def test_truncation_deletion_and_extra_files(folder: Path) -> None:
     proto.write_bytes(proto.read_bytes()[:-1])
     (folder / "labels.json").unlink()
     (folder / "ann" / "stray.txt").write_text("x")
-    problems = art.verify_folder(folder)
+    problems = mf.verify_folder(folder)
     assert len(problems) == 3
     assert "prototypes.safetensors: " in problems[1] and "truncated" in problems[1]
     assert "build-index" in problems[1]
@@ -266,22 +269,22 @@ def test_truncation_deletion_and_extra_files(folder: Path) -> None:
     assert problems[2].startswith("unexpected file") and "stray.txt" in problems[2]
     with (pytest.warns(UserWarning, match="unexpected file"),
           pytest.raises(ArtifactError, match=r"labels\.json: missing.*and 1 more: run `metricls")):
-        art.check_folder(folder)
+        mf.check_folder(folder)
 
 
 def test_extra_file_only_warns_in_check_folder(folder: Path) -> None:
     (folder / ".DS_Store").write_bytes(b"\0")
     with pytest.warns(UserWarning, match="unexpected file"):
-        assert art.check_folder(folder)["format"] == art.FORMAT
+        assert mf.check_folder(folder)["format"] == mf.FORMAT
 
 
 def test_manifest_missing_or_not_json(folder: Path) -> None:
     path = folder / "manifest.json"
     path.write_text("{\n  oops\n")
-    assert "line 2" in art.verify_folder(folder)[0]
+    assert "line 2" in mf.verify_folder(folder)[0]
     path.unlink()
-    assert art.verify_folder(folder)[0].startswith(f"{path}: missing")
-    assert art.verify_folder(folder / "nowhere")[0].endswith("no such folder")
+    assert mf.verify_folder(folder)[0].startswith(f"{path}: missing")
+    assert mf.verify_folder(folder / "nowhere")[0].endswith("no such folder")
 
 
 def resign(folder: Path, **changes: object) -> None:
@@ -293,20 +296,20 @@ def resign(folder: Path, **changes: object) -> None:
 
 def test_newer_format_or_version(folder: Path) -> None:
     resign(folder, format="metricls-tagger/2")
-    (problem,) = art.verify_folder(folder)
+    (problem,) = mf.verify_folder(folder)
     assert "written by a newer metricls; upgrade" in problem
     resign(folder, format="something-else/1")
-    assert "not a metricls tagger manifest" in art.verify_folder(folder)[0]
+    assert "not a metricls tagger manifest" in mf.verify_folder(folder)[0]
     manifest = art.read_json(folder / "manifest.json")
-    resign(folder, format=art.FORMAT, versions=manifest["versions"] | {"metricls": "999.0"})
-    assert art.verify_folder(folder) == []
-    if art.versions()["metricls"] != "0+unknown":
+    resign(folder, format=mf.FORMAT, versions=manifest["versions"] | {"metricls": "999.0"})
+    assert mf.verify_folder(folder) == []
+    if mf.versions()["metricls"] != "0+unknown":
         with pytest.warns(UserWarning, match="newer than the installed"):
-            art.check_folder(folder)
+            mf.check_folder(folder)
     resign(folder, versions=manifest["versions"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        art.check_folder(folder)
+        mf.check_folder(folder)
 
 
 # ---- crash test ---------------------------------------------------------------------------------
@@ -315,6 +318,8 @@ import os, sys, time
 import numpy as np
 from pathlib import Path
 from metricls import artifacts as art
+from metricls import manifest as mf
+from metricls import staging
 rename = os.rename
 def slow_rename(src, dst):  # a slow disk: widen the windows between the swap's two renames
     rename(src, dst)
@@ -325,20 +330,20 @@ blob = os.urandom(1 << 18)
 os.write(1, b"ready\\n")
 while version != stop:
     version += 1
-    with art.staged_dir(target) as tmp:
+    with staging.staged_dir(target) as tmp:
         art.write_json(tmp / "config.json", {"version": version})
         art.save_tensors(tmp / "t.safetensors", {"x": np.full(4096, version)}, {"v": str(version)})
         (tmp / "ann").mkdir()
         for i in range(version % 3 + 1):
             (tmp / "ann" / f"part{i}.bin").write_bytes(version.to_bytes(8, "little") + blob)
-        art.write_manifest(tmp, data={"version": version}, metrics={})
+        mf.write_manifest(tmp, data={"version": version}, metrics={})
     os.write(1, b"done %d\\n" % version)
 """
 
 
 def folder_version(folder: Path) -> int:
     """The one version every file of `folder` carries (asserting they all agree)."""
-    assert art.verify_folder(folder) == []
+    assert mf.verify_folder(folder) == []
     version = art.read_json(folder / "manifest.json")["data"]["version"]
     assert art.read_json(folder / "config.json")["version"] == version
     tensors, meta = art.load_tensors(folder / "t.safetensors")
@@ -367,7 +372,7 @@ def test_sigkill_during_writes_leaves_old_or_new_folder(tmp_path: Path) -> None:
         done = [int(line.split()[1]) for line in lines + proc.stdout.read().splitlines()]
         last = done[-1] if done else start
         states.add((target.exists(), *sorted({name.split("-")[0] for name in siblings(target)})))
-        art.recover_dir(target)
+        staging.recover_dir(target)
         assert siblings(target) == []
         got = folder_version(target)
         assert got in (last, last + 1), (start, done[-3:], got)  # the old or the new folder

@@ -17,7 +17,8 @@ LAYERS = [
     {"pipeline"},
     {"prototypes", "ann", "miners", "encoders"},
     {"data"},
-    {"config", "config_docs", "validation", "metrics", "artifacts", "formats", "progress"},
+    {"config", "config_docs", "validation", "metrics", "artifacts", "staging", "manifest",
+     "outputs", "formats", "progress"},
     {"errors"},
 ]
 
@@ -51,7 +52,8 @@ def test_no_module_imports_a_higher_layer():
 
 
 def test_numpy_only_modules_do_not_load_torch():
-    code = ("import sys, metricls.ann, metricls.metrics, metricls.artifacts, "
+    code = ("import sys, metricls.ann, metricls.metrics, metricls.artifacts, metricls.staging, "
+            "metricls.manifest, metricls.outputs, "
             "metricls.pipeline.scoring, metricls.data; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

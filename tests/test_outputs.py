@@ -14,10 +14,11 @@ import pytest
 from typer.testing import CliRunner
 
 from metricls import Tagger, build_index, load_config, train_embedder
-from metricls.artifacts import check_output, folder_lock
 from metricls.catalog import tag_catalog
 from metricls.cli import app
 from metricls.errors import ArtifactError, InputError
+from metricls.outputs import check_output
+from metricls.staging import folder_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -209,7 +210,7 @@ def test_a_folder_metricls_cannot_write_is_one_line(tiny_tagger_copy, monkeypatc
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(tiny_tagger_copy.parent))
 
-    monkeypatch.setattr("metricls.artifacts.os.rename", denied)  # e.g. a read-only parent
+    monkeypatch.setattr("metricls.staging.os.rename", denied)  # e.g. a read-only parent
     res = cli("labels", "add", tiny_tagger_copy, "new::x")
     assert res.exit_code == 1
     assert res.output.strip() == f"error: {tiny_tagger_copy.parent}: permission denied: " \

@@ -12,11 +12,12 @@ from conftest import TINY, replaced
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from metricls import Tagger, build_index, load_config, train_embedder
-from metricls.artifacts import load_tensors, read_json, save_tensors, write_manifest
+from metricls.artifacts import load_tensors, read_json, save_tensors
 from metricls.data.dataset import Dataset
 from metricls.errors import ArtifactError
 from metricls.evaluation import evaluate
 from metricls.folder import RERANKER
+from metricls.manifest import write_manifest
 from metricls.pipeline.features import candidate_features
 from metricls.pipeline.fit import (
     LEARNING_RATE,

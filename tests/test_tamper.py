@@ -19,17 +19,10 @@ from conftest import ROOT
 from safetensors.torch import load_file, save_file
 
 from metricls import Tagger, build_index
-from metricls.artifacts import (
-    MANIFEST,
-    load_tensors,
-    read_json,
-    save_tensors,
-    verify_folder,
-    write_json,
-    write_manifest,
-)
+from metricls.artifacts import load_tensors, read_json, save_tensors, write_json
 from metricls.errors import ArtifactError
 from metricls.formats import CSR_FORMAT, ENCODER_FORMAT, check_format
+from metricls.manifest import MANIFEST, verify_folder, write_manifest
 
 _OWN = ("format", "created", "versions", "data", "metrics", "files", "manifest_sha256")
 Edit = Callable[[dict[str, np.ndarray], dict[str, str]], None]

@@ -11,8 +11,9 @@ from synthetic import make_items
 
 import metricls.pipeline.tfidf as tfidf_module
 from metricls import Tagger
-from metricls.artifacts import load_tensors, read_json, save_tensors, write_manifest
+from metricls.artifacts import load_tensors, read_json, save_tensors
 from metricls.errors import ArtifactError, InputError
+from metricls.manifest import write_manifest
 from metricls.pipeline.tag import combine, named, neighbours, reads_texts, score
 from metricls.pipeline.tfidf import TfidfPrototypes, rank_in_rows
 

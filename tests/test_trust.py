@@ -31,13 +31,13 @@ from hypothesis.extra import numpy as hnp
 from typer.testing import CliRunner
 
 from metricls import Tagger, build_index, load_config, train_embedder
-from metricls.artifacts import MANIFEST, _check_entry, verify_folder
 from metricls.cli import app
 from metricls.config import Config, from_dict, to_dict
 from metricls.data import SPLITS, read_items
 from metricls.data.dataset import read_config_items
 from metricls.errors import ConfigError, InputError, MetriclsError
 from metricls.evaluation import REPORT_KEYS, evaluate
+from metricls.manifest import MANIFEST, _check_entry, verify_folder
 
 # Texts whose top tag is unambiguous (each label owns the words w{label}x0..3).
 CLEAR = ["w0x1 w0x2", "w5x0 w5x3", "w3x0 w3x1 noise2", "w10x3 w10x0", "w19x2 w19x3 noise4"]

@@ -32,12 +32,13 @@ from benchmarks.peers.peer_run import K, PeerRun
 from benchmarks.peers.peers_report import markdown_table, write_markdown, write_plot
 from benchmarks.peers.sparse_peers import run_ovr, run_pecos, run_plt, tfidf_features
 from metricls import load_config
-from metricls.artifacts import save_tensors, versions, write_json
+from metricls.artifacts import save_tensors, write_json
 from metricls.bench.machine import machine_info
 from metricls.config import Config
 from metricls.data.dataset import Dataset
 from metricls.errors import InputError
 from metricls.evaluation import ranking_metrics
+from metricls.manifest import versions
 
 __all__ = ["PEERS", "bench_peers", "main", "markdown_table"]
 

@@ -9,15 +9,18 @@ from typing import Any
 
 import numpy as np
 
-from metricls.artifacts import MANIFEST, check_output, read_json, staged_dir, write_json
+from metricls.artifacts import read_json, write_json
 from metricls.config import dump_config
 from metricls.data.items import Items
 from metricls.evaluation import Tagged, evaluate_tagged, ranking_metrics
+from metricls.manifest import MANIFEST
 from metricls.metrics import label_recall_at_k
+from metricls.outputs import check_output
 from metricls.progress import progress
 from metricls.report import analysis, plots
 from metricls.report.html import render_html
 from metricls.runner import load_for_evaluation
+from metricls.staging import staged_dir
 from metricls.tagger import Tagger
 from metricls.validation import check_k
 

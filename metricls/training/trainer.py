@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from pytorch_metric_learning.distances import CosineSimilarity, DotProductSimilarity
 from torch import nn
 
-from metricls.artifacts import check_output
 from metricls.config import Config, dump_config
 from metricls.data.dataset import Dataset
 from metricls.data.sampler import LabelBatchSampler
@@ -27,6 +26,7 @@ from metricls.errors import ConfigError
 from metricls.folder import write_trained
 from metricls.metrics import recall_at_k
 from metricls.miners import LabelMiner, SharedLabelMiner
+from metricls.outputs import check_output
 from metricls.progress import progress
 from metricls.training.distributed import (
     DistContext,
@@ -277,7 +277,7 @@ def train_embedder(cfg: Config, out: str | Path | None = None, *,
         cfg: the resolved config (see `load_config`).
         out: the tagger folder (default ``index/<cfg.name>``), written atomically.
         overwrite: replace an existing tagger folder there (any other folder is never
-            replaced, see `artifacts.check_output`); checked before training.
+            replaced, see `outputs.check_output`); checked before training.
         data: `Dataset.load(cfg.data)` when the caller has already loaded it (read once).
 
     Returns:
