@@ -29,16 +29,6 @@ def harness_parser(doc: str | None) -> argparse.ArgumentParser:
     return parser
 
 
-def csv(text: str | None, kind: type = str) -> list | None:
-    """A comma-separated option as a list of `kind` (None when not given)."""
-    if text is None:
-        return None
-    try:
-        return [kind(part.strip()) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise InputError(f"expected comma-separated {kind.__name__} values, got {text!r}") from None
-
-
 def run_harness(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
                 body: Callable[[argparse.Namespace], str]) -> int:
     """Parse `argv`, set up logging, run `body` and print the text it returns.

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from metricls.artifacts import write_json
 from metricls.config import DataConfig
-from metricls.data.items import Items, iter_items, resolve_dataset
+from metricls.data.items import Items, iter_items, resolve_dataset, shown_path
 from metricls.data.splits import md5_split
 from metricls.errors import InputError, MetriclsError
 from metricls.outputs import check_output
@@ -175,7 +175,7 @@ def tag_catalog(tagger_dir: str | Path, data: str | Path, out: str | Path, *,
             _tag_on_ray(ray, Path(tagger_dir), (source, tagger.config.data), options, tmp)
             rows = _name_parts(tmp)
         seconds = time.perf_counter() - start
-        summary = {"tagger": str(tagger_dir), "data": str(source), "engine": engine,
+        summary = {"tagger": str(tagger_dir), "data": shown_path(source), "engine": engine,
                    "options": asdict(options), "rows": rows, "seconds": round(seconds, 3),
                    "items_per_s": round(rows / seconds, 1)}
         write_json(tmp / SUMMARY, summary)

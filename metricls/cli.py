@@ -248,9 +248,10 @@ def bench_recall_cmd(quick: bool = False, tagger: Optional[Path] = None,
                          help="Comma-separated set sizes, e.g. 1000000")] = None) -> None:
     """Recall@k and speed of every ANN backend against exact search."""
     from metricls.bench.recall import bench_recall, markdown_summary
+    from metricls.validation import parse_csv
 
     result = bench_recall(tagger=tagger, quick=quick, out=out, threads=threads,
-                          backends=_csv(backends, str), sizes=_csv(sizes, int))
+                          backends=parse_csv(backends, str), sizes=parse_csv(sizes, int))
     typer.echo(markdown_summary(result))
 
 
@@ -336,16 +337,6 @@ def _print_reports(reports: dict) -> None:
     for name, rep in reports.items():
         typer.echo(f"{name}: {rep['n_items']} items, {rep['n_unknown_labels']} unknown labels, "
                    f"timings {rep['timings']}")
-
-
-def _csv(text: str | None, kind: type) -> list | None:
-    """A comma-separated option as a list of `kind` (None when not given)."""
-    if text is None:
-        return None
-    try:
-        return [kind(part.strip()) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise InputError(f"expected comma-separated {kind.__name__} values, got {text!r}") from None
 
 
 def _number(text: str) -> float:

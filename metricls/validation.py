@@ -205,3 +205,13 @@ def check_label_lists(labels: Any, name: str = "labels") -> list[list[str]]:
             raise InputError(f"{name}[{i}]: {problem}")
         out.append(dedupe(row.tolist() if isinstance(row, np.ndarray) else row))
     return out
+
+
+def parse_csv(text: str | None, kind: type = str) -> list | None:
+    """A comma-separated option as a list of `kind` (None when not given)."""
+    if text is None:
+        return None
+    try:
+        return [kind(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(f"expected comma-separated {kind.__name__} values, got {text!r}") from None

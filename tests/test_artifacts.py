@@ -290,7 +290,7 @@ def test_manifest_missing_or_not_json(folder: Path) -> None:
 def resign(folder: Path, **changes: object) -> None:
     """Rewrite the manifest with `changes`, re-signed so that only the changes matter."""
     manifest = art.read_json(folder / "manifest.json") | changes
-    manifest["manifest_sha256"] = art._canonical_sha256(manifest)
+    manifest["manifest_sha256"] = mf._canonical_sha256(manifest)
     art.write_json(folder / "manifest.json", manifest)
 
 

@@ -524,3 +524,14 @@ def test_lone_surrogates_are_refused_by_the_api():
         LabelVocab.fit([["x"], ["a\udc80"]])
     with raises(f"labels: label 'a\\udc80' {SURROGATE}"):
         LabelVocab.fit([["x"]]).to_csr([["x"], ["a\udc80"]], extend_unknown=True)
+
+
+def test_shown_path_names_no_machine_folder(tmp_path, monkeypatch):
+    from metricls.data.items import resolve_dataset, shown_path
+
+    assert shown_path(resolve_dataset("debtags")) == "debtags"
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "x.jsonl").write_text("{}\n")
+    monkeypatch.chdir(tmp_path)
+    assert shown_path(tmp_path / "sub" / "x.jsonl") == "sub/x.jsonl"
+    assert shown_path("/elsewhere/y.csv") == "/elsewhere/y.csv"

@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for `benchmarks`
 
-from benchmarks._common import BENCHMARKS, csv, harness_parser, run_harness
+from benchmarks._common import BENCHMARKS, harness_parser, run_harness
 from benchmarks.peers.dense_peers import frozen_embeddings, run_knn, run_metricls, run_prototypes
 from benchmarks.peers.peer_run import K, PeerRun
 from benchmarks.peers.peers_report import markdown_table, write_markdown, write_plot
@@ -39,6 +39,7 @@ from metricls.data.dataset import Dataset
 from metricls.errors import InputError
 from metricls.evaluation import ranking_metrics
 from metricls.manifest import versions
+from metricls.validation import parse_csv
 
 __all__ = ["PEERS", "bench_peers", "main", "markdown_table"]
 
@@ -175,8 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the PECOS virtual environment (created with pip on first use)")
 
     def body(args: argparse.Namespace) -> str:
-        return markdown_table(bench_peers(csv(args.configs), peers=csv(args.peers), out=args.out,
-                                          quick=args.quick, reuse=args.reuse,
+        return markdown_table(bench_peers(parse_csv(args.configs), peers=parse_csv(args.peers),
+                                          out=args.out, quick=args.quick, reuse=args.reuse,
                                           frozen=args.frozen, venv=args.venv))
 
     return run_harness(parser, argv, body)

@@ -111,6 +111,19 @@ def resolve_dataset(path_or_name: str | Path) -> Path:
                               f"no such file (or a dataset name: {', '.join(DATASETS)})")
 
 
+def shown_path(path: str | Path) -> str:
+    """How reports name a data file without machine paths: a packaged dataset by its name, a
+    file below the current folder relative to it, any other file as given."""
+    path = Path(path)
+    for name, file in DATASETS.items():
+        if path.resolve() == (Path(__file__).resolve().parents[1] / "datasets" / file):
+            return name
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 # ---- columns -------------------------------------------------------------------------------
 def _is_null(v: Any) -> bool:
     return v is None or v is MISSING or v is pd.NA or (isinstance(v, float) and math.isnan(v))

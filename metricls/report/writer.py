@@ -11,7 +11,7 @@ import numpy as np
 
 from metricls.artifacts import read_json, write_json
 from metricls.config import dump_config
-from metricls.data.items import Items
+from metricls.data.items import Items, shown_path
 from metricls.evaluation import Tagged, evaluate_tagged, ranking_metrics
 from metricls.manifest import MANIFEST
 from metricls.metrics import label_recall_at_k
@@ -89,7 +89,7 @@ def _content(tagger: Tagger, items: Items, tagged: Tagged, metrics: dict,
     rows = analysis.label_rows(names, support, found, vocab.counts)
     worst, best = analysis.worst_and_best(rows, min_support=min_support, top=15)
     return {
-        "data": items.source, "split": metrics["split"],
+        "data": shown_path(items.source), "split": metrics["split"],
         "created": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "metrics": metrics,
         "curves": {"k": list(KS), "P@k": [curves[f"P@{k}"] for k in KS],
