@@ -37,7 +37,7 @@ class Tagger:
     Example:
         >>> tagger = Tagger.load("index/debtags")
         >>> tagger.predict(["Python bindings for the GTK toolkit"], k=3)
-        [[('devel::lang:python', 0.83), ('uitoolkit::gtk', 0.79), ...]]
+        [[('uitoolkit::gtk', 0.9473), ('devel::lang:python', 0.2683), ...]]
     """
 
     def __init__(self, *, model: EmbeddingModel, state: TaggerState, config: Config,
