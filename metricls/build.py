@@ -27,6 +27,7 @@ from metricls.encoders.model import EmbeddingModel, build_model
 from metricls.errors import ConfigError, InputError
 from metricls.evaluation import ranking_metrics, summarize
 from metricls.folder import LABELS, model_card, read_learned, read_trained, write_built
+from metricls.manifest import MANIFEST
 from metricls.outputs import check_output
 from metricls.pipeline.fit import tune_scoring
 from metricls.pipeline.scoring import PER_LABEL, Scoring
@@ -79,6 +80,10 @@ def _build_in_place(folder: Path, backend: str | None, prototypes: str | None,
     data = data if data is not None else Dataset.load(cfg.data)
     trained_labels = read_json(folder / LABELS)["labels"]
     if list(data.vocab.names) != trained_labels:
+        if read_json(folder / MANIFEST).get("label_changes"):
+            raise InputError(f"{folder}: its labels were edited since the build (`metricls "
+                             "labels`), and build-index rebuilds from the data, which would drop "
+                             "those edits; keep the folder as it is, or retrain")
         raise InputError(f"{cfg.data.path}: its training labels differ from {folder}/labels.json; "
                          "the data changed since training: retrain")
     vectors, bias = read_learned(folder, len(trained_labels), model.out_dim)

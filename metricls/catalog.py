@@ -167,7 +167,8 @@ def tag_catalog(tagger_dir: str | Path, data: str | Path, out: str | Path, *,
     selection(options.k, options.threshold, tagger.state)  # checks k and threshold now
     blocks = read_blocks(source, tagger.config.data, options.batch_size)
     first = next(blocks)  # a bad column or first row fails here, before any work
-    with staged_dir(out) as tmp:
+    with staged_dir(out, lambda: check_output(out, "catalog", overwrite=overwrite,
+                                              inputs=(source, tagger_dir))) as tmp:
         if ray is None:
             rows = _tag_here(TagBatch(tagger, options), itertools.chain([first], blocks), tmp)
         else:

@@ -317,12 +317,12 @@ def _edit_labels(tagger: Path, out: Path | None, overwrite: bool, edit, examples
     from metricls import Tagger
     from metricls.outputs import check_output
     from metricls.pipeline.labels import read_examples
-    from metricls.staging import folder_lock
+    from metricls.staging import folder_locks
 
     if out is not None:  # checked before any work: the output must be safe to write
         check_output(out, "tagger", overwrite=overwrite, inputs=(tagger,),
                      in_place=out.resolve() == tagger.resolve())
-    with folder_lock(tagger):
+    with folder_locks(tagger, out or tagger):  # in one order: no two edits wait on each other
         found = Tagger.load(tagger)
         texts = None if examples is None else read_examples(
             examples, found.config.data, texts_only=found.model.needs == {"texts"})

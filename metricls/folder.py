@@ -25,6 +25,7 @@ shape, index and value (`read_tagger`). Writes are atomic and hold the folder's 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from metricls.formats import (
     read_tensors_and_meta,
 )
 from metricls.manifest import check_folder, write_manifest
+from metricls.outputs import check_output
 from metricls.pipeline.rerank import FEATURES, Reranker
 from metricls.pipeline.scoring import Scoring
 from metricls.pipeline.state import TaggerState
@@ -67,10 +69,10 @@ _MANIFEST_OWN = ("format", "created", "versions", "data", "metrics", "files", "m
 # ---- writing ------------------------------------------------------------------------------------
 def write_trained(folder: Path, *, config: Config, vocab: LabelVocab, model: EmbeddingModel,
                   label_vectors: np.ndarray, label_bias: np.ndarray | None, training: dict,
-                  data: dict, metrics: dict) -> None:
+                  data: dict, metrics: dict, check: Callable[[], object] | None = None) -> None:
     """Write what training made (config, labels, encoder, label vectors, history) as a tagger
-    folder that build-index then completes; atomically."""
-    with staged_dir(folder) as tmp:
+    folder that build-index then completes; atomically, `check` run first under its lock."""
+    with staged_dir(folder, check) as tmp:
         write_json(tmp / CONFIG, to_dict(config))
         write_json(tmp / LABELS, vocab.to_dict())
         model.save(tmp / ENCODER)
@@ -86,7 +88,7 @@ def write_built(folder: Path, *, config: Config, model: EmbeddingModel, state: T
                 data: dict, metrics: dict, report: dict, card: str) -> None:
     """Write a built tagger over its trained `folder`, keeping what training wrote there
     (`FROM_TRAINING`); atomically."""
-    with staged_dir(folder) as tmp:
+    with staged_dir(folder, lambda: check_output(folder, "tagger", in_place=True)) as tmp:
         for name in FROM_TRAINING:
             if (folder / name).exists():
                 shutil.copy2(folder / name, tmp / name)

@@ -10,16 +10,13 @@ from pathlib import Path
 from metricls.artifacts import read_json
 from metricls.errors import ArtifactError, InputError
 from metricls.manifest import MANIFEST, walk_files
+from metricls.staging import real_path
 
 
 # ---- what a command may replace ---------------------------------------------------------------
 def _inside(path: Path, folder: Path) -> bool:
-    """Whether `path` is `folder` or lies under it (both absolute, links resolved)."""
+    """Whether `path` is `folder` or lies under it (both real paths)."""
     return path == folder or folder in path.parents
-
-
-def _real(path: str | Path) -> Path:
-    return Path(os.path.realpath(os.path.abspath(path)))
 
 
 def check_output(target: str | Path, kind: str, *, overwrite: bool = False,
@@ -31,26 +28,35 @@ def check_output(target: str | Path, kind: str, *, overwrite: bool = False,
     marker, a report with its report.json) and holds nothing else, and then only with
     `overwrite` (or `in_place`: a command that edits that very folder, such as build-index or a
     label edit). Never the current folder or one of its parents, never a folder that holds
-    one of the command's `inputs`.
+    one of the command's `inputs` or lies inside one. Paths are compared as the file system
+    resolves them (links followed, ``..`` applied).
 
     Raises:
         InputError: naming `target` and what to do instead.
     """
-    where = _real(target)
-    if _inside(_real(Path.cwd()), where):
+    where = real_path(target)
+    if _inside(real_path(Path.cwd()), where):
         raise InputError(f"{target}: is the current folder or one of its parents; write to a "
                          "new folder below it")
-    for source in inputs:
-        if not (in_place and _real(source) == where) and _inside(_real(source), where):
+    for source in map(real_path, inputs):
+        if in_place and source == where:
+            continue
+        if _inside(source, where):
             raise InputError(f"{target}: holds this command's input {source}; it would be "
                              "replaced: choose another output folder")
-    if not os.path.lexists(target):
+        if source.is_dir() and _inside(where, source):
+            raise InputError(f"{target}: lies inside this command's input {source}; choose an "
+                             "output folder outside it")
+    ancestor = next(p for p in (where, *where.parents) if os.path.lexists(p))
+    if ancestor != where and not ancestor.is_dir():
+        raise InputError(f"{target}: {ancestor} is a file, not a folder; choose another output")
+    if not os.path.lexists(where):
         return
-    if not os.path.isdir(target):
+    if not where.is_dir():
         raise InputError(f"{target}: exists and is not a folder; choose another output")
-    if not any(os.scandir(target)):
+    if not any(os.scandir(where)):
         return
-    foreign = FOLDER_KINDS[kind](Path(target))
+    foreign = FOLDER_KINDS[kind](where)
     if foreign:
         raise InputError(f"{target}: {foreign}; metricls replaces only its own {kind} "
                          "folders: choose another output, or move that away first")

@@ -12,7 +12,7 @@ import re
 import secrets
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -30,10 +30,18 @@ _LOCKS_GUARD = threading.Lock()
 _LIVE: set[str] = set()  # temp folders of this process's writes in progress
 
 
+def real_path(path: str | Path) -> Path:
+    """The folder a path names, as the file system resolves it: absolute, symbolic links
+    followed, ``..`` applied (also after components that do not exist yet). Every folder
+    operation works on it, so a link and its target share one lock and one swap."""
+    return Path(os.path.realpath(os.path.abspath(path)))
+
+
 def _lock_of(target: Path) -> FileLock:
     """The one FileLock object of `target` in this process (flock locks conflict between two
     objects of one process, and one object is re-entrant within a thread)."""
-    path = os.path.abspath(target.parent / f".{target.name}.lock")
+    target = real_path(target)
+    path = str(target.parent / f".{target.name}.lock")
     with _LOCKS_GUARD:
         if path not in _LOCKS:
             _LOCKS[path] = FileLock(path, preserve_lock_file=True)
@@ -68,6 +76,16 @@ def folder_lock(target: str | Path, *, wait: float = LOCK_WAIT_S) -> Iterator[No
         yield
     finally:
         lock.release()
+
+
+@contextlib.contextmanager
+def folder_locks(*targets: str | Path) -> Iterator[None]:
+    """`folder_lock` of several folders, taken in one order (by real path) whatever the order
+    given, so that two commands locking the same folders never wait for each other forever."""
+    with contextlib.ExitStack() as stack:
+        for path in sorted({real_path(t) for t in targets}):
+            stack.enter_context(folder_lock(path))
+        yield
 
 
 def writer_active(target: str | Path) -> bool:
@@ -112,7 +130,7 @@ def recover_dir(target: str | Path) -> None:
     other ``.{name}.old-*`` and the ``.{name}.tmp-*`` siblings are deleted (except this
     process's own writes in progress).
     """
-    target = Path(target)
+    target = real_path(target)
     if not (siblings(target, "old") or siblings(target, "tmp")):
         return
     lock = _lock_of(target)
@@ -162,7 +180,7 @@ def scratch_dir(near: str | Path) -> Iterator[Path]:
 
     Named like `staged_dir`'s temp folders, so `recover_dir` removes it after a crash.
     """
-    near = Path(near)
+    near = real_path(near)
     near.parent.mkdir(parents=True, exist_ok=True)
     with _temp_beside(near) as path:
         try:
@@ -172,7 +190,8 @@ def scratch_dir(near: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def staged_dir(target: str | Path) -> Iterator[Path]:
+def staged_dir(target: str | Path,
+               check: Callable[[], object] | None = None) -> Iterator[Path]:
     """Yield a fresh temp folder beside `target`; on success swap it in place of `target`.
 
     The whole write holds `target`'s lock (`folder_lock`). Crash safety: the temp folder
@@ -187,22 +206,30 @@ def staged_dir(target: str | Path) -> Iterator[Path]:
     temp folder is deleted and `target` is untouched.
 
     It replaces whatever `target` holds: callers check first that it is theirs
-    (`check_output`).
+    (`outputs.check_output`), and pass that check as `check` too, run under the lock before
+    the body and again just before the swap, so that nothing put there since is replaced.
+    `target` is resolved first (`real_path`): a link is written through, not replaced.
     """
-    target = Path(target)
+    target = real_path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except PermissionError:
         raise ArtifactError(f"{target.parent}: permission denied: cannot create this "
                             "folder") from None
+    except (FileExistsError, NotADirectoryError):
+        raise ArtifactError(f"{target.parent}: a file is in the way; expected a folder") from None
     with folder_lock(target):
         recover_dir(target)
+        if check is not None:
+            check()
         if os.path.lexists(target) and not target.is_dir():
             raise ArtifactError(f"{target}: exists and is not a folder; move it away and rerun")
         try:
             with _temp_beside(target) as tmp:
                 yield tmp
                 _fsync_tree(tmp)
+                if check is not None:
+                    check()  # again: a file of the user's may have landed there meanwhile
                 _swap(tmp, target)
         except PermissionError as exc:
             raise ArtifactError(f"{exc.filename or target}: permission denied: metricls cannot "

@@ -25,7 +25,7 @@ from metricls.outputs import check_output
 from metricls.pipeline import labels as label_edits
 from metricls.pipeline.state import TaggerState
 from metricls.pipeline.tag import named, score, selection
-from metricls.staging import folder_lock
+from metricls.staging import folder_lock, real_path
 from metricls.validation import check_features, check_k, check_texts, describe
 
 Inputs = Sequence[str] | np.ndarray | Items
@@ -233,11 +233,9 @@ class Tagger:
                 saved it): load it again and redo the change, so that no edit is lost.
         """
         folder = Path(path)
+        self._check_save(folder, overwrite)  # before the lock: a refused path gets no lock file
         with self._writing, folder_lock(folder):
-            origin = self._origin if self._origin is not None and self._origin.is_dir() else None
-            in_place = origin is not None and folder.resolve() == origin.resolve()
-            check_output(folder, "tagger", overwrite=overwrite, in_place=in_place,
-                         inputs=(origin,) if origin is not None else ())
+            origin, in_place = self._check_save(folder, overwrite)  # again, under the lock
             if in_place and read_json(origin / "manifest.json").get("manifest_sha256") \
                     != self._origin_sha:
                 raise ArtifactError(f"{folder}: changed on disk since this tagger was loaded "
@@ -249,4 +247,13 @@ class Tagger:
             self._origin, self._origin_sha = folder, manifest["manifest_sha256"]
             self._changes = []
         return folder
+
+    def _check_save(self, folder: Path, overwrite: bool) -> tuple[Path | None, bool]:
+        """The origin (None when gone) and whether `folder` is it; InputError when `folder`
+        may not be replaced (see `outputs.check_output`)."""
+        origin = self._origin if self._origin is not None and self._origin.is_dir() else None
+        in_place = origin is not None and real_path(folder) == real_path(origin)
+        check_output(folder, "tagger", overwrite=overwrite, in_place=in_place,
+                     inputs=(origin,) if origin is not None else ())
+        return origin, in_place
 

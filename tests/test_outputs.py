@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import entries
 from typer.testing import CliRunner
 
 from metricls import Tagger, build_index, load_config, train_embedder
@@ -215,3 +216,74 @@ def test_a_folder_metricls_cannot_write_is_one_line(tiny_tagger_copy, monkeypatc
     assert res.exit_code == 1
     assert res.output.strip() == f"error: {tiny_tagger_copy.parent}: permission denied: " \
                                  "metricls cannot write there"
+
+
+# ---- paths as the file system resolves them ---------------------------------------------------
+def test_dotdot_after_a_missing_folder_is_checked_where_it_lands(tiny_tagger_copy, tmp_path,
+                                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    mine = _user_folder(tmp_path / "precious")
+    res = cli("labels", "add", tiny_tagger_copy, "new::x", "--out", "nope/../precious")
+    assert res.exit_code == 2 and "exists and is not a metricls tagger folder" in res.output
+    assert _intact(mine) and not (tmp_path / "nope").exists()
+
+
+def test_outputs_inside_the_input_or_under_a_file_are_refused(tiny_tagger_copy, tmp_path,
+                                                              synthetic_path):
+    res = cli("labels", "add", tiny_tagger_copy, "new::x", "--out", tiny_tagger_copy / "sub")
+    assert res.exit_code == 2 and "lies inside this command's input" in res.output
+    res = cli("report", tiny_tagger_copy, "--out", tiny_tagger_copy / "rep")
+    assert res.exit_code == 2 and "lies inside this command's input" in res.output
+    res = cli("labels", "add", tiny_tagger_copy, "new::x", "--out", f"{synthetic_path}/p3")
+    assert res.exit_code == 2 and "is a file, not a folder" in res.output
+    assert entries(tiny_tagger_copy.parent) == ["tagger"]  # no lock file inside the tagger
+    assert Tagger.load(tiny_tagger_copy).labels[-1] != "new::x"
+    res = cli("labels", "add", tiny_tagger_copy, "new::y")  # and it stays editable
+    assert res.exit_code == 0, res.output
+
+
+def test_a_link_to_a_tagger_is_edited_through(tiny_tagger_copy, tmp_path):
+    link = tmp_path / "current"
+    link.symlink_to(tiny_tagger_copy)
+    res = cli("labels", "add", link, "new::linked")
+    assert res.exit_code == 0, res.output
+    assert link.is_symlink() and "new::linked" in Tagger.load(tiny_tagger_copy).labels
+
+
+def test_what_lands_in_the_output_while_a_command_runs_is_not_replaced(tiny_tagger_dir,
+                                                                      tmp_path,
+                                                                      synthetic_path,
+                                                                      monkeypatch):
+    import metricls.catalog as catalog
+
+    out = tmp_path / "cat"
+    real_tag_here = catalog._tag_here
+
+    def tag_then_user_writes(*args):  # the user saves a file there while the command works
+        out.mkdir(exist_ok=True)
+        (out / "notes.txt").write_text("mine")
+        return real_tag_here(*args)
+
+    monkeypatch.setattr(catalog, "_tag_here", tag_then_user_writes)
+    with pytest.raises(InputError, match="is not a metricls catalog folder"):
+        tag_catalog(tiny_tagger_dir, synthetic_path, out)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_two_edits_writing_into_each_other_do_not_deadlock(tiny_tagger_copy, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_tagger_copy, other)
+    procs = [subprocess.Popen([sys.executable, "-m", "metricls.cli", "--quiet", "labels", "add",
+                               str(a), name, "--out", str(b), "--overwrite"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for a, b, name in ((tiny_tagger_copy, other, "new::ab"),
+                                (other, tiny_tagger_copy, "new::ba"))]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]  # ran one after the other
+    assert all(p.returncode in (0, 1) for p in procs), outputs
+    assert any(p.returncode == 0 for p in procs), outputs
+
+
+def test_build_index_after_label_edits_says_so(tiny_tagger_copy):
+    assert cli("labels", "add", tiny_tagger_copy, "new::x").exit_code == 0
+    with pytest.raises(InputError, match="its labels were edited since the build"):
+        build_index(tiny_tagger_copy)

@@ -69,7 +69,8 @@ def write_report(tagger_dir: str | Path, *, data: str | None = None, split: str 
                          f"{split} split",
                 "tagger": str(tagger_dir), "manifest": _manifest_summary(tagger_dir)}
     draw = _drawings(tagger, tagged, items.labels, groups, content)
-    with staged_dir(out) as tmp:
+    with staged_dir(out, lambda: check_output(out, "report", overwrite=overwrite,
+                                              inputs=(tagger_dir,))) as tmp:
         for file, plot in progress(draw, desc="report", total=len(draw)):
             plot(tmp / file)
         write_json(tmp / "report.json", content)

@@ -293,7 +293,7 @@ def train_embedder(cfg: Config, out: str | Path | None = None, *,
         data = data if data is not None else Dataset.load(cfg.data)
         result = fit(cfg, data)
         if ctx.is_main:  # rank 0 writes the folder; the other processes wait for it
-            _write_tagger(folder, cfg, data, result)
+            _write_tagger(folder, cfg, data, result, overwrite)
         barrier(ctx)
     return folder
 
@@ -304,11 +304,15 @@ def data_files(cfg: Config) -> tuple[str, ...]:
                  if path and os.path.exists(path))
 
 
-def _write_tagger(folder: Path, cfg: Config, data: Dataset, result: TrainResult) -> None:
-    """Write the trained embedder and label vectors into `folder`, atomically."""
+def _write_tagger(folder: Path, cfg: Config, data: Dataset, result: TrainResult,
+                  overwrite: bool) -> None:
+    """Write the trained embedder and label vectors into `folder`, atomically, after checking
+    again under its lock that it may be replaced (something may have landed there meanwhile)."""
     best = result.history[result.best_epoch - 1] if result.history else {}
     write_trained(folder, config=cfg, vocab=data.vocab, model=result.model,
                   label_vectors=result.label_vectors, label_bias=result.label_bias,
                   training={"history": result.history, "best_epoch": result.best_epoch,
                             "seconds": round(result.seconds, 1)},
-                  data=data.summary(), metrics={"train": best})
+                  data=data.summary(), metrics={"train": best},
+                  check=lambda: check_output(folder, "tagger", overwrite=overwrite,
+                                             inputs=data_files(cfg)))
