@@ -26,7 +26,14 @@ from metricls.data.items import Items
 from metricls.encoders.model import EmbeddingModel, build_model
 from metricls.errors import ConfigError, InputError
 from metricls.evaluation import ranking_metrics, summarize
-from metricls.folder import LABELS, model_card, read_learned, read_trained, write_built
+from metricls.folder import (
+    LABELS,
+    check_trained,
+    model_card,
+    read_learned,
+    read_trained,
+    write_built,
+)
 from metricls.manifest import MANIFEST
 from metricls.outputs import check_output
 from metricls.pipeline.fit import tune_scoring
@@ -65,7 +72,7 @@ def build_index(tagger_dir: str | Path, *, backend: str | None = None,
         >>> tagger = build_index("index/debtags", backend="hnsw")
     """
     folder = Path(tagger_dir)
-    read_trained(folder)  # a trained folder, else NotFittedError before anything else
+    check_trained(folder)  # a trained folder, else NotFittedError before anything else
     check_output(folder, "tagger", in_place=True)  # nothing of the user's inside
     with folder_lock(folder):  # one writer at a time, from reading the folder to the swap
         return _build_in_place(folder, backend, prototypes, target_recall, data)

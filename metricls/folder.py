@@ -190,12 +190,17 @@ def read_trained(folder: Path, source: dict[str, str] | None = None,
                  overrides: dict[str, Any] | None = None) -> tuple[Config, EmbeddingModel]:
     """The config (with `overrides` of its ``index`` section, blamed on `source`) and the
     encoder of a trained folder."""
-    if not (folder / ENCODER / "config.json").exists():
-        raise NotFittedError(f"{folder}: no trained encoder here; run `metricls train` first")
+    check_trained(folder)
     raw = read_json(folder / CONFIG)
     raw.setdefault("index", {}).update(overrides or {})
     config = from_dict(raw, source=str(folder / CONFIG), origins=source)
     return config, EmbeddingModel.load(folder / ENCODER)
+
+
+def check_trained(folder: Path) -> None:
+    """NotFittedError unless `folder` holds a trained encoder (cheap: nothing is loaded)."""
+    if not (folder / ENCODER / "config.json").exists():
+        raise NotFittedError(f"{folder}: no trained encoder here; run `metricls train` first")
 
 
 def read_learned(folder: Path, n_labels: int, dim: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -111,11 +111,7 @@ class Tagger:
         """
         state = self._state
         k, cut = selection(k, threshold, state)
-        texts, feats, n = self._inputs(inputs)
-        if n == 0:
-            return []
-        return named(state, *score(state, self.model.embed(texts, feats), k, texts), threshold,
-                     cut)
+        return named(state, *self._scores(inputs, k, state), threshold, cut)
 
     def predict_scores(self, inputs: Inputs, *, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Top-`k` label scores and ids per input, best first: (scores f32, ids i64), each (n, k).
@@ -125,6 +121,11 @@ class Tagger:
         k, state = check_k(k), self._state
         if k > max(len(state.vocab), 1000):
             raise InputError(f"k: expected at most {max(len(state.vocab), 1000)}, got {k}")
+        return self._scores(inputs, k, state)
+
+    def _scores(self, inputs: Inputs, k: int,
+                state: TaggerState) -> tuple[np.ndarray, np.ndarray]:
+        """Embed the inputs and tag them through the pipeline on the snapshot `state`."""
         texts, feats, n = self._inputs(inputs)
         if n == 0:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)

@@ -40,7 +40,6 @@ class LabelStats:
         return cls(np.log1p(counts).astype(np.float32), given)
 
 
-
 @dataclasses.dataclass(frozen=True)
 class TaggerState:
     """Labels, prototypes, both indexes, the item-label matrix, the scoring and the reranker.
