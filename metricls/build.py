@@ -22,6 +22,7 @@ from metricls.ann.sharded import SHARDABLE
 from metricls.artifacts import read_json, write_npy
 from metricls.config import Config, from_dict, to_dict
 from metricls.data.dataset import Dataset
+from metricls.data.descriptions import label_text
 from metricls.data.items import Items
 from metricls.encoders.model import EmbeddingModel, build_model
 from metricls.errors import ConfigError, InputError
@@ -36,7 +37,8 @@ from metricls.folder import (
 )
 from metricls.manifest import MANIFEST
 from metricls.outputs import check_output
-from metricls.pipeline.fit import tune_scoring
+from metricls.pipeline.fit import fit_added_reranker, tune_scoring
+from metricls.pipeline.rerank import Reranker
 from metricls.pipeline.scoring import PER_LABEL, Scoring
 from metricls.pipeline.state import TaggerState
 from metricls.pipeline.tag import score
@@ -148,22 +150,38 @@ def assemble_tagger(cfg: Config, model: EmbeddingModel, data: Dataset,
     state = TaggerState(vocab=data.vocab, prototypes=prototypes, proto_index=proto_index,
                         item_index=item_index, item_labels=y_train,
                         scoring=Scoring(knn=cfg.index.knn, candidates=cfg.index.candidates,
-                                        label_bias=bias), tfidf=tfidf)
+                                        label_bias=bias, tail_weight=cfg.index.tail_weight),
+                        tfidf=tfidf,
+                        item_ids=data.train.ids, descriptions=data.descriptions)
     metrics = {}
     if len(emb_valid):
         with timed(seconds, "scoring"):
             scoring, reranker, report["rerank"] = tune_scoring(
                 state, emb_valid, data.labels("valid"), rerank=cfg.index.rerank,
                 seed=cfg.train.seed, texts=data.valid.texts)
-        state = state.replace(scoring=scoring, reranker=reranker,
-                              tfidf=tfidf if reranker is not None else None)  # only it reads it
-        if reranker is None:
-            report.pop("tfidf", None)
+        state = state.replace(scoring=scoring, reranker=reranker)  # TF-IDF: also explanations
+        if reranker is not None:
+            with timed(seconds, "added_reranker"):
+                added, report["added_reranker"] = _added_reranker(state, model, data, emb_valid,
+                                                                  cfg.train.seed)
+            state = state.replace(added_reranker=added)
         with timed(seconds, "valid_metrics"):
             _, ids = score(state, emb_valid, 10, data.valid.texts)
         metrics = {"valid": summarize(ranking_metrics(ids, data.valid.labels, data.vocab))}
     report["scoring"] = {k: v for k, v in state.scoring.to_dict().items() if k not in PER_LABEL}
     return Tagger(model=model, state=state, config=cfg, metrics=metrics), report
+
+
+def _added_reranker(state: TaggerState, model: EmbeddingModel, data: Dataset,
+                    emb_valid: np.ndarray, seed: int) -> tuple[Reranker | None, dict | str]:
+    """The few-shot reranker (`fit.fit_added_reranker`), zero-shot draws from each label's
+    name and description when the tagger reads texts."""
+    texts = None
+    if model.needs == {"texts"}:
+        texts = [label_text(name, data.descriptions.get(name)) for name in data.vocab.names]
+    return fit_added_reranker(
+        state, emb_valid, data.labels("valid"), data.valid.texts, train_texts=data.train.texts,
+        label_emb=model.embed(texts) if texts else None, label_texts=texts, seed=seed)
 
 
 def untrained_baseline(cfg: Config, data: Dataset) -> tuple[Tagger, dict]:

@@ -94,11 +94,32 @@ def build_index_cmd(tagger: Path, backend: Annotated[Optional[str], typer.Option
 @guarded
 def predict(tagger: Path, texts: list[str], k: Annotated[int, typer.Option("-k")] = 5,
             threshold: Annotated[Optional[str], typer.Option(help="number or 'tuned'")] = None,
-            as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+            as_json: Annotated[bool, typer.Option("--json")] = False,
+            explain: Annotated[bool, typer.Option(
+                "--explain", help="Show each tag's evidence: nearest items carrying it, "
+                "shared words, similarities")] = False) -> None:
     """Tag texts with a built tagger."""
     from metricls import Tagger
 
     cut = threshold if threshold in (None, "tuned") else _number(threshold)
+    if explain:
+        if threshold is not None:
+            raise InputError("--threshold: not with --explain, which explains the top -k tags")
+        found = Tagger.load(tagger).explain(texts, k=k)
+        if as_json:
+            typer.echo(json.dumps([{"text": t, "tags": row} for t, row in zip(texts, found)],
+                                  indent=2))
+            return
+        for text, row in zip(texts, found):
+            typer.echo(text[:100])
+            for tag in row:
+                typer.echo(f"   {tag['label']} {tag['score']:.3f}  (prototype cosine "
+                           f"{tag['similarity']:.3f}, neighbour vote {tag['vote']:.3f})")
+                near = ", ".join(f"{n['id']} {n['similarity']:.2f}" for n in tag["neighbours"])
+                typer.echo(f"      nearest items with it: {near or '-'}")
+                if tag["terms"]:
+                    typer.echo(f"      shared words: {' '.join(tag['terms'])}")
+        return
     tags = Tagger.load(tagger).predict(texts, k=k, threshold=cut)
     if as_json:
         typer.echo(json.dumps([{"text": t, "tags": [[n, round(s, 4)] for n, s in row]}

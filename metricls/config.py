@@ -40,6 +40,9 @@ class DataConfig:
     min_count: int = 1  # train items a label needs to enter the vocabulary
     features_path: str | None = None  # a .npy (n_items, d) float array, row i = table row i
     exclude_labels: tuple[str, ...] = ()  # labels left out of the vocabulary (held out)
+    # label descriptions: a table with `label` and `description` columns (.jsonl/.csv/.parquet)
+    # or a packaged name ("debtags-labels"); used for zero-shot labels and explanations
+    label_table: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,10 @@ class MinerConfig:
     label_hard_negatives: int = 50  # item-label pairs: hardest lacking labels kept per item
     item_weight: float = 0.0  # weight of the item-to-item loss (0 = off)
     label_weight: float = 1.0  # weight of the item-to-label loss
+    # weight of the label-text loss: each label's name and description, embedded by the
+    # network, is pulled to its label vector (zero-shot labels then embed near where a
+    # trained one would lie); 0 = off; texts only
+    label_text_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,9 @@ class IndexConfig:
     candidates: int = 100  # most similar label prototypes scored per item
     rerank: bool = True  # fit a reranker of the candidates on valid, kept if it scores better
     tfidf: bool = True  # text taggers: TF-IDF label prototypes as two more reranker features
+    # tags after the first 5 are ordered by score / propensity^tail_weight among the best 50
+    # (rare labels rise from below; the first 5 stay as they are); 0 = by score alone
+    tail_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -192,6 +202,7 @@ LIMITS: dict[str, tuple[Any, str]] = {
     "miner.item_hard_negatives": (lambda v: v >= 0, ">= 0"),
     "miner.label_hard_negatives": (lambda v: v >= 0, ">= 0"),
     "miner.item_weight": _NONNEG, "miner.label_weight": _NONNEG,
+    "miner.label_text_weight": _NONNEG,
     "train.epochs": _GE1, "train.batch_size": (lambda v: v >= 2, ">= 2"),
     "train.labels_per_batch": _GE1, "train.label_power": _FINITE,
     "train.lr": _POS, "train.lexical_lr": _POS, "train.weight_decay": _NONNEG,
@@ -199,6 +210,7 @@ LIMITS: dict[str, tuple[Any, str]] = {
     "train.warmup": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "train.seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
     "train.threads": (lambda v: v >= 0, ">= 0 (0 = all cores)"),
+    "index.tail_weight": _NONNEG,
     "index.target_recall": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "index.item_target_recall": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "index.knn": _GE1, "index.candidates": _GE1, "index.exact_below": (lambda v: v >= 0, ">= 0"),

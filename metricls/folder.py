@@ -14,7 +14,10 @@ This module alone knows the layout; training, build-index, label edits and `Tagg
     ann/prototypes/, ann/items/  the two ANN indexes (backend.json + the backend's files)
     scoring.json               the scoring tuned on valid
     reranker.safetensors       the reranker's trees (when build-index kept one)
-    tfidf.safetensors          the TF-IDF label prototypes (with the reranker, text taggers)
+    added_reranker.safetensors the few-shot reranker's trees (for labels added later)
+    tfidf.safetensors          the TF-IDF label prototypes (text taggers)
+    item_ids.json              {"ids": the id of each indexed item (row of item_labels)}
+    descriptions.json          {label: description} from the label table and label edits
     README.md                  the model card
 
 Every safetensors file carries a format tag (`metricls.formats`), checked at load with every
@@ -45,6 +48,7 @@ from metricls.formats import (
     TFIDF_FORMAT,
     check_csr,
     read_tensors_and_meta,
+    remedy,
 )
 from metricls.manifest import check_folder, write_manifest
 from metricls.outputs import check_output
@@ -60,6 +64,8 @@ LABEL_VECTORS, TRAINING = "label_vectors.safetensors", "training.json"
 PROTOTYPES, ITEM_LABELS, SCORING = ("prototypes.safetensors", "item_labels.safetensors",
                                     "scoring.json")
 RERANKER, TFIDF = "reranker.safetensors", "tfidf.safetensors"
+ADDED_RERANKER = "added_reranker.safetensors"
+ITEM_IDS, DESCRIPTIONS = "item_ids.json", "descriptions.json"
 PROTO_INDEX, ITEM_INDEX = "ann/prototypes", "ann/items"
 FROM_TRAINING = (LABEL_VECTORS, TRAINING)  # what build-index keeps of the trained folder
 # manifest keys write_manifest sets itself
@@ -141,11 +147,16 @@ def write_parts(folder: Path, *, config: Config, model: EmbeddingModel,
     state.proto_index.save(folder / PROTO_INDEX)
     state.item_index.save(folder / ITEM_INDEX)
     write_json(folder / SCORING, state.scoring.to_dict())
-    if state.reranker is not None:
-        save_tensors(folder / RERANKER, state.reranker.to_tensors(),
-                     {"format": RERANKER_FORMAT, "features": ",".join(FEATURES)})
+    for name, trees in ((RERANKER, state.reranker), (ADDED_RERANKER, state.added_reranker)):
+        if trees is not None:
+            save_tensors(folder / name, trees.to_tensors(),
+                         {"format": RERANKER_FORMAT, "features": ",".join(FEATURES)})
     if state.tfidf is not None:
         save_tensors(folder / TFIDF, state.tfidf.to_tensors(), {"format": TFIDF_FORMAT})
+    if state.item_ids is not None:
+        write_json(folder / ITEM_IDS, {"ids": list(state.item_ids)})
+    if state.descriptions:
+        write_json(folder / DESCRIPTIONS, dict(state.descriptions))
 
 
 def model_card(config: Config, dim: int, data: dict, report: dict, metrics: dict) -> str:
@@ -232,9 +243,37 @@ def read_tagger(folder: Path) -> tuple[Config, EmbeddingModel, TaggerState, dict
                                   source=str(folder / SCORING)),
         tfidf=TfidfPrototypes.load(folder / TFIDF, L) if (folder / TFIDF).exists() else None,
         reranker=Reranker.load(folder / RERANKER) if (folder / RERANKER).exists() else None,
-        trained_items=_trained_rows(csr_meta, item_labels.shape[0], folder))
+        added_reranker=Reranker.load(folder / ADDED_RERANKER)
+        if (folder / ADDED_RERANKER).exists() else None,
+        trained_items=_trained_rows(csr_meta, item_labels.shape[0], folder),
+        item_ids=_item_ids(folder / ITEM_IDS, item_labels.shape[0]),
+        descriptions=_descriptions(folder / DESCRIPTIONS))
     _check_consistent(folder, state, model.out_dim)
     return config, model, state, manifest
+
+
+def _item_ids(path: Path, n_rows: int) -> tuple[str, ...] | None:
+    """The ids of the indexed items (None for a folder written without them)."""
+    if not path.exists():
+        return None
+    ids = read_json(path).get("ids")
+    if not isinstance(ids, list) or len(ids) != n_rows or \
+            not all(isinstance(i, str) for i in ids):
+        raise ArtifactError(f"{path}: expected a list of {n_rows} item id strings, one per row "
+                            f"of {ITEM_LABELS}; {remedy(path)}")
+    return tuple(ids)
+
+
+def _descriptions(path: Path) -> dict[str, str]:
+    """The label descriptions ({} for a folder without them)."""
+    if not path.exists():
+        return {}
+    found = read_json(path)
+    if not isinstance(found, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                              for k, v in found.items()):
+        raise ArtifactError(f"{path}: expected a JSON object of label -> description strings; "
+                            f"{remedy(path)}")
+    return found
 
 
 def _trained_rows(meta: dict[str, str], n_rows: int, folder: Path) -> int:

@@ -35,7 +35,15 @@ import pydantic
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+)
 from starlette.concurrency import run_in_threadpool
 
 from metricls import serve_guards as guards
@@ -90,16 +98,32 @@ class TagRequest(BaseModel):
     threshold: Threshold = Field(None, description=(
         "null: the k best tags; a number: only tags scoring at least this; 'tuned': the "
         "per-label thresholds tuned on the validation split (a variable number of tags)."))
+    explain: StrictBool = Field(False, description=(
+        "true: each tag also carries its evidence (nearest training items carrying it, the "
+        "words shared with its TF-IDF prototype, its similarities); with threshold null."))
 
 
 _FIELDS = tuple(TagRequest.model_fields)
 
 
+class Neighbour(BaseModel):
+    """An indexed item near the input that carries the tag."""
+
+    id: str
+    similarity: float
+
+
 class Tag(BaseModel):
-    """One tag of one input."""
+    """One tag of one input; the other fields come with ``"explain": true``."""
 
     label: str
     score: float
+    description: str | None = None
+    neighbours: list[Neighbour] | None = None
+    terms: list[str] | None = None
+    similarity: float | None = None
+    vote: float | None = None
+    features: dict[str, float] | None = None
 
 
 class TagResponse(BaseModel):
@@ -270,6 +294,12 @@ def _tag(body: bytes, tagger: Tagger, health: Health, limits: Limits,
     except pydantic.ValidationError as exc:
         raise HTTPException(422, _validation_detail(exc.errors())) from None
     inputs = _checked_inputs(request, health, limits)
+    if request.explain:
+        if request.threshold is not None:
+            raise HTTPException(422, "threshold: expected null with explain, which explains "
+                                     "the k best tags")
+        tags = tagger.explain(inputs, k=request.k)
+        return JSONResponse({"tags": tags, "took_ms": (time.perf_counter() - start) * 1e3})
     rows = tagger.predict(inputs, k=request.k, threshold=request.threshold)
     tags = [[{"label": name, "score": score} for name, score in row] for row in rows]
     return JSONResponse({"tags": tags, "took_ms": (time.perf_counter() - start) * 1e3})

@@ -1,4 +1,5 @@
-"""The web page of `metricls serve` (GET /): a self-contained HTML form that calls POST /tag."""
+"""The web page of `metricls serve` (GET /): a self-contained HTML form that calls POST /tag;
+with "explain" ticked, each tag lists its evidence (nearest items with it, shared words)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ textarea{width:100%;height:9rem;font:inherit;box-sizing:border-box}
 form p{display:flex;gap:1rem;align-items:center}
 li{margin:.6rem 0}.text{color:#555}.tag{display:inline-block;margin:.15rem .3rem .15rem 0;
 padding:.1rem .45rem;border-radius:.8rem;background:#e8eef8}.tag b{font-weight:600}
-#status.error{color:#b00}
+#status.error{color:#b00}.why{margin:.1rem 0 .4rem 1rem;font-size:13px;color:#333}
+.why b{font-weight:600}
 </style></head>
 <body>
 <h1>metricls <small>{{NAME}}</small></h1>
@@ -36,6 +38,7 @@ padding:.1rem .45rem;border-radius:.8rem;background:#e8eef8}.tag b{font-weight:6
 <label>threshold <select id="threshold" name="threshold">
 <option value="">none (k best)</option><option value="tuned">tuned per label</option>
 </select></label>
+<label><input id="explain" name="explain" type="checkbox"> explain</label>
 <button type="submit">Tag</button></p>
 </form>
 <p id="status" role="status"></p>
@@ -57,15 +60,33 @@ function show(lines, data) {
       name.textContent = t.label;
       tag.append(name, " " + t.score.toFixed(3));
       li.append(tag);
+      if (t.neighbours) li.append(why(t));
     }
     return li;
   }));
+}
+function why(t) {
+  const box = document.createElement("div");
+  box.className = "why";
+  const head = document.createElement("b");
+  head.textContent = t.label;
+  const near = t.neighbours.map((n) => n.id + " (" + n.similarity.toFixed(2) + ")");
+  box.append(head, ": cosine " + t.similarity.toFixed(3) + ", vote " + t.vote.toFixed(3) +
+             "; nearest items with it: " + (near.join(", ") || "none") +
+             (t.terms.length ? "; shared words: " + t.terms.join(" ") : ""));
+  if (t.description) {
+    const d = document.createElement("div");
+    d.textContent = t.description.slice(0, 200);
+    box.append(d);
+  }
+  return box;
 }
 async function tag(event) {
   if (event) event.preventDefault();
   const status = $("status");
   const lines = $("texts").value.split("\\n").filter((s) => s.trim());
   const body = {k: Number($("k").value), threshold: $("threshold").value || null};
+  if ($("explain").checked) { body.explain = true; body.threshold = null; }
   try {
     if (VECTORS) body.vectors = lines.map((s) => JSON.parse(s)); else body.texts = lines;
   } catch (err) {
@@ -88,8 +109,9 @@ async function tag(event) {
   }
 }
 $("form").addEventListener("submit", tag);
-const query = new URLSearchParams(location.search).get("text");
-if (query) { $("texts").value = query; tag(); }
+const params = new URLSearchParams(location.search);
+$("explain").checked = params.has("explain");
+if (params.get("text")) { $("texts").value = params.get("text"); tag(); }
 </script>
 </body></html>
 """

@@ -17,12 +17,14 @@ import numpy as np
 from metricls import folder as tagger_folder
 from metricls.artifacts import read_json
 from metricls.config import Config
+from metricls.data.descriptions import label_text
 from metricls.data.items import Items
 from metricls.data.labels import LabelVocab
 from metricls.encoders.model import EmbeddingModel
 from metricls.errors import ArtifactError, InputError
 from metricls.outputs import check_output
 from metricls.pipeline import labels as label_edits
+from metricls.pipeline.explain import explain
 from metricls.pipeline.state import TaggerState
 from metricls.pipeline.tag import named, score, selection
 from metricls.staging import folder_lock, real_path
@@ -123,6 +125,24 @@ class Tagger:
             raise InputError(f"k: expected at most {max(len(state.vocab), 1000)}, got {k}")
         return self._scores(inputs, k, state)
 
+    def explain(self, inputs: Inputs, *, k: int = 5, neighbours: int = 3) -> list[list[dict]]:
+        """The top-k tags of each input with their evidence (`metricls.pipeline.explain`).
+
+        Per input, one dict per tag, best first, with the same labels and scores as `predict`:
+        ``label``, ``score``, ``description`` (None when the tagger has none), ``neighbours``
+        (up to `neighbours` of the nearest indexed items that carry the label: ``id`` from the
+        data's id column, ``similarity``), ``terms`` (words the text shares with the label's
+        TF-IDF prototype), ``similarity`` (cosine to the label's prototype), ``vote`` (its
+        share of the neighbour vote) and, with a reranker, ``features`` (what it read).
+        """
+        state = self._state
+        k, _ = selection(k, None, state)
+        per_tag = check_k(neighbours, name="neighbours")
+        texts, feats, n = self._inputs(inputs)
+        if n == 0:
+            return []
+        return explain(state, self.model.embed(texts, feats), k, texts, per_tag=per_tag)
+
     def _scores(self, inputs: Inputs, k: int,
                 state: TaggerState) -> tuple[np.ndarray, np.ndarray]:
         """Embed the inputs and tag them through the pipeline on the snapshot `state`."""
@@ -155,8 +175,11 @@ class Tagger:
             name: a new label name.
             examples: texts, an (n, d) array for a features backbone, or Items: the
                 prototype is their normalised mean embedding. None: zero-shot, from the
-                `description` (else the name as words, `labels.label_text`).
-            description: a text for the label, embedded as one more example (text taggers).
+                label's text: its name as words and its description when it has one
+                (`metricls.data.descriptions.label_text`).
+            description: what the label means; None: the one the tagger knows from the
+                data's label table (`data.label_table`) or an earlier edit, if any. A text
+                tagger embeds the label's text as one more example.
             add_items: also index the examples as items carrying only this label, so that
                 the neighbour vote can return it.
 
@@ -166,7 +189,7 @@ class Tagger:
             name = label_edits.check_name(name)
             emb, example_emb, texts = self._label_embeddings(name, examples, description)
             self._state = label_edits.add_label(self._state, name, emb, example_emb, texts,
-                                                add_items=add_items)
+                                                add_items=add_items, description=description)
             self._changes.append(label_edits.change_record("add", name, len(example_emb),
                                                            description, add_items))
             return len(self._state.vocab) - 1
@@ -182,7 +205,8 @@ class Tagger:
                 self._state.vocab.index(name)  # InputError naming the nearest labels
             emb, example_emb, texts = self._label_embeddings(name, examples, description)
             self._state, label = label_edits.update_label(
-                self._state, name, emb, example_emb, texts, mode=mode, add_items=add_items)
+                self._state, name, emb, example_emb, texts, mode=mode, add_items=add_items,
+                description=description)
             self._changes.append(label_edits.change_record(f"update:{mode}", name,
                                                            len(example_emb), description,
                                                            add_items))
@@ -198,7 +222,13 @@ class Tagger:
     def _label_embeddings(self, name: str, examples: Inputs | None,
                           description: str | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """(m, d) embeddings of the examples and the label text, those of the examples alone, and
-        the texts among them (for the TF-IDF prototypes)."""
+        the texts among them (for the TF-IDF prototypes). The label text joins the examples
+        when the label has a description (given, or known), and is all there is zero-shot."""
+        if description is None:
+            description = self._state.descriptions.get(name)
+        elif not isinstance(description, str) or not description.strip():
+            raise InputError(f"description: expected a non-empty text, got "
+                             f"{describe(description)}")
         example_emb = np.zeros((0, self.model.out_dim), dtype=np.float32)
         texts: list[str] = []
         if examples is not None:
@@ -210,9 +240,7 @@ class Tagger:
                 raise InputError("examples" + str(exc).removeprefix("inputs")) from None
             if description is None:
                 return example_emb, example_emb, texts
-        text = label_edits.label_text(name) if description is None else description
-        if not isinstance(text, str) or not text.strip():
-            raise InputError(f"description: expected a non-empty text, got {describe(text)}")
+        text = label_text(name, description)
         if self.model.needs != {"texts"}:
             raise InputError("description: this tagger reads feature vectors and cannot embed a "
                              "label text; give examples as an (n, d) array")

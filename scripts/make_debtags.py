@@ -1,7 +1,14 @@
-"""Rebuild metricls/datasets/debtags-bookworm.jsonl.gz from Debian package indexes.
+"""Rebuild metricls/datasets/debtags-bookworm.jsonl.gz (and its label table) from Debian files.
 
     python scripts/make_debtags.py --packages Packages.xz --translations Translation-en.bz2 \\
-        --out metricls/datasets/debtags-bookworm.jsonl.gz
+        --out metricls/datasets/debtags-bookworm.jsonl.gz \\
+        --vocabulary debtags_2.1.5_all.deb --labels-out metricls/datasets/debtags-labels.jsonl
+
+The label table comes from the `debtags` package's /usr/share/debtags/vocabulary (read straight
+from the .deb, an `ar` archive, without installing it; `apt-get download debtags` fetches it),
+or from that file itself: one `{"label", "description", "facet"}` line per tag, where the
+description is the tag's one-line description, a full stop, and its long description as one
+paragraph, and `facet` the one-line description of its facet.
 
 Inputs are local paths or http(s) URLs, plain or .xz/.gz/.bz2. Output: one JSON object per line,
 `{"package", "section", "summary", "description", "labels"}`, sorted by package (or, with
@@ -16,11 +23,13 @@ from __future__ import annotations
 import argparse
 import bz2
 import gzip
+import io
 import json
 import lzma
 import os
 import re
 import sys
+import tarfile
 import tempfile
 import urllib.request
 from collections.abc import Iterator
@@ -102,15 +111,66 @@ def build_records(packages: list[str], translations: list[str],
     return list(records.values()) if index_order else [records[n] for n in sorted(records)]
 
 
+VOCABULARY = "usr/share/debtags/vocabulary"  # inside the debtags package
+
+
+def read_vocabulary(source: str) -> str:
+    """Text of the debtags vocabulary: from a .deb (its data.tar member) or the file itself."""
+    data = Path(source).read_bytes()
+    if not data.startswith(b"!<arch>\n"):
+        return data.decode("utf-8", errors="replace")
+    pos = 8
+    while pos + 60 <= len(data):  # ar members: a 60-byte header, the body, padding to even
+        name = data[pos:pos + 16].decode().strip().rstrip("/")
+        size = int(data[pos + 48:pos + 58].decode().strip())
+        body = data[pos + 60:pos + 60 + size]
+        if name.startswith("data.tar"):
+            with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+                for member in tar.getmembers():
+                    if member.name.lstrip("./") == VOCABULARY:
+                        return tar.extractfile(member).read().decode("utf-8", errors="replace")
+            raise ValueError(f"{source}: no {VOCABULARY} in its data archive")
+        pos += 60 + size + size % 2
+    raise ValueError(f"{source}: a .deb without a data.tar member")
+
+
+def label_records(vocabulary: str) -> list[dict]:
+    """One `{"label", "description", "facet"}` per Tag paragraph, in the vocabulary's order."""
+    facets, records = {}, []
+    for para in paragraphs(vocabulary):
+        short, long = parse_description(para.get("Description", ""))
+        if "Facet" in para:
+            facets[para["Facet"]] = short
+        elif "Tag" in para:
+            tag = para["Tag"]
+            records.append({"label": tag,
+                            "description": f"{short}. {long}".strip() if long else short,
+                            "facet": facets.get(tag.split("::")[0], "")})
+    return records
+
+
 def write_jsonl_gz(records: list[dict], out: Path) -> None:
-    """Write records atomically (temp file + os.replace), byte-identical for the same input."""
+    """Write records as gzipped JSONL atomically, byte-identical for the same input."""
+    _write_atomically(out, gzip.compress(_jsonl(records), mtime=0))
+
+
+def write_jsonl(records: list[dict], out: Path) -> None:
+    """Write records as plain JSONL, atomically."""
+    _write_atomically(out, _jsonl(records))
+
+
+def _jsonl(records: list[dict]) -> bytes:
+    return "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records).encode("utf-8")
+
+
+def _write_atomically(out: Path, data: bytes) -> None:
+    """`data` to `out` through a temp file beside it and os.replace (never half a file)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
     try:
-        with os.fdopen(fd, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
-                                                       mtime=0) as fh:
-            for rec in records:
-                fh.write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a dataset is for everyone to read
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -126,15 +186,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="output .jsonl.gz")
     parser.add_argument("--index-order", action="store_true",
                         help="keep the Packages index order instead of sorting by package")
+    parser.add_argument("--vocabulary", default=None,
+                        help="the debtags .deb (or its usr/share/debtags/vocabulary file)")
+    parser.add_argument("--labels-out", type=Path, default=None,
+                        help="output label table .jsonl (with --vocabulary)")
     args = parser.parse_args(argv)
+    if (args.vocabulary is None) != (args.labels_out is None):
+        parser.error("--vocabulary and --labels-out go together")
     try:
         records = build_records(args.packages, args.translations, args.index_order)
-    except (OSError, ValueError, lzma.LZMAError, EOFError) as exc:
+        labels = label_records(read_vocabulary(args.vocabulary)) if args.vocabulary else None
+    except (OSError, ValueError, lzma.LZMAError, EOFError, tarfile.TarError) as exc:
         print(f"make_debtags: {exc}", file=sys.stderr)
         return 1
     write_jsonl_gz(records, args.out)
     n_labels = len({t for r in records for t in r["labels"]})
     print(f"wrote {len(records)} packages, {n_labels} labels to {args.out}")
+    if labels is not None:
+        write_jsonl(labels, args.labels_out)
+        print(f"wrote {len(labels)} label descriptions to {args.labels_out}")
     return 0
 
 

@@ -52,6 +52,17 @@ def test_fewshot_bench_on_tiny_data(tiny_tagger_dir, synthetic_path, tmp_path):
     expected = float(np.mean(found[picked] / support[picked]))
     assert rows["fully trained (labels in training)"]["R@10 held-out"] == pytest.approx(expected)
     assert all(0 < rows[v]["R@10 held-out"] <= 1 for v in ("1-shot", "3-shot + items"))
+    # the same held-out tagger, reused, scored on valid (where settings are chosen)
+    again = bench_fewshot("configs/tiny.yaml", overrides=[f"data.path={synthetic_path}"],
+                          holdout=3, shots=(1, 3), out=tmp_path / "valid.json",
+                          full=tiny_tagger_dir, work=tmp_path / "work", split="valid",
+                          reuse=True)
+    assert again["split"] == "valid" and again["timings"]["train_holdout_s"] < 5
+    assert [r["variant"] for r in again["rows"]] == list(rows)
+    with pytest.raises(InputError, match="--reuse"):
+        bench_fewshot("configs/tiny.yaml", overrides=[f"data.path={synthetic_path}"],
+                      holdout=2, shots=(1, 3), out=tmp_path / "x.json", full=tiny_tagger_dir,
+                      work=tmp_path / "work", reuse=True)  # other labels held out
 
 
 def test_fewshot_cli_gives_one_error_line(tmp_path, capsys):

@@ -51,6 +51,7 @@ def test_assemble_reports_its_steps_and_valid_metrics(trained):
     cfg, model, data, vectors, bias = trained
     tagger, report = assemble_tagger(cfg, model, data, vectors, label_bias=bias)
     assert set(report["seconds"]) == {"embed", "prototypes", "indexes", "tfidf", "scoring",
+                                      "added_reranker",
                                       "valid_metrics"}
     assert report["backend"] == "flat" and report["prototypes"] == "learned"
     assert set(report["ann"]) == {"prototypes", "items"}

@@ -271,7 +271,8 @@ def test_bad_files(tmp_path, name, content, message):
 
 
 def test_bad_arguments(tmp_path):
-    with raises(f"{tmp_path / 'nope.jsonl'}: no such file (or a dataset name: debtags)"):
+    with raises(f"{tmp_path / 'nope.jsonl'}: no such file "
+                "(or a dataset name: debtags, debtags-labels)"):
         read_items(tmp_path / "nope.jsonl", text_columns=("text",))
     with raises(f"{tmp_path}: not a regular file (a directory)"):
         resolve_dataset(str(tmp_path))

@@ -5,11 +5,15 @@ from __future__ import annotations
 import bz2
 import gzip
 import importlib.util
+import io
 import json
 import lzma
+import tarfile
 from pathlib import Path
 
 import pytest
+
+from metricls.data.descriptions import read_descriptions
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_debtags.py"
 
@@ -150,3 +154,63 @@ def test_index_order(tmp_path, make_debtags):
     rows = _read(out)
     assert [r["package"] for r in rows] == ["zeta-tool", "alpha-viewer", "no-translation"]
     assert rows[0]["summary"] == "Zeta command line tool" and rows[0]["description"] == ""
+
+
+VOCABULARY = """Facet: role
+Description: Role
+ Role performed by the package
+
+Tag: role::program
+Description: Program
+ Executable computer program.
+ .
+ Runs on its own.
+
+Tag: role::plugin
+Description: Plugin
+"""
+
+
+# ---- extracting the debtags vocabulary --------------------------------------------------------
+def _deb(tmp_path, vocabulary: str):
+    """A minimal .deb: an ar archive with debian-binary and data.tar.xz holding the file."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        body = vocabulary.encode()
+        info = tarfile.TarInfo("./usr/share/debtags/vocabulary")
+        info.size = len(body)
+        tar.addfile(info, io.BytesIO(body))
+    members = [("debian-binary", b"2.0\n"), ("data.tar.xz", lzma.compress(raw.getvalue()))]
+    out = b"!<arch>\n"
+    for name, data in members:
+        out += f"{name + '/':<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}`\n".encode()
+        out += data + (b"\n" if len(data) % 2 else b"")
+    path = tmp_path / "debtags_1.0_all.deb"
+    path.write_bytes(out)
+    return path
+
+
+def test_make_debtags_extracts_the_vocabulary_from_the_deb(tmp_path, make_debtags):
+    records = make_debtags.label_records(make_debtags.read_vocabulary(str(_deb(tmp_path,
+                                                                               VOCABULARY))))
+    assert records == [
+        {"label": "role::program", "description": "Program. Executable computer program. "
+                                                  "Runs on its own.", "facet": "Role"},
+        {"label": "role::plugin", "description": "Plugin", "facet": "Role"}]
+    plain = tmp_path / "vocabulary"
+    plain.write_text(VOCABULARY)
+    assert make_debtags.label_records(make_debtags.read_vocabulary(str(plain))) == records
+
+
+def test_make_debtags_writes_a_table_that_metricls_reads(tmp_path, make_debtags):
+    packages = tmp_path / "Packages"
+    packages.write_text("Package: foo\nTag: role::program\nDescription: a tool\n")
+    out, labels = tmp_path / "items.jsonl.gz", tmp_path / "labels.jsonl"
+    code = make_debtags.main(["--packages", str(packages), "--out", str(out), "--vocabulary",
+                              str(_deb(tmp_path, VOCABULARY)), "--labels-out", str(labels)])
+    assert code == 0
+    assert read_descriptions(labels)["role::plugin"] == "Plugin"
+    assert make_debtags.main(["--packages", str(packages), "--out", str(out), "--vocabulary",
+                              str(tmp_path / "missing.deb"), "--labels-out",
+                              str(tmp_path / "b.jsonl")]) == 1
+    assert not (tmp_path / "b.jsonl").exists()

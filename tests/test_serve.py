@@ -143,7 +143,7 @@ def test_openapi_documents_tag(client):
     assert ok.endswith("/TagResponse")
     assert {"413", "422"} <= set(post["responses"])
     fields = schema["components"]["schemas"]["TagRequest"]["properties"]
-    assert set(fields) == {"texts", "vectors", "k", "threshold"}
+    assert set(fields) == {"texts", "vectors", "k", "threshold", "explain"}
     assert {"/labels", "/health"} <= set(schema["paths"])
 
 
@@ -214,7 +214,7 @@ HOSTILE = [  # (body, status, the whole message): one line, however many bad ite
     (("{" + ",".join(f'"k{i}": 1' for i in range(200_000)) + "}").encode(), 422,
      "k0: unknown field; did you mean 'k'?"),
     (("{" + ",".join(f'"x{i}": 1' for i in range(20_000)) + "}").encode(), 422,
-     "x0: unknown field; expected one of ['texts', 'vectors', 'k', 'threshold']"),
+     "x0: unknown field; expected one of ['texts', 'vectors', 'k', 'threshold', 'explain']"),
     (b'{"texts": ["a"], "k": [' + many(b"1", 1_000_000) + b"]}", 413,
      "k: more than 100000 JSON values, the limit per request"),
     (b"[" + many(b"1", 1_000_000) + b"]", 422,
@@ -397,3 +397,34 @@ def test_real_server_over_loopback(tiny_tagger_dir, tagger):
         assert rebound.status_code == 400 and "Host header" in rebound.json()["detail"]
         process = server.process
     assert process.returncode == 0  # SIGTERM: graceful shutdown, clean exit
+
+
+def test_tag_with_explain_returns_the_taggers_evidence(client, tagger):
+    texts = ["w1x0 w1x1 w1x2", "w3x0 w3x4"]
+    response = client.post("/tag", json={"texts": texts, "k": 3, "explain": True})
+    assert response.status_code == 200, response.text
+    assert response.json()["tags"] == tagger.explain(texts, k=3)
+    plain = client.post("/tag", json={"texts": texts, "k": 3}).json()["tags"]
+    assert [[t["label"] for t in row] for row in plain] == \
+        [[t["label"] for t in row] for row in response.json()["tags"]]
+    refused = client.post("/tag", json={"texts": texts, "explain": True, "threshold": 0.5})
+    assert refused.status_code == 422 and "threshold" in refused.json()["detail"]
+    wrong = client.post("/tag", json={"texts": texts, "explain": "yes"})
+    assert wrong.status_code == 422 and "explain" in wrong.json()["detail"]
+
+
+def test_web_page_shows_explanations_in_a_browser(tiny_tagger_dir, tmp_path):
+    """The page as headless Chromium runs it: ?text=...&explain tags the text with evidence."""
+    import subprocess
+
+    from metricls.report.browser import CHROMIUM_FLAGS, find_chromium
+
+    with running_server(tiny_tagger_dir) as server:
+        url = f"{server.url}/?text=w1x0+w1x1+w1x2&explain=1"
+        dom = subprocess.run([find_chromium(), *CHROMIUM_FLAGS,
+                              f"--user-data-dir={tmp_path / 'profile'}",
+                              "--virtual-time-budget=10000", "--dump-dom", url],
+                             capture_output=True, text=True, timeout=120, check=False).stdout
+    top = Tagger.load(tiny_tagger_dir).explain(["w1x0 w1x1 w1x2"])[0][0]
+    assert 'class="why"' in dom and "nearest items with it: " in dom
+    assert top["neighbours"][0]["id"] in dom and top["label"] in dom

@@ -8,6 +8,7 @@ import pytest
 
 from metricls import Tagger
 from metricls.errors import InputError
+from metricls.pipeline.scoring import TAIL_DEPTH, TAIL_FROM
 from metricls.pipeline.tag import named, neighbours, reads_texts, score, selection
 
 TEXTS = ["w0x1 w0x2 noise3", "w5x0 w5x3 w9x1", "noise1 w12x2 w3x0"]
@@ -101,10 +102,34 @@ def test_blend_one_scores_are_the_prototype_cosines(tagger, blend):
 
 
 def test_blend_scores_are_sorted_and_bounded(tagger, blend):
-    scores, ids = score(blend, tagger.embed(TEXTS), len(tagger.labels))
+    plain = blend.replace(scoring=dataclasses.replace(blend.scoring, tail_weight=0.0))
+    scores, ids = score(plain, tagger.embed(TEXTS), len(tagger.labels))
     kept = ids >= 0
     assert kept[:, 0].all()
     assert ((scores[kept] >= 0) & (scores[kept] <= 1 + 1e-6)).all()
     for row, found in zip(scores, kept):
         assert found[:found.sum()].all()  # padding only at the end
         assert (np.diff(row[found]) <= 0).all()
+
+
+@pytest.mark.parametrize("reranked", [True, False])
+def test_the_tail_after_five_is_ordered_by_score_over_propensity(tagger, blend, reranked):
+    state = tagger.state if reranked else blend
+    assert state.scoring.tail_weight == 1.0  # the default
+    plain = state.replace(scoring=dataclasses.replace(state.scoring, tail_weight=0.0))
+    emb, L = tagger.embed(TEXTS), len(tagger.labels)
+    texts = TEXTS if reranked else None
+    s0, i0 = score(plain, emb, L, texts)
+    s1, i1 = score(state, emb, 10, texts)
+    np.testing.assert_array_equal(i1[:, :TAIL_FROM], i0[:, :TAIL_FROM])  # the first five stay
+    np.testing.assert_allclose(s1[:, :TAIL_FROM], s0[:, :TAIL_FROM], atol=1e-6)
+    props = state.vocab.propensities()
+    for row_s, row_i, all_s, all_i in zip(s1, i1, s0, i0):
+        key = row_s[TAIL_FROM:] / props[row_i[TAIL_FROM:]]
+        assert (np.diff(key) <= 1e-6).all()  # then by score / propensity
+        pool = dict(zip(all_i.tolist(), all_s.tolist()))
+        assert all(pool[i] == pytest.approx(s, abs=1e-6) for i, s in zip(row_i, row_s))
+        rest = [i for i in all_i[TAIL_FROM:TAIL_DEPTH].tolist() if i not in row_i]
+        assert all(pool[i] / props[i] <= key.min() + 1e-6 for i in rest)  # the best of them
+    rare = np.argsort(props)[:3]  # the rarest labels rise in the tail
+    assert np.isin(i1[:, TAIL_FROM:], rare).sum() >= np.isin(i0[:, TAIL_FROM:10], rare).sum()

@@ -9,8 +9,10 @@ items, sorted by train count (then name), cut into `holdout` bins of consecutive
 spread over the frequencies. A tagger is trained with them excluded (`data.exclude_labels`);
 each is then added back with `Tagger.add_label` from its first s train items in a seeded
 permutation (so the 1 examples are among the 5, the 5 among the 20), or zero-shot from its
-name (`Tagger.add_label` with no examples embeds the name as words). Each variant is scored
-on the test split next to a tagger of the same config trained on every label.
+name alone or from its name and description (`Tagger.add_label` with no examples embeds
+the label's text; the description comes from the config's `data.label_table`). Each variant
+is scored on the test split (or `--split valid`, where settings are chosen) next to a tagger
+of the same config trained on every label.
 
 Metrics, on the test items, with every tagger's top 10:
 - ``R@10 held-out``: the mean over the held-out labels of their label-wise recall@10, i.e.
@@ -78,7 +80,8 @@ def choose_holdout(data: Dataset, n: int, *, min_train: int, min_test: int = MIN
 def bench_fewshot(config: str | Path, *, holdout: int = 50, shots: Sequence[int] = (1, 5, 20),
                   out: str | Path = OUT, full: str | Path | None = None,
                   overrides: Sequence[str] = (), seed: int = 0,
-                  work: str | Path | None = None) -> dict[str, Any]:
+                  work: str | Path | None = None, split: str = "test",
+                  reuse: bool = False) -> dict[str, Any]:
     """Run the few-shot benchmark and write its JSON (and a markdown table beside it).
 
     Args:
@@ -89,11 +92,16 @@ def bench_fewshot(config: str | Path, *, holdout: int = 50, shots: Sequence[int]
         full: a built tagger of the same config trained on every label (default: train one).
         seed: seeds the label choice and the example draws.
         work: folder for the trained taggers (default: a temporary folder, deleted).
+        split: the split scored: "test" (reported) or "valid" (for choosing settings).
+        reuse: use the held-out tagger that an earlier run left in `work` (its labels are
+            checked), instead of training one.
 
     Returns:
         The report: chosen labels, one row per variant, per-label recalls, timings.
     """
     shots = sorted({_positive(s) for s in shots})
+    if split not in ("test", "valid"):
+        raise InputError(f"--split: expected test or valid, got {split!r}")
     cfg = load_config(config, overrides)
     data = Dataset.load(cfg.data)
     labels = choose_holdout(data, holdout, min_train=shots[-1], seed=seed)
@@ -102,12 +110,16 @@ def bench_fewshot(config: str | Path, *, holdout: int = 50, shots: Sequence[int]
         held_cfg = dataclasses.replace(cfg, name=f"{cfg.name}-holdout", data=dataclasses.replace(
             cfg.data, exclude_labels=(*cfg.data.exclude_labels, *labels)))
         start = time.perf_counter()
-        build_index(train_embedder(held_cfg, out=folder / "holdout", overwrite=True))
+        if reuse:
+            _check_reusable(folder / "holdout", data, labels)
+        else:
+            build_index(train_embedder(held_cfg, out=folder / "holdout", overwrite=True))
         train_s = time.perf_counter() - start
         full_tagger = _full_tagger(cfg, full, folder / "full")
         rows, per_label, add_s = _variants(folder / "holdout", full_tagger, data, labels, shots,
-                                           seed)
-    result = {"config": str(config), "overrides": list(overrides), "holdout": holdout,
+                                           seed, split)
+    result = {"config": str(config), "overrides": list(overrides), "split": split,
+              "holdout": holdout,
               "shots": shots, "seed": seed, "min_train": shots[-1], "min_test": MIN_TEST,
               "full": str(full) if full is not None else "trained by the benchmark",
               "labels": [{"name": n, "train": int(data.vocab.counts[data.vocab.index(n)]),
@@ -123,9 +135,10 @@ def bench_fewshot(config: str | Path, *, holdout: int = 50, shots: Sequence[int]
 
 
 def _variants(holdout_dir: Path, full: Tagger, data: Dataset, labels: list[str],
-              shots: list[int], seed: int) -> tuple[list[dict], dict[str, list], list[float]]:
+              shots: list[int], seed: int,
+              split: str) -> tuple[list[dict], dict[str, list], list[float]]:
     """Score the full tagger, the bare holdout tagger, zero-shot and each shot count."""
-    test = data.test
+    test = getattr(data, split)
     base = Tagger.load(holdout_dir)
     emb = base.model.embed(test.texts, test.features, cache=True)  # one model for every variant
     full_emb = full.model.embed(test.texts, test.features, cache=True)
@@ -133,14 +146,18 @@ def _variants(holdout_dir: Path, full: Tagger, data: Dataset, labels: list[str],
             _score("held out, not added", base, emb, test, labels)]
     pools = _example_pools(data, labels, seed)
     add_s: list[float] = []
-    variants = [("zero-shot (name)", 0, False)] + [
-        (f"{s}-shot{' + items' if items else ''}", s, items)
-        for s in shots for items in (False, True)]
+    variants = [("zero-shot (name)", 0, False)]
+    if data.descriptions:
+        variants.append(("zero-shot (name + description)", 0, True))
+    variants += [(f"{s}-shot{' + items' if items else ''}", s, items)
+                 for s in shots for items in (False, True)]
     for name, s, items in variants:
         tagger = Tagger.load(holdout_dir)
+        if name == "zero-shot (name)":  # forget the label table: the name alone
+            tagger._state = tagger.state.replace(descriptions={})
         for label, pool in zip(labels, pools):
             t0 = time.perf_counter()
-            if s == 0:  # zero-shot: the name as words ("a::b-c" -> "a b c") is embedded
+            if s == 0:  # zero-shot: the label's text ("a::b-c" -> "a b c: description")
                 tagger.add_label(label)
             else:
                 tagger.add_label(label, [data.train.texts[i] for i in pool[:s]], add_items=items)
@@ -160,14 +177,19 @@ def _score(variant: str, tagger: Tagger, emb: np.ndarray, test: Any,
     recall = dict.fromkeys(labels, 0.0)
     if known:
         support, found = label_recall_at_k(ids, Y, 10)
-        recall |= {tagger.vocab.names[i]: float(found[i] / support[i]) for i in known}
+        recall |= {tagger.vocab.names[i]: float(found[i] / support[i]) for i in known
+                   if support[i] > 0}
+    items = Y.sum(axis=0).A1 if known else None
+    if items is not None:  # labels without items in these rows have no recall (valid split)
+        recall = {n: r for n, r in recall.items()
+                  if n not in tagger.vocab or items[tagger.vocab.index(n)] > 0}
     held_ids = np.where(np.isin(ids, known), ids, -1)
     report = ranking_metrics(ids, test.labels, tagger.vocab)
     return {"variant": variant, "R@10 held-out": float(np.mean(list(recall.values()))),
             "P@1 share": precision_at_k(held_ids, Y, 1),
             "P@5 share": precision_at_k(held_ids, Y, 5),
             "P@1": report["P@1"], "P@5": report["P@5"], "R@10": report["R@10"],
-            "per_label": [round(recall[n], 4) for n in labels]}
+            "per_label": [round(recall[n], 4) if n in recall else None for n in labels]}
 
 
 def _example_pools(data: Dataset, labels: list[str], seed: int) -> list[np.ndarray]:
@@ -181,6 +203,16 @@ def _example_pools(data: Dataset, labels: list[str], seed: int) -> list[np.ndarr
 def _test_counts(data: Dataset, labels: list[str]) -> list[int]:
     counts = np.asarray(data.labels("test").sum(axis=0)).ravel()
     return [int(counts[data.vocab.index(n)]) for n in labels]
+
+
+def _check_reusable(folder: Path, data: Dataset, labels: list[str]) -> None:
+    """InputError unless `folder` is a built tagger of every label of `data` but `labels`."""
+    if not (folder / "scoring.json").is_file():
+        raise InputError(f"--reuse: {folder} holds no built tagger; run without --reuse first")
+    known = set(Tagger.load(folder).labels)
+    if known != set(data.vocab.names) - set(labels):
+        raise InputError(f"--reuse: {folder} was trained on other labels than this run holds "
+                         "out; run without --reuse")
 
 
 def _full_tagger(cfg: Config, full: str | Path | None, folder: Path) -> Tagger:
@@ -214,7 +246,8 @@ def _positive(s: Any) -> int:
 def markdown_table(result: dict[str, Any]) -> str:
     """The report's rows as a markdown table."""
     keys = ("R@10 held-out", "P@1 share", "P@5 share", "P@1", "P@5", "R@10")
-    head = f"| {result['holdout']} held-out labels | " + " | ".join(keys) + " |"
+    head = (f"| {result['holdout']} held-out labels ({result.get('split', 'test')}) | "
+            + " | ".join(keys) + " |")
     lines = [head, "|---" * (len(keys) + 1) + "|"]
     lines += [f"| {r['variant']} | " + " | ".join(f"{r[k]:.4f}" for k in keys) + " |"
               for r in result["rows"]]
@@ -235,12 +268,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="built tagger of CONFIG on all labels (else trained)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="keep the trained taggers here")
+    parser.add_argument("--split", default="test", help="test (reported) or valid (to choose)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse the held-out tagger an earlier run left in --work")
 
     def body(args: argparse.Namespace) -> str:
         return markdown_table(bench_fewshot(args.config, holdout=args.holdout,
                                             shots=parse_shots(args.shots), out=args.out,
                                             full=args.full, overrides=args.overrides,
-                                            seed=args.seed, work=args.work))
+                                            seed=args.seed, work=args.work, split=args.split,
+                                            reuse=args.reuse))
 
     return run_harness(parser, argv, body)
 

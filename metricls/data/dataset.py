@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import scipy.sparse as sp
 
 from metricls.artifacts import sha256_file
 from metricls.config import DataConfig
+from metricls.data.descriptions import read_descriptions
 from metricls.data.items import Items, read_items, resolve_dataset
 from metricls.data.labels import LabelVocab
 from metricls.errors import InputError
@@ -41,6 +42,7 @@ class Dataset:
     source: str
     sha256: str
     features_sha256: str | None = None  # of `data.features_path`, when the config has one
+    descriptions: dict[str, str] = field(default_factory=dict)  # of `data.label_table`
 
     @classmethod
     def load(cls, cfg: DataConfig) -> Dataset:
@@ -54,7 +56,8 @@ class Dataset:
         return cls(train=train, valid=items.subset("valid"), test=items.subset("test"),
                    vocab=vocab, source=str(cfg.path), sha256=sha256_file(path),
                    features_sha256=sha256_file(Path(cfg.features_path).expanduser())
-                   if cfg.features_path else None)
+                   if cfg.features_path else None,
+                   descriptions=read_descriptions(cfg.label_table) if cfg.label_table else {})
 
     def labels(self, split: str) -> sp.csr_matrix:
         """(n, L) float32 CSR of a split's known labels."""
@@ -62,7 +65,9 @@ class Dataset:
 
     def summary(self) -> dict:
         features = {"features_sha256": self.features_sha256} if self.features_sha256 else {}
-        return {"source": self.source, "sha256": self.sha256, **features,
+        described = sum(name in self.descriptions for name in self.vocab.names)
+        table = {"labels_described": described} if self.descriptions else {}
+        return {"source": self.source, "sha256": self.sha256, **features, **table,
                 "n_train": len(self.train), "n_valid": len(self.valid), "n_test": len(self.test),
                 "n_labels": len(self.vocab)}
 

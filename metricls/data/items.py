@@ -37,7 +37,7 @@ from metricls.validation import (
 __all__ = ["SUPPORTED_SUFFIXES", "Items", "iter_items", "read_items", "read_texts",
            "resolve_dataset"]
 
-DATASETS = {"debtags": "debtags-bookworm.jsonl.gz"}
+DATASETS = {"debtags": "debtags-bookworm.jsonl.gz", "debtags-labels": "debtags-labels.jsonl"}
 
 
 def _show(v: Any) -> str:

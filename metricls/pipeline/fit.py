@@ -14,15 +14,17 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
+from metricls.ann import make_index
 from metricls.metrics import precision_at_k, psp_at_k
-from metricls.pipeline.features import pick
+from metricls.pipeline.features import WIDE_KNN, pick
 from metricls.pipeline.rerank import DEPTH, Reranker, ranked
 from metricls.pipeline.scoring import Scoring, tune_global_threshold, tune_label_thresholds
 from metricls.pipeline.search import Neighbours, search
 from metricls.pipeline.state import TaggerState
-from metricls.pipeline.tag import candidates, combine
+from metricls.pipeline.tag import added_candidates, candidates, combine
 from metricls.pipeline.trees import TreeEnsemble
 from metricls.progress import progress
+from metricls.prototypes import normalize_rows
 
 log = logging.getLogger(__name__)
 MIN_ITEMS = 50  # validation items needed to fit a reranker
@@ -120,3 +122,88 @@ def tune_reranker(state: TaggerState, found: Neighbours, scoring: Scoring, Y: sp
     if score <= plain:
         return None, None, report
     return Reranker(fit_trees(cand.features[real], y[real], seed)), (scores, ids), report
+
+
+SIMULATED_SHOTS = (0, 1, 5, 20)  # examples per simulated added label (0: its text alone)
+SIMULATED_SHARE = 0.5  # of the labels with enough training items
+
+
+def fit_added_reranker(state: TaggerState, emb: np.ndarray, Y: sp.csr_matrix,
+                       texts: list[str] | None, *, train_texts: list[str] | None,
+                       label_emb: np.ndarray | None, label_texts: list[str] | None,
+                       seed: int = 0) -> tuple[Reranker | None, dict | str]:
+    """The few-shot reranker: trees for P(true label) of labels made after training.
+
+    Labels added to a built tagger look different from trained ones to the reranker: a mean
+    or text prototype, a handful of items, no co-occurrence. So build-index simulates them: a
+    seeded `SIMULATED_SHARE` of the labels with more than max(`SIMULATED_SHOTS`) training
+    items are re-made as `Tagger.add_label` would make them, each from a seeded draw of
+    0, 1, 5 or 20 of its training items (0: the embedding of its name and description,
+    `label_emb`): no training item carries it any more, and its examples join the item index
+    as new items carrying it alone. The trees are
+    fitted on the validation queries' candidates among those labels (`added_candidates`).
+
+    Args:
+        state: the built state with its (trained-label) reranker.
+        emb, Y, texts: the validation queries, their labels and texts.
+        train_texts: the indexed items' texts (their TF-IDF prototypes), when the tagger
+            reads texts.
+        label_emb, label_texts: each label's zero-shot text and its embedding (None: no
+            zero-shot draws).
+    """
+    rng = np.random.default_rng(seed)
+    Yc = sp.csc_matrix(state.item_labels[:state.trained_items])
+    counts = np.diff(Yc.indptr)
+    eligible = np.flatnonzero(counts > max(SIMULATED_SHOTS))
+    chosen = np.sort(rng.choice(eligible, int(len(eligible) * SIMULATED_SHARE), replace=False))
+    if len(chosen) < 2 or len(emb) < MIN_ITEMS:
+        return None, f"skipped: {len(chosen)} labels to simulate, {len(emb)} validation items"
+    shots = [s for s in SIMULATED_SHOTS if s > 0 or label_emb is not None]
+    vectors = state.item_index.reconstruct()[:state.trained_items]
+    prototypes, keep = state.prototypes.copy(), {}
+    tfidf = state.tfidf.centroids.tolil() if state.tfidf is not None else None
+    for label in chosen:
+        s = int(rng.choice(shots))
+        rows = rng.permutation(Yc.indices[Yc.indptr[label]:Yc.indptr[label + 1]])[:s]
+        keep[int(label)] = rows
+        prototypes[label] = normalize_rows(vectors[rows].mean(axis=0, keepdims=True))[0] \
+            if s else label_emb[label]
+        if tfidf is not None:
+            words = [train_texts[r] for r in rows] if s and train_texts else [label_texts[label]]
+            tfidf[label] = _unit_row(state.tfidf.prototype(words))
+    added = np.zeros(len(prototypes), bool)
+    added[chosen] = True
+    scoring = dataclasses.replace(state.scoring, label_added=added.astype(float).tolist())
+    proto_index = make_index("flat", prototypes.shape[1])
+    proto_index.build(prototypes)
+    examples = np.concatenate([rows for rows in keep.values()] + [np.zeros(0, np.int64)])
+    owners = np.concatenate([np.full(len(rows), label) for label, rows in keep.items()]
+                            + [np.zeros(0, np.int64)])
+    Y_trained = state.item_labels[:state.trained_items]
+    Y_trained = sp.csr_matrix(Y_trained @ sp.diags((~added).astype(np.float32)))
+    Y_trained.eliminate_zeros()
+    Y_examples = sp.csr_matrix((np.ones(len(owners), np.float32),
+                                (np.arange(len(owners)), owners)), shape=(len(owners), len(added)))
+    item_index = make_index("flat", vectors.shape[1])
+    item_index.build(np.vstack([vectors, vectors[examples]]))
+    simulated = state.replace(
+        prototypes=prototypes, proto_index=proto_index, scoring=scoring, item_index=item_index,
+        item_labels=sp.vstack([Y_trained, Y_examples], format="csr"), item_ids=None,
+        tfidf=None if tfidf is None else dataclasses.replace(
+            state.tfidf, centroids=sp.csr_matrix(tfidf, dtype=np.float32)))
+    found = search(simulated, emb, candidates=max(scoring.candidates, DEPTH),
+                   knn=max(scoring.knn, WIDE_KNN), texts=texts)
+    cand = added_candidates(simulated, found, scoring, added)
+    mine = cand.ids >= 0
+    y = (pick(sp.csr_matrix(Y), np.maximum(cand.ids, 0)) > 0) & mine
+    if len(np.unique(y[mine])) < 2:
+        return None, "skipped: no true (or no false) candidate among the simulated labels"
+    report = {"labels": len(chosen), "candidates": int(mine.sum()),
+              "true": int(y[mine].sum())}
+    return Reranker(fit_trees(cand.features[mine], y[mine], seed)), report
+
+
+def _unit_row(row: sp.csr_matrix) -> sp.csr_matrix:
+    """A (1, V) sparse row scaled to unit length (an empty row stays empty)."""
+    norm = float(np.sqrt(row.multiply(row).sum()))
+    return row / norm if norm > 0 else row

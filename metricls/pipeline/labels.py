@@ -17,7 +17,6 @@ the examples and swap the result in. No module here imports `Tagger`.
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +37,6 @@ from metricls.validation import check_texts, describe
 MODES = ("replace", "merge")
 
 
-def label_text(name: str) -> str:
-    """A label name as words for zero-shot embedding: "works-with::image" -> "works with image"."""
-    return " ".join(re.sub(r"[:_\-/]+", " ", name).split())
-
-
 def check_name(name: Any) -> str:
     """A label name: a non-empty string, no surrounding spaces, valid Unicode (no lone
     surrogates, which no file can hold)."""
@@ -58,7 +52,8 @@ def check_name(name: Any) -> str:
 
 
 def add_label(state: TaggerState, name: str, label_emb: np.ndarray, example_emb: np.ndarray,
-              texts: list[str], *, add_items: bool) -> TaggerState:
+              texts: list[str], *, add_items: bool,
+              description: str | None = None) -> TaggerState:
     """`state` with label `name` added as the new last id.
 
     Args:
@@ -70,6 +65,7 @@ def add_label(state: TaggerState, name: str, label_emb: np.ndarray, example_emb:
         texts: the texts among the examples and the label text (its TF-IDF prototype).
         add_items: also add the examples to the item index, carrying only this label, so the
             neighbour vote can return it.
+        description: the label's description, kept in `state.descriptions` (None: as it is).
 
     Raises:
         InputError: a name that exists or is not a valid name.
@@ -81,19 +77,21 @@ def add_label(state: TaggerState, name: str, label_emb: np.ndarray, example_emb:
     L = len(state.vocab)
     Y = sp.hstack([state.item_labels, sp.csr_matrix((state.item_labels.shape[0], 1))],
                   format="csr", dtype=np.float32)
-    return _commit(state, state.vocab.with_label(name, len(example_emb)),
-                   np.vstack([state.prototypes, _mean(label_emb)]), Y,
-                   _label_lists(state, append=True),
+    prototypes = np.vstack([state.prototypes, _mean(label_emb)])
+    return _commit(state, state.vocab.with_label(name, len(example_emb)), prototypes, Y,
+                   _marked(_label_lists(state, append=True), L, L + 1),
                    new_items=example_emb if add_items else None, label=L, appended=True,
-                   tfidf=_tfidf(state, texts))
+                   tfidf=_tfidf(state, texts), described=(name, description))
 
 
 def update_label(state: TaggerState, name: str, label_emb: np.ndarray, example_emb: np.ndarray,
-                 texts: list[str], *, mode: str, add_items: bool) -> tuple[TaggerState, int]:
+                 texts: list[str], *, mode: str, add_items: bool,
+                 description: str | None = None) -> tuple[TaggerState, int]:
     """`state` with label `name`'s prototype re-made, and its id.
 
     Args:
-        state, label_emb, example_emb, texts, add_items: as in `add_label` (`name` must exist).
+        state, label_emb, example_emb, texts, add_items, description: as in `add_label`
+            (`name` must exist).
         mode: "replace": the label is defined by the new examples alone (prototype = their
             normalised mean, no item carries it any more unless `add_items` adds the examples,
             so examples it brought before leave the item index, and its tuned threshold falls
@@ -117,9 +115,9 @@ def update_label(state: TaggerState, name: str, label_emb: np.ndarray, example_e
                               + label_emb.sum(axis=0, keepdims=True))[0]
         counts[i] += len(example_emb)
     vocab = LabelVocab(state.vocab.names, counts, state.vocab.n_items)
-    return _commit(state, vocab, prototypes, Y, per_label,
+    return _commit(state, vocab, prototypes, Y, _marked(per_label, i, len(prototypes)),
                    new_items=example_emb if add_items else None, label=i, appended=False,
-                   tfidf=tfidf), i
+                   tfidf=tfidf, described=(name, description)), i
 
 
 def remove_label(state: TaggerState, name: str) -> tuple[TaggerState, int]:
@@ -203,8 +201,17 @@ def _fallback_bias(state: TaggerState) -> float:
     return float(np.median(state.scoring.label_bias))
 
 
-# The Scoring fields holding one value per label, and the value a label without its own gets.
-_PER_LABEL_FALLBACKS = {"label_thresholds": _fallback_threshold, "label_bias": _fallback_bias}
+# The Scoring fields holding one value per label, and the value a label without its own gets
+# (a label made after training is then marked by `_marked`).
+_PER_LABEL_FALLBACKS = {"label_thresholds": _fallback_threshold, "label_bias": _fallback_bias,
+                        "label_added": lambda state: 0.0}
+
+def _marked(per_label: dict[str, list[float]], label: int,
+            n_labels: int) -> dict[str, list[float]]:
+    """`per_label` with `label` marked as made after training (`Scoring.label_added`)."""
+    added = list(per_label["label_added"]) or [0.0] * n_labels
+    added[label] = 1.0
+    return per_label | {"label_added": added}
 
 
 def _label_lists(state: TaggerState, *, append: bool = False, reset: int | None = None,
@@ -229,40 +236,60 @@ def _label_lists(state: TaggerState, *, append: bool = False, reset: int | None 
 def _commit(state: TaggerState, vocab: LabelVocab, prototypes: np.ndarray,
             item_labels: sp.csr_matrix, per_label: dict[str, list[float]], *,
             new_items: np.ndarray | None, label: int | None, appended: bool,
-            tfidf: TfidfPrototypes | None) -> TaggerState:
+            tfidf: TfidfPrototypes | None,
+            described: tuple[str, str | None] | None = None) -> TaggerState:
     """The new state: every check on user input has passed by now.
 
     `per_label` replaces the scoring's per-label lists (see `_label_lists`); `new_items`
     (m, d) join the item index carrying only `label`; examples left without a label leave it;
     `appended`: the only new prototype is the last row (added to a copy of the index), else
-    the prototype index is rebuilt; `tfidf` replaces the TF-IDF prototypes.
+    the prototype index is rebuilt; `tfidf` replaces the TF-IDF prototypes; `described`:
+    (label, description) to record (a None description leaves the known one).
     """
-    item_index, item_labels = _without_orphans(state, sp.csr_matrix(item_labels))
+    item_index, item_labels, item_ids = _without_orphans(state, sp.csr_matrix(item_labels))
     if new_items is not None and len(new_items):
         rows = sp.csr_matrix((np.ones(len(new_items), np.float32),
                               (np.arange(len(new_items)), np.full(len(new_items), label))),
                              shape=(len(new_items), len(vocab)))
+        if item_ids is not None:
+            item_ids = (*item_ids, *_example_ids(item_ids, vocab.names[label], len(new_items)))
         item_labels = sp.vstack([item_labels, rows], format="csr", dtype=np.float32)
         item_index = _appended(item_index, new_items, "items")
+    descriptions = dict(state.descriptions)
+    if described is not None and described[1] is not None:
+        descriptions[described[0]] = described[1]
     n_items = vocab.n_items + item_labels.shape[0] - state.item_labels.shape[0]
     return state.replace(
         vocab=LabelVocab(vocab.names, vocab.counts, n_items), prototypes=prototypes,
         proto_index=(_appended(state.proto_index, prototypes[-1:], "prototypes") if appended
                      else _rebuilt(state.proto_index, prototypes)),
         item_index=item_index, item_labels=item_labels, tfidf=tfidf,
-        scoring=dataclasses.replace(state.scoring, **per_label))
+        scoring=dataclasses.replace(state.scoring, **per_label), item_ids=item_ids,
+        descriptions=descriptions)
 
 
-def _without_orphans(state: TaggerState,
-                     item_labels: sp.csr_matrix) -> tuple[AnnIndex, sp.csr_matrix]:
-    """The item index and labels without the examples (rows past `trained_items`) that carry
-    no label any more; the index is rebuilt only when some go."""
+def _example_ids(ids: tuple[str, ...], name: str, n: int) -> list[str]:
+    """Ids for `n` new examples of label `name`: "NAME#example-N", numbered on from the
+    label's examples already indexed."""
+    prefix = f"{name}#example-"
+    taken = [int(i[len(prefix):]) for i in ids if i.startswith(prefix)
+             and i[len(prefix):].isdigit()]
+    start = max(taken, default=-1) + 1
+    return [f"{prefix}{start + j}" for j in range(n)]
+
+
+def _without_orphans(state: TaggerState, item_labels: sp.csr_matrix
+                     ) -> tuple[AnnIndex, sp.csr_matrix, tuple[str, ...] | None]:
+    """The item index, labels and ids without the examples (rows past `trained_items`) that
+    carry no label any more; the index is rebuilt only when some go."""
     added = np.arange(item_labels.shape[0]) >= state.trained_items
     orphans = added & (np.diff(item_labels.indptr) == 0)
     if not orphans.any():
-        return state.item_index, item_labels
+        return state.item_index, item_labels, state.item_ids
     keep = np.flatnonzero(~orphans)
-    return _rebuilt(state.item_index, state.item_index.reconstruct()[keep]), item_labels[keep]
+    ids = None if state.item_ids is None else tuple(state.item_ids[i] for i in keep)
+    return (_rebuilt(state.item_index, state.item_index.reconstruct()[keep]), item_labels[keep],
+            ids)
 
 
 def _appended(index: AnnIndex, vectors: np.ndarray, what: str) -> AnnIndex:

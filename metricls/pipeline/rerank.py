@@ -75,11 +75,15 @@ def ranked(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.
     """Sort each row's candidates by score (padding, id -1, last) and keep k, padding to k."""
     scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    s, i = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
-    if s.shape[1] < k:
-        pad = k - s.shape[1]
-        s = np.pad(s, ((0, 0), (0, pad)), constant_values=-np.inf)
-        i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
-    return s, i
+    return padded(np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1), k)
+
+
+def padded(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids) widened to k columns with -inf / -1 (as they are when wide enough)."""
+    if scores.shape[1] >= k:
+        return scores, ids
+    pad = ((0, 0), (0, k - scores.shape[1]))
+    return (np.pad(scores, pad, constant_values=-np.inf),
+            np.pad(ids, pad, constant_values=-1))
 
 

@@ -25,6 +25,12 @@ class Scoring:
 
     `label_bias` holds the per-label offsets learned with ``train.label_bias`` (empty: none);
     they re-rank the candidates that the prototype search returns by cosine alone.
+    `tail_weight` orders the tags after the first `TAIL_FROM` by score / propensity^weight
+    among the best `TAIL_DEPTH` (`with_tail`); 0: by score alone.
+
+    `label_added` marks the labels made after training (`metricls.pipeline.labels`: added,
+    or re-made by an update) with 1.0, trained labels with 0.0; the reranker scores them
+    apart (`tag.reranked`). Empty: no label was made after training.
     """
 
     blend: float = 0.5
@@ -35,6 +41,8 @@ class Scoring:
     label_thresholds: list[float] = field(default_factory=list)
     bias_weight: float = 1.0
     label_bias: list[float] = field(default_factory=list)
+    label_added: list[float] = field(default_factory=list)
+    tail_weight: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -43,6 +51,12 @@ class Scoring:
     def bias_array(self) -> np.ndarray:
         """`label_bias` as a float32 array, made once per Scoring (it is frozen)."""
         return np.asarray(self.label_bias, dtype=np.float32)
+
+    @functools.cached_property
+    def added_mask(self) -> np.ndarray | None:
+        """(L,) bool: the labels made after training; None when there is none."""
+        mask = np.asarray(self.label_added, dtype=np.float32) > 0
+        return mask if mask.any() else None
 
     @functools.cached_property
     def threshold_array(self) -> np.ndarray:
@@ -57,6 +71,7 @@ class Scoring:
         per-label lists of 0 or `n_labels` values (any length without `n_labels`)."""
         fix = remedy(source)
         names = [f.name for f in fields(cls)]
+        d = {"label_added": [], "tail_weight": 0.0, **d}  # absent from older folders
         unknown, missing = sorted(set(d) - set(names)), [k for k in names if k not in d]
         if unknown or missing:
             what = f"unknown key {unknown[0]!r}" if unknown else f"missing key {missing[0]!r}"
@@ -71,7 +86,8 @@ class Scoring:
                 raise bad(key, "a positive int")
         numbers = {"blend": ("a number in [0, 1]", lambda v: 0 <= v <= 1),
                    "temperature": ("a number > 0", lambda v: v > 0),
-                   "bias_weight": ("a finite number", lambda v: True)}
+                   "bias_weight": ("a finite number", lambda v: True),
+                   "tail_weight": ("a number >= 0", lambda v: v >= 0)}
         for key, (expected, ok) in numbers.items():
             if not _finite(d[key]) or not ok(d[key]):
                 raise bad(key, expected)
@@ -87,7 +103,7 @@ class Scoring:
         return cls(**d)
 
 
-PER_LABEL = ("label_thresholds", "label_bias")  # Scoring fields with one value per label
+PER_LABEL = ("label_thresholds", "label_bias", "label_added")  # one value per label
 
 
 def _finite(value: object) -> bool:
@@ -138,6 +154,25 @@ def prototype_matrix(proto_scores: np.ndarray, proto_ids: np.ndarray,
 def blend_scores(P: sp.csr_matrix, V: sp.csr_matrix, blend: float) -> sp.csr_matrix:
     """blend * P + (1 - blend) * V, both (n, L) sparse."""
     return sp.csr_matrix(blend * P + (1.0 - blend) * V)
+
+
+TAIL_FROM, TAIL_DEPTH = 5, 50  # `Scoring.tail_weight`: the first 5 stay, the best 50 compete
+
+
+def with_tail(scores: np.ndarray, ids: np.ndarray, weight: float, propensities: np.ndarray,
+              k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (scores, ids) of a ranked list: its first `TAIL_FROM` as they are, then the rest
+    by score / propensity^`weight` (rare labels rise; a propensity is the chance that a true
+    label was annotated, `LabelVocab.propensities`). Scores stay the scores; -1 pads last."""
+    if weight == 0 or ids.shape[1] <= TAIL_FROM:
+        return scores[:, :k], ids[:, :k]
+    rest_s, rest_i = scores[:, TAIL_FROM:], ids[:, TAIL_FROM:]
+    boost = np.power(propensities[np.maximum(rest_i, 0)], -weight)
+    key = np.where(rest_i >= 0, rest_s * boost, -np.inf)
+    order = np.argsort(-key, axis=1, kind="stable")
+    return (np.concatenate([scores[:, :TAIL_FROM], np.take_along_axis(rest_s, order, 1)],
+                           1)[:, :k],
+            np.concatenate([ids[:, :TAIL_FROM], np.take_along_axis(rest_i, order, 1)], 1)[:, :k])
 
 
 def top_k(S: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:

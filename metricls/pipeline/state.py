@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import types
+from collections.abc import Mapping
 
 import numpy as np
 import scipy.sparse as sp
@@ -53,8 +55,14 @@ class TaggerState:
         scoring: blend, vote and thresholds (per-label lists have L entries or none).
         tfidf: TF-IDF label prototypes (L rows), or None.
         reranker: trees over candidate features, or None (scores are the blend).
+        added_reranker: trees that score the candidates of labels made after training
+            (fitted on simulated ones, `fit.fit_added_reranker`); None: `reranker` does.
         trained_items: rows of `item_labels` from the build; later rows are the examples of
             labels added or updated since, and go when their label goes.
+        item_ids: the id of each row of `item_labels` (the data's id column; examples of
+            added labels get "LABEL#example-N"), or None for a folder written without them.
+        descriptions: {label: description} of the data's label table and of labels added
+            with one; a label may be described before it is added (zero-shot from it).
     """
 
     vocab: LabelVocab
@@ -65,7 +73,10 @@ class TaggerState:
     scoring: Scoring
     tfidf: TfidfPrototypes | None = None
     reranker: Reranker | None = None
+    added_reranker: Reranker | None = None
     trained_items: int | None = None
+    item_ids: tuple[str, ...] | None = None
+    descriptions: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise the arrays once, here
@@ -73,11 +84,22 @@ class TaggerState:
         set_(self, "item_labels", sp.csr_matrix(self.item_labels, dtype=np.float32))
         if self.trained_items is None:
             set_(self, "trained_items", self.item_labels.shape[0])
+        if self.item_ids is not None:
+            set_(self, "item_ids", tuple(self.item_ids))
+            if len(self.item_ids) != self.item_labels.shape[0]:
+                raise ValueError(f"{len(self.item_ids)} item ids for "
+                                 f"{self.item_labels.shape[0]} rows of item_labels")
+        set_(self, "descriptions", types.MappingProxyType(dict(self.descriptions)))
 
     @functools.cached_property
     def label_stats(self) -> LabelStats:
         """Label counts and co-occurrence of `item_labels` (the reranker's features)."""
         return LabelStats.of(self.item_labels)
+
+    @functools.cached_property
+    def propensities(self) -> np.ndarray:
+        """(L,) label propensities of the vocabulary (`LabelVocab.propensities`)."""
+        return self.vocab.propensities()
 
     def replace(self, **changes: object) -> TaggerState:
         """A new state with `changes` (the cached statistics are recomputed when read)."""

@@ -16,8 +16,10 @@ import scipy.sparse as sp
 
 from metricls.errors import InputError
 from metricls.pipeline.features import WIDE_KNN, candidate_features
-from metricls.pipeline.rerank import Candidates
+from metricls.pipeline.rerank import Candidates, padded, ranked
 from metricls.pipeline.scoring import (
+    TAIL_DEPTH,
+    TAIL_FROM,
     Scoring,
     apply_thresholds,
     blend_scores,
@@ -25,12 +27,18 @@ from metricls.pipeline.scoring import (
     top_k,
     vote_matrix,
     with_label_bias,
+    with_tail,
 )
 from metricls.pipeline.search import Neighbours, search
 from metricls.pipeline.state import TaggerState
 from metricls.validation import check_k, to_number
 
 SCORE_BATCH = 2048  # rows scored at a time: memory stays O(batch x candidates)
+ADDED_DEPTH = 20  # candidates among the labels added after training, per query
+# an added label's probability: this share from the few-shot reranker, the rest from the
+# trained labels' (chosen on valid, see docs/labels.md)
+FEW_SHOT_WEIGHT = 0.3
+MAX_EXTRA = 1000  # most added labels (and examples) the searches look beyond
 
 
 def score(state: TaggerState, emb: np.ndarray, k: int,
@@ -59,18 +67,48 @@ def neighbours(state: TaggerState, emb: np.ndarray, k: int,
         if reads_texts(state) and texts is None:
             raise InputError("texts: this tagger's reranker reads the texts beside their "
                              "embeddings (TF-IDF prototypes); pass texts=")
-        return search(state, emb, candidates=max(s.candidates, state.reranker.depth, k),
-                      knn=max(s.knn, WIDE_KNN), texts=texts)
-    return search(state, emb, candidates=max(s.candidates, k), knn=s.knn if s.blend < 1 else 0)
+        extra = _added_counts(state)  # searched beyond, so that the trained ones are complete
+        return search(state, emb,
+                      candidates=max(s.candidates, state.reranker.depth, _depth(s, k)) + extra[0],
+                      knn=max(s.knn, WIDE_KNN) + extra[1], texts=texts)
+    return search(state, emb, candidates=max(s.candidates, _depth(s, k)),
+                  knn=s.knn if s.blend < 1 else 0)
+
+
+def _depth(scoring: Scoring, k: int) -> int:
+    """How many labels are ranked for top-k: `TAIL_DEPTH` when the tail is re-ordered."""
+    return max(k, TAIL_DEPTH) if scoring.tail_weight and k > TAIL_FROM else k
 
 
 def combine(state: TaggerState, found: Neighbours, k: int,
             scoring: Scoring) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (scores, ids) of one search: the reranker's probabilities when the state has one,
     else the blend of prototype similarity and the neighbour vote under `scoring`."""
+    depth = _depth(scoring, k)
     if state.reranker is not None:
-        return state.reranker.top_k(
-            candidates(state, found, scoring, max(state.reranker.depth, k)), k)
+        depth_k = max(state.reranker.depth, k)
+        probabilities, cand = reranked(state, found, scoring, max(depth_k, depth))
+        if depth == k:
+            return ranked(probabilities, cand.ids, k)
+        # the reranker's own depth ranks first, as without the tail, so the first places
+        # stay what they were; the deeper candidates compete for the places after them
+        deeper = np.zeros(cand.ids.shape, bool)
+        deeper[:, depth_k:max(depth_k, depth)] = True
+        order = np.argsort(np.where(cand.ids >= 0, -probabilities + 2.0 * deeper, np.inf),
+                           axis=1, kind="stable")[:, :depth]
+        best = (np.where(np.take_along_axis(cand.ids, order, 1) >= 0,
+                         np.take_along_axis(probabilities, order, 1), -np.inf).astype(np.float32),
+                np.take_along_axis(cand.ids, order, 1))
+    else:
+        best = top_k(blend_scores(*_blend_parts(state, found, scoring), scoring.blend), depth)
+    if depth == k:
+        return best
+    return padded(*with_tail(*best, scoring.tail_weight, state.propensities, k), k)
+
+
+def _blend_parts(state: TaggerState, found: Neighbours,
+                 scoring: Scoring) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """The prototype and vote matrices (n, L) of the blend (empty where its weight is 0)."""
     n_labels = len(state.vocab)
     P = V = sp.csr_matrix((len(found.proto_ids), n_labels), dtype=np.float32)
     if scoring.blend > 0:
@@ -79,13 +117,87 @@ def combine(state: TaggerState, found: Neighbours, k: int,
     if scoring.blend < 1:
         V = vote_matrix(found.item_scores[:, :scoring.knn], found.item_ids[:, :scoring.knn],
                         state.item_labels, scoring.temperature)
-    return top_k(blend_scores(P, V, scoring.blend), k)
+    return P, V
 
 
 def candidates(state: TaggerState, found: Neighbours, scoring: Scoring,
                depth: int) -> Candidates:
     """The reranker's view of the `depth` best prototypes: their ids and features."""
     return candidate_features(found, state.item_labels, state.label_stats, scoring, depth)
+
+
+def reranked(state: TaggerState, found: Neighbours, scoring: Scoring,
+             depth: int) -> tuple[np.ndarray, Candidates]:
+    """The reranker's probabilities (n, c) of its candidates, and the candidates.
+
+    With labels added after training (`Scoring.added_mask`), the trained labels are scored
+    as if none had been added: their features come from the search without the added
+    prototypes and without the examples they brought into the item index, so an added label
+    never changes a trained label's score. The added labels (`added_candidates`) are scored
+    among all the candidates by the trained labels' reranker, mixed with the few-shot
+    reranker (`FEW_SHOT_WEIGHT`; fitted on simulated added labels at build time) when the
+    tagger has one; the two sets are joined (ids -1 pad).
+    """
+    reranker = state.reranker
+    added = scoring.added_mask
+    if added is None:
+        cand = candidates(state, found, scoring, depth)
+        return reranker.score(cand.features), cand
+    own = candidates(state, _without_added(found, added, state.trained_items,
+                                           max(scoring.candidates, depth),
+                                           max(scoring.knn, WIDE_KNN)), scoring, depth)
+    new = added_candidates(state, found, scoring, added)
+    cand = Candidates(np.concatenate([own.ids, new.ids], axis=1),
+                      np.concatenate([own.features, new.features], axis=1))
+    scores = reranker.score(new.features)
+    if state.added_reranker is not None:
+        scores = (1 - FEW_SHOT_WEIGHT) * scores \
+            + FEW_SHOT_WEIGHT * state.added_reranker.score(new.features)
+    return np.concatenate([reranker.score(own.features), scores], axis=1), cand
+
+
+def added_candidates(state: TaggerState, found: Neighbours, scoring: Scoring,
+                     added: np.ndarray) -> Candidates:
+    """The `ADDED_DEPTH` best added labels of each query by cosine, with their features among
+    every searched candidate (so their rank may exceed the reranker's depth)."""
+    every = candidates(state, found, scoring, found.proto_ids.shape[1])
+    mine = (every.ids >= 0) & added[np.maximum(every.ids, 0)]
+    order = np.argsort(~mine, axis=1, kind="stable")[:, :ADDED_DEPTH]
+    ids = np.where(np.take_along_axis(mine, order, 1), np.take_along_axis(every.ids, order, 1),
+                   -1)
+    return Candidates(ids, np.take_along_axis(every.features, order[:, :, None], 1))
+
+
+def _added_counts(state: TaggerState) -> tuple[int, int]:
+    """How many labels and indexed examples were added after training (at most
+    `MAX_EXTRA` each): the searches look that much further, so that without them the trained
+    labels' candidates and neighbours are what they were before (`_without_added`)."""
+    added = state.scoring.added_mask
+    labels = 0 if added is None else int(added.sum())
+    return (min(labels, MAX_EXTRA),
+            min(state.item_labels.shape[0] - state.trained_items, MAX_EXTRA))
+
+
+def _without_added(found: Neighbours, added: np.ndarray, trained_items: int,
+                   candidates: int, knn: int) -> Neighbours:
+    """The search results without the added labels' prototypes and without the items past
+    the trained ones (their examples), the rest moved left in order (-1 / -inf padding) and
+    cut to the `candidates` and `knn` a search without them returns."""
+    proto = _kept(found.proto_scores, found.proto_ids,
+                  (found.proto_ids >= 0) & ~added[np.maximum(found.proto_ids, 0)])
+    items = _kept(found.item_scores, found.item_ids,
+                  (found.item_ids >= 0) & (found.item_ids < trained_items))
+    return Neighbours(proto[0][:, :candidates], proto[1][:, :candidates],
+                      items[0][:, :knn], items[1][:, :knn], found.tfidf)
+
+
+def _kept(scores: np.ndarray, ids: np.ndarray,
+          keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's kept entries first, in their order; the rest become -inf / -1."""
+    order = np.argsort(~keep, axis=1, kind="stable")
+    kept = np.take_along_axis(keep, order, 1)
+    return (np.where(kept, np.take_along_axis(scores, order, 1), -np.inf).astype(np.float32),
+            np.where(kept, np.take_along_axis(ids, order, 1), -1))
 
 
 def named(state: TaggerState, scores: np.ndarray, ids: np.ndarray,

@@ -20,6 +20,7 @@ from torch import nn
 
 from metricls.config import Config, dump_config
 from metricls.data.dataset import Dataset
+from metricls.data.descriptions import label_text
 from metricls.data.sampler import LabelBatchSampler
 from metricls.encoders.model import EmbeddingModel, build_model
 from metricls.errors import ConfigError
@@ -154,6 +155,11 @@ def _fit(cfg: Config, data: Dataset, ctx: DistContext) -> TrainResult:
         prepared = model.prepare(data.train.texts, data.train.features, cache=True)
         prepared_valid = (model.prepare(data.valid.texts, data.valid.features, cache=True)
                           if ctx.is_main else None)
+    label_texts = None
+    if cfg.miner.label_text_weight > 0 and model.needs == {"texts"}:
+        texts = [label_text(n, data.descriptions.get(n)) for n in data.vocab.names]
+        label_texts = (model.prepare(texts, None, cache=True), np.arange(len(texts)),
+                       torch.eye(len(texts), device=device))
     label_vectors = nn.Parameter(torch.randn(len(data.vocab), model.out_dim, device=device) * 0.05)
     label_bias = (nn.Parameter(torch.zeros(len(data.vocab), device=device))
                   if cfg.train.label_bias else None)
@@ -193,6 +199,11 @@ def _fit(cfg: Config, data: Dataset, ctx: DistContext) -> TrainResult:
                 if m.item_weight > 0:
                     loss = loss + m.item_weight * loss_fn(
                         emb, indices_tuple=item_miner(emb, yb))
+                if label_texts is not None:  # each label's text is an item carrying it alone
+                    own = trainable.extend(trainable.model(label_texts[0], label_texts[1]))
+                    loss = loss + m.label_text_weight * loss_fn(
+                        own, indices_tuple=label_miner(own, label_texts[2], ref_emb=vectors),
+                        ref_emb=vectors)
             value = float(loss.detach())
             if not math.isfinite(value):  # stop before the step writes NaN into every weight
                 raise _diverged(cfg, precision, f"epoch {epoch + 1}, step {step}: loss is {value}")

@@ -1,0 +1,119 @@
+"""Label descriptions (data.label_table), and labels added after training scored apart from
+the trained ones."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import ROOT, TINY
+
+from metricls import Tagger, build_index, load_config, train_embedder
+from metricls.data.dataset import Dataset, read_config_items
+from metricls.data.descriptions import label_text, read_descriptions
+from metricls.errors import InputError
+
+
+# ---- the label table ---------------------------------------------------------------------------
+def test_read_descriptions_of_a_table(tmp_path):
+    table = tmp_path / "labels.csv"
+    table.write_text('label,description,extra\nfacet0::tag0,"  the  first\n tag ",x\n'
+                     "facet1::tag1,the second,y\n")
+    assert read_descriptions(table) == {"facet0::tag0": "the first tag",
+                                        "facet1::tag1": "the second"}
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"label": "a::b"}\n', "labels.jsonl: no column 'description'"),
+    ('{"label": "a::b", "description": "x"}\n{"label": "c::d"}\n',
+     "labels.jsonl:2: field 'description' must be a non-empty string"),
+    ('{"label": "a::b", "description": " "}\n', "labels.jsonl:1: field 'description'"),
+    ('{"label": "a::b", "description": "x"}\n{"label": "a::b", "description": "y"}\n',
+     "labels.jsonl:2: field 'label' repeats id 'a::b' (first on line 1)"),
+    ('{"name": "a::b", "description": "x"}\n', "no column 'label'"),
+    ('{"label": " a::b", "description": "x"}\n', "labels.jsonl:1: field 'label' must not"),
+])
+def test_bad_label_tables_name_the_line_and_field(tmp_path, text, message):
+    table = tmp_path / "labels.jsonl"
+    table.write_text(text)
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_descriptions(table)
+
+
+def test_the_packaged_debtags_table_describes_the_debtags_labels():
+    found = read_descriptions("debtags-labels")
+    assert found["role::program"] == "Program. Executable computer program."
+    cfg = load_config(ROOT / "configs" / "debtags.yaml")
+    labels = {label for row in read_config_items(cfg.data).labels for label in row}
+    assert len(labels & set(found)) / len(labels) > 0.95
+
+
+def test_label_text_joins_name_and_description():
+    assert label_text("works-with::image") == "works with image"
+    assert label_text("role::program", "Program. Runs.") == "role program: Program. Runs."
+    with pytest.raises(InputError, match="description"):
+        label_text("a::b", "  ")
+
+
+# ---- a tagger with descriptions ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def described_dir(tmp_path_factory, synthetic_path):
+    """The tiny tagger trained with a label table (and the label-text loss)."""
+    folder = tmp_path_factory.mktemp("described")
+    table = folder / "labels.jsonl"
+    table.write_text("".join(json.dumps({"label": f"facet{i % 3}::tag{i}",
+                                         "description": f"w{i}x0 w{i}x1 w{i}x2 w{i}x3"}) + "\n"
+                             for i in range(20)))
+    cfg = load_config(TINY, [f"data.path={synthetic_path}", f"data.label_table={table}",
+                             "miner.label_text_weight=1.0", "data.exclude_labels=[facet1::tag4]"])
+    train_embedder(cfg, out=folder / "tagger")
+    build_index(folder / "tagger")
+    return folder / "tagger"
+
+
+def test_a_tagger_keeps_its_label_table_and_adds_zero_shot_from_it(described_dir, tmp_path):
+    tagger = Tagger.load(described_dir)
+    assert "facet1::tag4" not in tagger.labels  # held out of training ...
+    assert tagger.state.descriptions["facet1::tag4"] == "w4x0 w4x1 w4x2 w4x3"  # ... yet described
+    assert Dataset.load(tagger.config.data).summary()["labels_described"] == len(tagger.labels)
+    new = tagger.add_label("facet1::tag4")  # zero-shot: from its name and description
+    text = label_text("facet1::tag4", "w4x0 w4x1 w4x2 w4x3")
+    np.testing.assert_allclose(tagger.prototypes[new], tagger.embed([text])[0], atol=1e-6)
+    items = read_config_items(tagger.config.data).subset("test")
+    carrying = [t for t, labels in zip(items.texts, items.labels) if "facet1::tag4" in labels]
+    found = [dict(tags) for tags in tagger.predict(carrying, k=5)]
+    assert np.mean(["facet1::tag4" in tags for tags in found]) > 0.5
+    tagger.add_label("new::own", description="noise1 noise2")
+    tagger.save(tmp_path / "copy")
+    assert Tagger.load(tmp_path / "copy").state.descriptions["new::own"] == "noise1 noise2"
+
+
+def test_build_fits_a_few_shot_reranker(described_dir):
+    tagger = Tagger.load(described_dir)
+    assert tagger.state.added_reranker is not None
+    report = json.loads((described_dir / "manifest.json").read_text())["build"]
+    assert report["added_reranker"]["labels"] >= 1 and report["added_reranker"]["true"] > 0
+
+
+def test_added_labels_leave_the_trained_labels_scores_as_they_were(tiny_tagger_copy):
+    tagger = Tagger.load(tiny_tagger_copy)
+    assert tagger.state.reranker is not None
+    items = read_config_items(tagger.config.data).subset("test")
+    texts = items.texts[:40]
+    L = len(tagger.labels)
+    before = [dict(tags) for tags in tagger.predict(texts, k=L)]
+    tagger.add_label("new::echo", examples=texts[:3])  # its examples join the item index
+    tagger.add_label("new::zero", description="noise3 noise4")
+    after = [dict(tags) for tags in tagger.predict(texts, k=L + 2)]
+    for old, new in zip(before, after):
+        trained = {name: s for name, s in new.items() if not name.startswith("new::")}
+        assert trained == pytest.approx(old, abs=1e-6)
+    assert all("new::echo" in tags for tags in after[:3])
+    assert tagger.state.scoring.label_added[-2:] == [1.0, 1.0]
+    assert not any(tagger.state.scoring.label_added[:L])
+    tagger.remove_label("new::echo")
+    tagger.remove_label("new::zero")
+    assert tagger.state.scoring.added_mask is None
+    for old, new in zip(before, tagger.predict(texts, k=L)):
+        assert dict(new) == pytest.approx(old)
