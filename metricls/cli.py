@@ -288,14 +288,16 @@ LabelsOut = Annotated[Optional[Path], typer.Option(help="Write here instead of i
 @labels_app.command("list")
 @guarded
 def labels_list(tagger: Path, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Each label's id, training count and name."""
+    """Each label's id, training count, name and description (when it has one)."""
     from metricls import Tagger
 
-    vocab = Tagger.load(tagger).vocab
-    rows = [{"id": i, "count": int(c), "name": n} for i, (n, c) in
-            enumerate(zip(vocab.names, vocab.counts))]
-    typer.echo(json.dumps(rows, indent=2) if as_json else
-               "\n".join(f"{r['id']:>5} {r['count']:>7}  {r['name']}" for r in rows))
+    state = Tagger.load(tagger).state
+    vocab, described = state.vocab, state.descriptions
+    rows = [{"id": i, "count": int(c), "name": n, "description": described.get(n)}
+            for i, (n, c) in enumerate(zip(vocab.names, vocab.counts))]
+    typer.echo(json.dumps(rows, indent=2) if as_json else "\n".join(
+        f"{r['id']:>5} {r['count']:>7}  {r['name']}"
+        + (f"  {r['description'][:60]}" if r["description"] else "") for r in rows))
 
 
 @labels_app.command("add")
@@ -303,7 +305,8 @@ def labels_list(tagger: Path, as_json: Annotated[bool, typer.Option("--json")] =
 def labels_add(tagger: Path, name: str, examples: Examples = None,
                description: Description = None, items: AddItems = True,
                out: LabelsOut = None, overwrite: Overwrite = False) -> None:
-    """Add a label from examples, or zero-shot from --description (else its name)."""
+    """Add a label from examples, or zero-shot from its name and description (--description,
+    else the one the tagger knows from its label table)."""
     label, saved = _edit_labels(tagger, out, overwrite, lambda found, texts: found.add_label(
         name, texts, description=description, add_items=items), examples)
     typer.echo(f"added: {name} (id {label}) -> {saved}")

@@ -224,9 +224,10 @@ class Tagger:
         """(m, d) embeddings of the examples and the label text, those of the examples alone, and
         the texts among them (for the TF-IDF prototypes). The label text joins the examples
         when the label has a description (given, or known), and is all there is zero-shot."""
-        if description is None:
+        if description is None and self.model.needs == {"texts"}:  # only text can be embedded
             description = self._state.descriptions.get(name)
-        elif not isinstance(description, str) or not description.strip():
+        elif description is not None and (not isinstance(description, str)
+                                          or not description.strip()):
             raise InputError(f"description: expected a non-empty text, got "
                              f"{describe(description)}")
         example_emb = np.zeros((0, self.model.out_dim), dtype=np.float32)

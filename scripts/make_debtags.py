@@ -141,7 +141,7 @@ def label_records(vocabulary: str) -> list[dict]:
         short, long = parse_description(para.get("Description", ""))
         if "Facet" in para:
             facets[para["Facet"]] = short
-        elif "Tag" in para:
+        elif "Tag" in para and short:  # a tag without a description has nothing to add
             tag = para["Tag"]
             records.append({"label": tag,
                             "description": f"{short}. {long}".strip() if long else short,
@@ -151,30 +151,39 @@ def label_records(vocabulary: str) -> list[dict]:
 
 def write_jsonl_gz(records: list[dict], out: Path) -> None:
     """Write records as gzipped JSONL atomically, byte-identical for the same input."""
-    _write_atomically(out, gzip.compress(_jsonl(records), mtime=0))
+    write_files({out: jsonl_gz(records)})
 
 
 def write_jsonl(records: list[dict], out: Path) -> None:
     """Write records as plain JSONL, atomically."""
-    _write_atomically(out, _jsonl(records))
+    write_files({out: jsonl(records)})
 
 
-def _jsonl(records: list[dict]) -> bytes:
+def jsonl(records: list[dict]) -> bytes:
     return "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records).encode("utf-8")
 
 
-def _write_atomically(out: Path, data: bytes) -> None:
-    """`data` to `out` through a temp file beside it and os.replace (never half a file)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
+def jsonl_gz(records: list[dict]) -> bytes:
+    return gzip.compress(jsonl(records), mtime=0)
+
+
+def write_files(files: dict[Path, bytes]) -> None:
+    """Each file's bytes to a temp file beside it, then every temp file into place with
+    os.replace: a failure before the first replace leaves every target as it was."""
+    temps: dict[Path, str] = {}
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a dataset is for everyone to read
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        for out, data in files.items():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fd, temps[out] = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp",
+                                              dir=out.parent)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.chmod(temps[out], 0o644)  # mkstemp makes it private; a dataset is for all
+        for out, tmp in temps.items():
+            os.replace(tmp, out)
+    finally:
+        for tmp in temps.values():
+            Path(tmp).unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,11 +208,15 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, lzma.LZMAError, EOFError, tarfile.TarError) as exc:
         print(f"make_debtags: {exc}", file=sys.stderr)
         return 1
-    write_jsonl_gz(records, args.out)
+    files = {args.out: jsonl_gz(records)} | ({args.labels_out: jsonl(labels)} if labels else {})
+    try:
+        write_files(files)
+    except OSError as exc:
+        print(f"make_debtags: {exc}", file=sys.stderr)
+        return 1
     n_labels = len({t for r in records for t in r["labels"]})
     print(f"wrote {len(records)} packages, {n_labels} labels to {args.out}")
     if labels is not None:
-        write_jsonl(labels, args.labels_out)
         print(f"wrote {len(labels)} label descriptions to {args.labels_out}")
     return 0
 

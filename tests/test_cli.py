@@ -69,7 +69,8 @@ def test_labels_list_names_every_label(tiny_tagger_dir):
     vocab = Tagger.load(tiny_tagger_dir).vocab
     result = _invoke("labels", "list", tiny_tagger_dir, "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output) == [{"id": i, "count": int(c), "name": n}
+    assert json.loads(result.output) == [{"id": i, "count": int(c), "name": n,
+                                          "description": None}
                                          for i, (n, c) in enumerate(zip(vocab.names,
                                                                         vocab.counts))]
     plain = _invoke("labels", "list", tiny_tagger_dir).output.splitlines()

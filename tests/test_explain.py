@@ -121,3 +121,21 @@ def test_predict_explain_on_the_command_line(tiny_tagger_copy):
     assert shown.exit_code == 0 and "nearest items with it: " in shown.output
     first = rows[0]["tags"][0]["neighbours"][0]["id"]
     assert first in shown.output
+
+
+def test_explain_reports_the_features_each_tag_was_scored_with(tagger):
+    """Deep tags (the tail, past the reranker's depth) and trained tags beside added labels
+    carry the features their probability came from: cosine = similarity, vote = vote."""
+    import dataclasses
+
+    shallow = dataclasses.replace(tagger.state.reranker, depth=5)
+    tagger = replaced(tagger, reranker=shallow)
+    texts = _texts(tagger, 8)
+    tagger.add_label("new::echo", examples=texts[:3])  # its examples join the item index
+    found = tagger.explain(texts, k=12)
+    assert [[t["label"] for t in tags] for tags in found] == \
+        [[n for n, _ in tags] for tags in tagger.predict(texts, k=12)]
+    for tags in found:
+        for tag in tags:
+            assert tag["features"]["cosine"] == pytest.approx(tag["similarity"], abs=1e-5)
+            assert tag["features"]["vote"] == pytest.approx(tag["vote"], abs=1e-5)

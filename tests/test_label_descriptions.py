@@ -117,3 +117,22 @@ def test_added_labels_leave_the_trained_labels_scores_as_they_were(tiny_tagger_c
     assert tagger.state.scoring.added_mask is None
     for old, new in zip(before, tagger.predict(texts, k=L)):
         assert dict(new) == pytest.approx(old)
+
+
+def test_a_vector_tagger_edits_described_labels_from_examples(tmp_path, synthetic_path):
+    """A label table on a tagger that reads vectors: descriptions are kept and shown, never
+    embedded, so adding or updating a described label from example vectors works."""
+    table = tmp_path / "labels.jsonl"
+    table.write_text(json.dumps({"label": "facet1::tag1", "description": "the second"}) + "\n")
+    cfg = load_config(TINY, [f"data.path={synthetic_path}", "encoder.backbones=[features]",
+                             "data.vector_column=vec", "data.text_columns=[]",
+                             f"data.label_table={table}"])
+    train_embedder(cfg, out=tmp_path / "vectors")
+    tagger = build_index(tmp_path / "vectors")
+    assert tagger.state.descriptions == {"facet1::tag1": "the second"}
+    items = read_config_items(tagger.config.data).subset("test")
+    tagger.update_label("facet1::tag1", items.features[:3], mode="merge")
+    tagger.add_label("new::v", items.features[:2])
+    assert tagger.predict(items.features[:1], k=2)
+    with pytest.raises(InputError, match="cannot embed a label text"):
+        tagger.add_label("new::w", description="words")

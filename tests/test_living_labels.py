@@ -236,7 +236,9 @@ def test_labels_cli_list_add_update_remove(tiny_tagger_dir, tiny_tagger_copy, tm
     assert changed.state.item_labels[:, L].nnz == 2 and changed.state.item_index.ntotal == \
         Tagger.load(tiny_tagger_dir).state.item_index.ntotal + 2
     listed = json.loads(runner.invoke(app, ["labels", "list", str(out), "--json"]).output)
-    assert listed[-1] == {"id": L, "count": 4, "name": "cli::a"}
+    assert listed[-1] == {"id": L, "count": 4, "name": "cli::a", "description": None}
+    in_folder = json.loads(runner.invoke(app, ["labels", "list", folder, "--json"]).output)
+    assert {r["name"]: r["description"] for r in in_folder}["cli::b"] == "w9x0 w9x1"
     assert runner.invoke(app, ["verify", str(out)]).exit_code == 0
     for args, message in [
         (["labels", "add", folder, "cli::a", "--examples", str(tmp_path / "ex.txt")],

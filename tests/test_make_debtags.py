@@ -214,3 +214,22 @@ def test_make_debtags_writes_a_table_that_metricls_reads(tmp_path, make_debtags)
                               str(tmp_path / "missing.deb"), "--labels-out",
                               str(tmp_path / "b.jsonl")]) == 1
     assert not (tmp_path / "b.jsonl").exists()
+
+
+def test_make_debtags_writes_both_outputs_or_neither(tmp_path, make_debtags, capsys):
+    packages = tmp_path / "Packages"
+    packages.write_text("Package: foo\nTag: role::program\nDescription: a tool\n")
+    out = tmp_path / "items.jsonl.gz"
+    out.write_bytes(b"the old data")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code = make_debtags.main(["--packages", str(packages), "--out", str(out), "--vocabulary",
+                              str(_deb(tmp_path, VOCABULARY + "\nTag: role::empty\n")),
+                              "--labels-out", str(blocker / "labels.jsonl")])
+    assert code == 1 and out.read_bytes() == b"the old data"
+    assert capsys.readouterr().err.startswith("make_debtags: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Packages", "a-file",
+                                                          "debtags_1.0_all.deb",
+                                                          "items.jsonl.gz"]
+    labels = make_debtags.label_records(VOCABULARY + "\nTag: role::empty\n")
+    assert [r["label"] for r in labels] == ["role::program", "role::plugin"]  # no empty one

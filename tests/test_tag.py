@@ -112,13 +112,12 @@ def test_blend_scores_are_sorted_and_bounded(tagger, blend):
         assert (np.diff(row[found]) <= 0).all()
 
 
-@pytest.mark.parametrize("reranked", [True, False])
-def test_the_tail_after_five_is_ordered_by_score_over_propensity(tagger, blend, reranked):
-    state = tagger.state if reranked else blend
+def test_the_tail_after_five_is_ordered_by_probability_over_propensity(tagger, blend):
+    state = tagger.state
     assert state.scoring.tail_weight == 1.0  # the default
     plain = state.replace(scoring=dataclasses.replace(state.scoring, tail_weight=0.0))
     emb, L = tagger.embed(TEXTS), len(tagger.labels)
-    texts = TEXTS if reranked else None
+    texts = TEXTS
     s0, i0 = score(plain, emb, L, texts)
     s1, i1 = score(state, emb, 10, texts)
     np.testing.assert_array_equal(i1[:, :TAIL_FROM], i0[:, :TAIL_FROM])  # the first five stay
@@ -133,3 +132,26 @@ def test_the_tail_after_five_is_ordered_by_score_over_propensity(tagger, blend, 
         assert all(pool[i] / props[i] <= key.min() + 1e-6 for i in rest)  # the best of them
     rare = np.argsort(props)[:3]  # the rarest labels rise in the tail
     assert np.isin(i1[:, TAIL_FROM:], rare).sum() >= np.isin(i0[:, TAIL_FROM:10], rare).sum()
+    # the blend's scores are no probabilities: no tail ordering, whatever the weight
+    assert blend.scoring.tail_weight == 1.0
+    flat = blend.replace(scoring=dataclasses.replace(blend.scoring, tail_weight=0.0))
+    for got, want in zip(score(blend, emb, 10), score(flat, emb, 10)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_shorter_top_k_is_the_start_of_a_longer_one(tagger):
+    """With the tail on, more labels than TAIL_DEPTH (zero-shot ones added) and labels
+    added after training: predict(k) is the start of predict(k') for k < k' <= TAIL_DEPTH."""
+    from conftest import replaced
+
+    tagger = replaced(tagger)  # a private copy to add labels to
+    tagger.add_label("new::echo", examples=TEXTS[:2])
+    for j in range(TAIL_DEPTH + 1 - len(tagger.labels)):
+        tagger.add_label(f"zero::w{j}", description=f"w{j % 20}x{j % 4} noise{j % 30}")
+    assert len(tagger.labels) > TAIL_DEPTH
+    lists = {k: tagger.predict(TEXTS, k=k) for k in (1, 5, 6, 10, 20, TAIL_DEPTH - 1,
+                                                     TAIL_DEPTH)}
+    for short, long in zip(lists, list(lists)[1:]):
+        for a, b in zip(lists[short], lists[long]):
+            assert [n for n, _ in b[:short]] == [n for n, _ in a]
+            assert [s for _, s in b[:short]] == pytest.approx([s for _, s in a])

@@ -22,10 +22,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from metricls.pipeline.features import pick
-from metricls.pipeline.rerank import FEATURES
+from metricls.pipeline.rerank import FEATURES, Candidates
 from metricls.pipeline.scoring import vote_matrix
+from metricls.pipeline.search import Neighbours
 from metricls.pipeline.state import TaggerState
-from metricls.pipeline.tag import SCORE_BATCH, combine, neighbours, reranked
+from metricls.pipeline.tag import SCORE_BATCH, neighbours, scored, without_added
 
 NEAREST = 200  # items searched for the neighbours that carry a tag
 TERMS = 5  # shared terms listed per tag
@@ -46,15 +47,11 @@ def explain(state: TaggerState, emb: np.ndarray, k: int, texts: Sequence[str] | 
 def _explain_batch(state: TaggerState, emb: np.ndarray, k: int, texts: Sequence[str] | None,
                    per_tag: int) -> list[list[dict]]:
     found = neighbours(state, emb, k, texts)
-    scores, ids = combine(state, found, k, state.scoring)
+    scores, ids, cand = scored(state, found, k, state.scoring)
     safe = np.maximum(ids, 0)
     similarity = np.einsum("nd,nkd->nk", emb, state.prototypes[safe])
-    s = state.scoring
-    knn = min(s.knn, found.item_ids.shape[1])
-    vote = pick(vote_matrix(found.item_scores[:, :knn], found.item_ids[:, :knn],
-                            state.item_labels, s.temperature), safe) if knn else \
-        np.zeros(ids.shape, np.float32)
-    features = _reranker_features(state, found, ids)
+    vote = _votes(state, found, ids)
+    features = None if cand is None else _features(cand, ids)
     near_scores, near_ids = state.item_index.search(emb, min(NEAREST, state.item_index.ntotal))
     words = _shared_terms(state, texts, ids)
     out = []
@@ -78,16 +75,32 @@ def _explain_batch(state: TaggerState, emb: np.ndarray, k: int, texts: Sequence[
     return out
 
 
-def _reranker_features(state: TaggerState, found, ids: np.ndarray) -> np.ndarray | None:
-    """(n, k, F) the reranker's features of each chosen label (None without a reranker)."""
-    if state.reranker is None:
-        return None
-    _, cand = reranked(state, found, state.scoring, max(state.reranker.depth, ids.shape[1]))
+def _votes(state: TaggerState, found: Neighbours, ids: np.ndarray) -> np.ndarray:
+    """(n, k) each tag's share of the neighbour vote, as its score read it: with a reranker,
+    a trained label's without the labels added since and their examples
+    (`tag.without_added`)."""
+    s = state.scoring
+    knn = min(s.knn, found.item_ids.shape[1])
+    if knn == 0:
+        return np.zeros(ids.shape, np.float32)
+
+    def vote(f: Neighbours) -> np.ndarray:
+        return pick(vote_matrix(f.item_scores[:, :knn], f.item_ids[:, :knn], state.item_labels,
+                                s.temperature), np.maximum(ids, 0))
+
+    every = vote(found)
+    if s.added_mask is None or state.reranker is None:
+        return every
+    own = vote(without_added(state, found, s, ids.shape[1]))
+    return np.where(s.added_mask[np.maximum(ids, 0)], every, own)
+
+
+def _features(cand: Candidates, ids: np.ndarray) -> np.ndarray:
+    """(n, k, F) the reranker's features of each chosen label, from the candidates it
+    scored (the first column holding the label: a trained label's own features)."""
     out = np.zeros((*ids.shape, len(FEATURES)), np.float32)
     for i, j in zip(*np.nonzero(ids >= 0)):
-        at = np.flatnonzero(cand.ids[i] == ids[i, j])
-        if len(at):
-            out[i, j] = cand.features[i, at[0]]
+        out[i, j] = cand.features[i, np.flatnonzero(cand.ids[i] == ids[i, j])[0]]
     return out
 
 

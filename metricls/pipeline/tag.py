@@ -69,41 +69,56 @@ def neighbours(state: TaggerState, emb: np.ndarray, k: int,
                              "embeddings (TF-IDF prototypes); pass texts=")
         extra = _added_counts(state)  # searched beyond, so that the trained ones are complete
         return search(state, emb,
-                      candidates=max(s.candidates, state.reranker.depth, _depth(s, k)) + extra[0],
+                      candidates=max(s.candidates, state.reranker.depth, _depth(state, s, k))
+                      + extra[0],
                       knn=max(s.knn, WIDE_KNN) + extra[1], texts=texts)
-    return search(state, emb, candidates=max(s.candidates, _depth(s, k)),
+    return search(state, emb, candidates=max(s.candidates, k),
                   knn=s.knn if s.blend < 1 else 0)
 
 
-def _depth(scoring: Scoring, k: int) -> int:
-    """How many labels are ranked for top-k: `TAIL_DEPTH` when the tail is re-ordered."""
-    return max(k, TAIL_DEPTH) if scoring.tail_weight and k > TAIL_FROM else k
+def _tailed(state: TaggerState, scoring: Scoring, k: int) -> bool:
+    """Whether top-k re-orders the places after `TAIL_FROM` (`Scoring.tail_weight`): only
+    scores that are probabilities (the reranker's) are comparable with propensities; the
+    blend's lie in a narrow band, where dividing by the propensity would put rare labels
+    above every other."""
+    return state.reranker is not None and bool(scoring.tail_weight) and k > TAIL_FROM
+
+
+def _depth(state: TaggerState, scoring: Scoring, k: int) -> int:
+    """How many labels are ranked for top-k: at least `TAIL_DEPTH` when the tail is
+    re-ordered."""
+    return max(k, TAIL_DEPTH) if _tailed(state, scoring, k) else k
 
 
 def combine(state: TaggerState, found: Neighbours, k: int,
             scoring: Scoring) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (scores, ids) of one search: the reranker's probabilities when the state has one,
     else the blend of prototype similarity and the neighbour vote under `scoring`."""
-    depth = _depth(scoring, k)
-    if state.reranker is not None:
-        depth_k = max(state.reranker.depth, k)
-        probabilities, cand = reranked(state, found, scoring, max(depth_k, depth))
-        if depth == k:
-            return ranked(probabilities, cand.ids, k)
-        # the reranker's own depth ranks first, as without the tail, so the first places
-        # stay what they were; the deeper candidates compete for the places after them
-        deeper = np.zeros(cand.ids.shape, bool)
-        deeper[:, depth_k:max(depth_k, depth)] = True
-        order = np.argsort(np.where(cand.ids >= 0, -probabilities + 2.0 * deeper, np.inf),
-                           axis=1, kind="stable")[:, :depth]
-        best = (np.where(np.take_along_axis(cand.ids, order, 1) >= 0,
-                         np.take_along_axis(probabilities, order, 1), -np.inf).astype(np.float32),
-                np.take_along_axis(cand.ids, order, 1))
-    else:
-        best = top_k(blend_scores(*_blend_parts(state, found, scoring), scoring.blend), depth)
-    if depth == k:
-        return best
-    return padded(*with_tail(*best, scoring.tail_weight, state.propensities, k), k)
+    scores, ids, _ = scored(state, found, k, scoring)
+    return scores, ids
+
+
+def scored(state: TaggerState, found: Neighbours, k: int,
+           scoring: Scoring) -> tuple[np.ndarray, np.ndarray, Candidates | None]:
+    """`combine`'s top-k (scores, ids) and, with a reranker, the candidates it scored."""
+    if state.reranker is None:
+        return (*top_k(blend_scores(*_blend_parts(state, found, scoring), scoring.blend), k),
+                None)
+    depth_k = max(state.reranker.depth, k)
+    probabilities, cand, own = reranked(state, found, scoring,
+                                        max(depth_k, _depth(state, scoring, k)))
+    if not _tailed(state, scoring, k):
+        return (*ranked(probabilities, cand.ids, k), cand)
+    # the reranker's own depth ranks first, as top-5 without the tail, so the first places
+    # are the same for every k; the deeper trained candidates compete for those after
+    deeper = np.zeros(cand.ids.shape, bool)
+    deeper[:, state.reranker.depth:own] = True
+    order = np.argsort(np.where(cand.ids >= 0, -probabilities + 2.0 * deeper, np.inf),
+                       axis=1, kind="stable")[:, :_depth(state, scoring, k)]
+    ids = np.take_along_axis(cand.ids, order, 1)
+    scores = np.where(ids >= 0, np.take_along_axis(probabilities, order, 1), -np.inf)
+    return (*padded(*with_tail(scores.astype(np.float32), ids, scoring.tail_weight,
+                               state.propensities, k), k), cand)
 
 
 def _blend_parts(state: TaggerState, found: Neighbours,
@@ -127,8 +142,9 @@ def candidates(state: TaggerState, found: Neighbours, scoring: Scoring,
 
 
 def reranked(state: TaggerState, found: Neighbours, scoring: Scoring,
-             depth: int) -> tuple[np.ndarray, Candidates]:
-    """The reranker's probabilities (n, c) of its candidates, and the candidates.
+             depth: int) -> tuple[np.ndarray, Candidates, int]:
+    """The reranker's probabilities (n, c) of its candidates, the candidates, and how many
+    of their columns (the first) are the trained labels' own.
 
     With labels added after training (`Scoring.added_mask`), the trained labels are scored
     as if none had been added: their features come from the search without the added
@@ -142,10 +158,8 @@ def reranked(state: TaggerState, found: Neighbours, scoring: Scoring,
     added = scoring.added_mask
     if added is None:
         cand = candidates(state, found, scoring, depth)
-        return reranker.score(cand.features), cand
-    own = candidates(state, _without_added(found, added, state.trained_items,
-                                           max(scoring.candidates, depth),
-                                           max(scoring.knn, WIDE_KNN)), scoring, depth)
+        return reranker.score(cand.features), cand, cand.ids.shape[1]
+    own = candidates(state, without_added(state, found, scoring, depth), scoring, depth)
     new = added_candidates(state, found, scoring, added)
     cand = Candidates(np.concatenate([own.ids, new.ids], axis=1),
                       np.concatenate([own.features, new.features], axis=1))
@@ -153,7 +167,8 @@ def reranked(state: TaggerState, found: Neighbours, scoring: Scoring,
     if state.added_reranker is not None:
         scores = (1 - FEW_SHOT_WEIGHT) * scores \
             + FEW_SHOT_WEIGHT * state.added_reranker.score(new.features)
-    return np.concatenate([reranker.score(own.features), scores], axis=1), cand
+    return (np.concatenate([reranker.score(own.features), scores], axis=1), cand,
+            own.ids.shape[1])
 
 
 def added_candidates(state: TaggerState, found: Neighbours, scoring: Scoring,
@@ -171,22 +186,26 @@ def added_candidates(state: TaggerState, found: Neighbours, scoring: Scoring,
 def _added_counts(state: TaggerState) -> tuple[int, int]:
     """How many labels and indexed examples were added after training (at most
     `MAX_EXTRA` each): the searches look that much further, so that without them the trained
-    labels' candidates and neighbours are what they were before (`_without_added`)."""
+    labels' candidates and neighbours are what they were before (`without_added`)."""
     added = state.scoring.added_mask
     labels = 0 if added is None else int(added.sum())
     return (min(labels, MAX_EXTRA),
             min(state.item_labels.shape[0] - state.trained_items, MAX_EXTRA))
 
 
-def _without_added(found: Neighbours, added: np.ndarray, trained_items: int,
-                   candidates: int, knn: int) -> Neighbours:
-    """The search results without the added labels' prototypes and without the items past
+def without_added(state: TaggerState, found: Neighbours, scoring: Scoring,
+                  depth: int) -> Neighbours:
+    """The search results without the labels added after training and without the items past
     the trained ones (their examples), the rest moved left in order (-1 / -inf padding) and
-    cut to the `candidates` and `knn` a search without them returns."""
+    cut to what a search for `depth` candidates without them returns."""
+    added = scoring.added_mask
+    if added is None:
+        return found
+    candidates, knn = max(scoring.candidates, depth), max(scoring.knn, WIDE_KNN)
     proto = _kept(found.proto_scores, found.proto_ids,
                   (found.proto_ids >= 0) & ~added[np.maximum(found.proto_ids, 0)])
     items = _kept(found.item_scores, found.item_ids,
-                  (found.item_ids >= 0) & (found.item_ids < trained_items))
+                  (found.item_ids >= 0) & (found.item_ids < state.trained_items))
     return Neighbours(proto[0][:, :candidates], proto[1][:, :candidates],
                       items[0][:, :knn], items[1][:, :knn], found.tfidf)
 

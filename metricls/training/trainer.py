@@ -58,6 +58,9 @@ class TrainResult:
     seconds: float = 0.0
 
 
+LABEL_TEXTS_PER_STEP = 256  # label texts in each step's label-text loss (a seeded draw)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch, and ask torch for deterministic kernels."""
     random.seed(seed)
@@ -158,8 +161,8 @@ def _fit(cfg: Config, data: Dataset, ctx: DistContext) -> TrainResult:
     label_texts = None
     if cfg.miner.label_text_weight > 0 and model.needs == {"texts"}:
         texts = [label_text(n, data.descriptions.get(n)) for n in data.vocab.names]
-        label_texts = (model.prepare(texts, None, cache=True), np.arange(len(texts)),
-                       torch.eye(len(texts), device=device))
+        label_texts = model.prepare(texts, None, cache=True)
+        text_rng = np.random.default_rng(cfg.train.seed)
     label_vectors = nn.Parameter(torch.randn(len(data.vocab), model.out_dim, device=device) * 0.05)
     label_bias = (nn.Parameter(torch.zeros(len(data.vocab), device=device))
                   if cfg.train.label_bias else None)
@@ -200,9 +203,12 @@ def _fit(cfg: Config, data: Dataset, ctx: DistContext) -> TrainResult:
                     loss = loss + m.item_weight * loss_fn(
                         emb, indices_tuple=item_miner(emb, yb))
                 if label_texts is not None:  # each label's text is an item carrying it alone
-                    own = trainable.extend(trainable.model(label_texts[0], label_texts[1]))
+                    picked = np.sort(text_rng.permutation(len(vectors))[:LABEL_TEXTS_PER_STEP])
+                    own = trainable.extend(trainable.model(label_texts, picked))
+                    carried = torch.zeros(len(picked), len(vectors), device=device)
+                    carried[torch.arange(len(picked)), torch.from_numpy(picked)] = 1.0
                     loss = loss + m.label_text_weight * loss_fn(
-                        own, indices_tuple=label_miner(own, label_texts[2], ref_emb=vectors),
+                        own, indices_tuple=label_miner(own, carried, ref_emb=vectors),
                         ref_emb=vectors)
             value = float(loss.detach())
             if not math.isfinite(value):  # stop before the step writes NaN into every weight
