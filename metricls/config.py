@@ -155,8 +155,9 @@ class IndexConfig:
     candidates: int = 100  # most similar label prototypes scored per item
     rerank: bool = True  # fit a reranker of the candidates on valid, kept if it scores better
     tfidf: bool = True  # text taggers: TF-IDF label prototypes as two more reranker features
-    # tags after the first 5 are ordered by score / propensity^tail_weight among the best 50
-    # (rare labels rise from below; the first 5 stay as they are); 0 = by score alone
+    # with the reranker: tags after the first 5 are ordered by probability /
+    # propensity^tail_weight among the best 50 (rare labels rise from below; the first 5 stay
+    # as they are); 0 = by probability alone
     tail_weight: float = 1.0
 
 
