@@ -41,6 +41,13 @@ def test_bad_label_tables_name_the_line_and_field(tmp_path, text, message):
         read_descriptions(table)
 
 
+def test_a_bad_label_table_in_a_config_names_the_key(tmp_path, synthetic_path):
+    cfg = load_config(TINY, [f"data.path={synthetic_path}",
+                             f"data.label_table={tmp_path / 'nope.csv'}"])
+    with pytest.raises(InputError, match=r"^data.label_table: .*nope.csv: no such file"):
+        Dataset.load(cfg.data)
+
+
 def test_the_packaged_debtags_table_describes_the_debtags_labels():
     found = read_descriptions("debtags-labels")
     assert found["role::program"] == "Program. Executable computer program."

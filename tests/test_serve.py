@@ -111,6 +111,11 @@ def test_vectors_tagger(vector_tagger_dir):
         assert response.status_code == 422
         assert "vectors: expected an (n, 8) array, got shape (1, 7)" in response.json()["detail"]
         assert 'JSON array of 8 numbers' in client.get("/").text
+        explained = client.post("/tag", json={"vectors": vectors, "k": 2, "explain": True})
+        assert explained.status_code == 200, explained.text
+        tags = explained.json()["tags"]
+        assert tags == tagger.explain(np.array(vectors), k=2)
+        assert all(tag["terms"] == [] and tag["neighbours"] for row in tags for tag in row)
 
 
 def test_labels(client, tagger):

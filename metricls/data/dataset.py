@@ -57,7 +57,7 @@ class Dataset:
                    vocab=vocab, source=str(cfg.path), sha256=sha256_file(path),
                    features_sha256=sha256_file(Path(cfg.features_path).expanduser())
                    if cfg.features_path else None,
-                   descriptions=read_descriptions(cfg.label_table) if cfg.label_table else {})
+                   descriptions=_descriptions(cfg.label_table))
 
     def labels(self, split: str) -> sp.csr_matrix:
         """(n, L) float32 CSR of a split's known labels."""
@@ -84,6 +84,16 @@ def _without(label_lists: list[list[str]], excluded: tuple[str, ...],
                          f"split of {path}")
     drop = set(excluded)
     return [[label for label in row if label not in drop] for row in label_lists]
+
+
+def _descriptions(label_table: str | None) -> dict[str, str]:
+    """The config's label table ({} without one); its errors name the config key."""
+    if not label_table:
+        return {}
+    try:
+        return read_descriptions(label_table)
+    except InputError as exc:
+        raise InputError(f"data.label_table: {exc}") from None
 
 
 def _same_file(a: str | Path, b: str | Path) -> bool:
