@@ -149,21 +149,13 @@ def label_records(vocabulary: str) -> list[dict]:
     return records
 
 
-def write_jsonl_gz(records: list[dict], out: Path) -> None:
-    """Write records as gzipped JSONL atomically, byte-identical for the same input."""
-    write_files({out: jsonl_gz(records)})
-
-
-def write_jsonl(records: list[dict], out: Path) -> None:
-    """Write records as plain JSONL, atomically."""
-    write_files({out: jsonl(records)})
-
-
 def jsonl(records: list[dict]) -> bytes:
+    """Records as JSONL bytes."""
     return "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records).encode("utf-8")
 
 
 def jsonl_gz(records: list[dict]) -> bytes:
+    """Records as gzipped JSONL, byte-identical for the same input (no timestamp)."""
     return gzip.compress(jsonl(records), mtime=0)
 
 

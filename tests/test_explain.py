@@ -125,7 +125,8 @@ def test_predict_explain_on_the_command_line(tiny_tagger_copy):
 
 def test_explain_reports_the_features_each_tag_was_scored_with(tagger):
     """Deep tags (the tail, past the reranker's depth) and trained tags beside added labels
-    carry the features their probability came from: cosine = similarity, vote = vote."""
+    carry the features their probability came from: cosine = similarity, and the vote of
+    the nearest items, without the added label's examples for a trained label."""
     import dataclasses
 
     shallow = dataclasses.replace(tagger.state.reranker, depth=5)
@@ -135,7 +136,16 @@ def test_explain_reports_the_features_each_tag_was_scored_with(tagger):
     found = tagger.explain(texts, k=12)
     assert [[t["label"] for t in tags] for tags in found] == \
         [[n for n, _ in tags] for tags in tagger.predict(texts, k=12)]
-    for tags in found:
+    state, s = tagger.state, tagger.state.scoring
+    sims, order = _exact_nearest(tagger, texts)
+    for i, tags in enumerate(found):
         for tag in tags:
             assert tag["features"]["cosine"] == pytest.approx(tag["similarity"], abs=1e-5)
-            assert tag["features"]["vote"] == pytest.approx(tag["vote"], abs=1e-5)
+            label = state.vocab.index(tag["label"])
+            rows = order[i] if tag["label"] == "new::echo" else \
+                order[i][order[i] < state.trained_items]
+            rows = rows[:s.knn]
+            weights = np.exp((sims[i, rows] - sims[i, rows].max()) / s.temperature)
+            carried = state.item_labels[rows, label].toarray().ravel()
+            assert tag["vote"] == pytest.approx(float(weights @ carried / weights.sum()),
+                                                abs=1e-4)

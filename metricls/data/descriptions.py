@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from metricls.data.items import _is_null, _read_ids, _show, resolve_dataset
+from metricls.data.items import is_null, read_ids, resolve_dataset, show_value
 from metricls.data.tables import read_table
 from metricls.errors import InputError
-from metricls.validation import unicode_problem
+from metricls.validation import describe, unicode_problem
 
 LABEL, DESCRIPTION = "label", "description"  # the table's two columns
 
@@ -29,13 +29,13 @@ def read_descriptions(path: str | Path) -> dict[str, str]:
     """
     file = resolve_dataset(str(path))
     table = read_table(file, str(path))
-    names = _read_ids(table, LABEL)
+    names = read_ids(table, LABEL)
     out = {}
     for i, (name, text) in enumerate(zip(names, table.column(DESCRIPTION), strict=True)):
         if name != name.strip():
             raise table.error(i, LABEL, f"must not start or end with spaces, got {name!r}")
-        if _is_null(text) or not isinstance(text, str) or not text.strip():
-            raise table.error(i, DESCRIPTION, f"must be a non-empty string, got {_show(text)}")
+        if is_null(text) or not isinstance(text, str) or not text.strip():
+            raise table.error(i, DESCRIPTION, f"must be a non-empty string, got {show_value(text)}")
         if problem := unicode_problem(text):
             raise table.error(i, DESCRIPTION, problem)
         out[name] = " ".join(text.split())
@@ -49,5 +49,5 @@ def label_text(name: str, description: str | None = None) -> str:
     if description is None:
         return words
     if not isinstance(description, str) or not description.strip():
-        raise InputError(f"description: expected a non-empty text, got {_show(description)}")
+        raise InputError(f"description: expected a non-empty text, got {describe(description)}")
     return f"{words}: {' '.join(description.split())}"

@@ -40,7 +40,8 @@ __all__ = ["SUPPORTED_SUFFIXES", "Items", "iter_items", "read_items", "read_text
 DATASETS = {"debtags": "debtags-bookworm.jsonl.gz", "debtags-labels": "debtags-labels.jsonl"}
 
 
-def _show(v: Any) -> str:
+def show_value(v: Any) -> str:
+    """`describe` of a field's value, or "nothing" for a field a JSONL line lacks."""
     return "nothing (no such field)" if v is MISSING else describe(v)
 
 
@@ -125,11 +126,12 @@ def shown_path(path: str | Path) -> str:
 
 
 # ---- columns -------------------------------------------------------------------------------
-def _is_null(v: Any) -> bool:
+def is_null(v: Any) -> bool:
+    """Whether a field's value is missing: null, absent, pandas NA or NaN."""
     return v is None or v is MISSING or v is pd.NA or (isinstance(v, float) and math.isnan(v))
 
 
-def _read_ids(t: Table, col: str, first: dict[str, str] | None = None) -> list[str]:
+def read_ids(t: Table, col: str, first: dict[str, str] | None = None) -> list[str]:
     """Ids of a table; `first` maps ids seen in earlier blocks to where they were."""
     ids: list[str] = []
     first = {} if first is None else first
@@ -138,7 +140,7 @@ def _read_ids(t: Table, col: str, first: dict[str, str] | None = None) -> list[s
                 (isinstance(v, float) and v.is_integer()):
             v = str(int(v))
         if not isinstance(v, str) or not v.strip():
-            raise t.error(i, col, f"must be a non-empty string or integer id, got {_show(v)}")
+            raise t.error(i, col, f"must be a non-empty string or integer id, got {show_value(v)}")
         if problem := unicode_problem(v):
             raise t.error(i, col, problem)
         if v in first:
@@ -153,10 +155,10 @@ def _read_texts(t: Table, cols: Sequence[str]) -> list[str]:
     for i, parts in enumerate(zip(*(t.column(c) for c in cols), strict=True)):
         kept = []
         for col, v in zip(cols, parts, strict=True):
-            if _is_null(v):
+            if is_null(v):
                 continue
             if not isinstance(v, str):
-                raise t.error(i, col, f"must be a string, got {_show(v)}")
+                raise t.error(i, col, f"must be a string, got {show_value(v)}")
             if problem := unicode_problem(v):
                 raise t.error(i, col, problem)
             if v.strip():
@@ -172,11 +174,11 @@ def _read_labels(t: Table, col: str, delimiter: str) -> list[list[str]]:
     out = []
     for i, v in enumerate(t.column(col)):
         if t.kind == "csv":
-            cell = "" if _is_null(v) else str(v)
+            cell = "" if is_null(v) else str(v)
             out.append(dedupe(p.strip() for p in cell.split(delimiter) if p.strip()))
             continue
-        problem = label_list_problem(v) if not _is_null(v) else \
-            f"must be a list of strings, got {_show(v)} (use [] for no labels)"
+        problem = label_list_problem(v) if not is_null(v) else \
+            f"must be a list of strings, got {show_value(v)} (use [] for no labels)"
         if problem:
             raise t.error(i, col, problem)
         out.append(dedupe(v.tolist() if isinstance(v, np.ndarray) else v))
@@ -198,7 +200,7 @@ def _read_numbers(t: Table, cols: Sequence[str], vector: str | None) -> np.ndarr
             v = [p for p in re.split(r"[\s,;]+", v.strip().strip("[]")) if p]
         v = v.tolist() if isinstance(v, np.ndarray) and v.ndim == 1 else v
         if not isinstance(v, (list, tuple)) or not v:
-            raise t.error(i, vector, f"must be a non-empty list of numbers, got {_show(v)}")
+            raise t.error(i, vector, f"must be a non-empty list of numbers, got {show_value(v)}")
         if vectors and len(v) != len(vectors[0]):
             raise t.error(i, vector, f"has {len(v)} numbers, expected {len(vectors[0])} "
                                      f"(as on {t.at(0)})")
@@ -215,7 +217,7 @@ def _read_split(t: Table, col: str) -> np.ndarray:
     values = t.column(col)
     for i, v in enumerate(values):
         if not isinstance(v, str) or v not in SPLITS:
-            raise t.error(i, col, f"must be 'train', 'valid' or 'test', got {_show(v)}")
+            raise t.error(i, col, f"must be 'train', 'valid' or 'test', got {show_value(v)}")
     return np.array(values, dtype="<U5")
 
 
@@ -267,7 +269,7 @@ def read_items(path: str | Path, *, id_column: str = "id", text_columns: Sequenc
     resolved = resolve_dataset(path)
     source = str(resolved)
     table = read_table(resolved, source)
-    ids = _read_ids(table, id_column)
+    ids = read_ids(table, id_column)
     labels = None
     if require_labels or label_column in table.columns:
         labels = _read_labels(table, label_column, label_delimiter)
@@ -326,7 +328,7 @@ def _item_blocks(tables: Iterator[Table], id_column: str, texts_cols: tuple[str,
                  feat_cols: tuple[str, ...], vector_column: str | None) -> Iterator[Items]:
     first: dict[str, str] = {}
     for table in tables:
-        ids = _read_ids(table, id_column, first)
+        ids = read_ids(table, id_column, first)
         yield Items(ids=ids, texts=_read_texts(table, texts_cols) if texts_cols else None,
                     features=_read_numbers(table, feat_cols, vector_column)
                     if feat_cols or vector_column else None,

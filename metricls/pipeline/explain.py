@@ -26,7 +26,7 @@ from metricls.pipeline.rerank import FEATURES, Candidates
 from metricls.pipeline.scoring import vote_matrix
 from metricls.pipeline.search import Neighbours
 from metricls.pipeline.state import TaggerState
-from metricls.pipeline.tag import SCORE_BATCH, neighbours, scored, without_added
+from metricls.pipeline.tag import SCORE_BATCH, neighbours, scored
 
 NEAREST = 200  # items searched for the neighbours that carry a tag
 TERMS = 5  # shared terms listed per tag
@@ -50,8 +50,8 @@ def _explain_batch(state: TaggerState, emb: np.ndarray, k: int, texts: Sequence[
     scores, ids, cand = scored(state, found, k, state.scoring)
     safe = np.maximum(ids, 0)
     similarity = np.einsum("nd,nkd->nk", emb, state.prototypes[safe])
-    vote = _votes(state, found, ids)
     features = None if cand is None else _features(cand, ids)
+    vote = _votes(state, found, ids, features)
     near_scores, near_ids = state.item_index.search(emb, min(NEAREST, state.item_index.ntotal))
     words = _shared_terms(state, texts, ids)
     out = []
@@ -75,24 +75,18 @@ def _explain_batch(state: TaggerState, emb: np.ndarray, k: int, texts: Sequence[
     return out
 
 
-def _votes(state: TaggerState, found: Neighbours, ids: np.ndarray) -> np.ndarray:
-    """(n, k) each tag's share of the neighbour vote, as its score read it: with a reranker,
-    a trained label's without the labels added since and their examples
-    (`tag.without_added`)."""
+def _votes(state: TaggerState, found: Neighbours, ids: np.ndarray,
+           features: np.ndarray | None) -> np.ndarray:
+    """(n, k) each tag's share of the neighbour vote, as its score read it: the reranker's
+    "vote" feature (a trained label's without the labels added since), else the blend's."""
+    if features is not None:
+        return features[..., FEATURES.index("vote")]
     s = state.scoring
     knn = min(s.knn, found.item_ids.shape[1])
     if knn == 0:
         return np.zeros(ids.shape, np.float32)
-
-    def vote(f: Neighbours) -> np.ndarray:
-        return pick(vote_matrix(f.item_scores[:, :knn], f.item_ids[:, :knn], state.item_labels,
-                                s.temperature), np.maximum(ids, 0))
-
-    every = vote(found)
-    if s.added_mask is None or state.reranker is None:
-        return every
-    own = vote(without_added(state, found, s, ids.shape[1]))
-    return np.where(s.added_mask[np.maximum(ids, 0)], every, own)
+    return pick(vote_matrix(found.item_scores[:, :knn], found.item_ids[:, :knn],
+                            state.item_labels, s.temperature), np.maximum(ids, 0))
 
 
 def _features(cand: Candidates, ids: np.ndarray) -> np.ndarray:

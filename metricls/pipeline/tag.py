@@ -159,7 +159,7 @@ def reranked(state: TaggerState, found: Neighbours, scoring: Scoring,
     if added is None:
         cand = candidates(state, found, scoring, depth)
         return reranker.score(cand.features), cand, cand.ids.shape[1]
-    own = candidates(state, without_added(state, found, scoring, depth), scoring, depth)
+    own = candidates(state, _without_added(state, found, scoring, depth), scoring, depth)
     new = added_candidates(state, found, scoring, added)
     cand = Candidates(np.concatenate([own.ids, new.ids], axis=1),
                       np.concatenate([own.features, new.features], axis=1))
@@ -176,24 +176,23 @@ def added_candidates(state: TaggerState, found: Neighbours, scoring: Scoring,
     """The `ADDED_DEPTH` best added labels of each query by cosine, with their features among
     every searched candidate (so their rank may exceed the reranker's depth)."""
     every = candidates(state, found, scoring, found.proto_ids.shape[1])
-    mine = (every.ids >= 0) & added[np.maximum(every.ids, 0)]
-    order = np.argsort(~mine, axis=1, kind="stable")[:, :ADDED_DEPTH]
-    ids = np.where(np.take_along_axis(mine, order, 1), np.take_along_axis(every.ids, order, 1),
-                   -1)
+    order, mine = _kept_first((every.ids >= 0) & added[np.maximum(every.ids, 0)])
+    order, mine = order[:, :ADDED_DEPTH], mine[:, :ADDED_DEPTH]
+    ids = np.where(mine, np.take_along_axis(every.ids, order, 1), -1)
     return Candidates(ids, np.take_along_axis(every.features, order[:, :, None], 1))
 
 
 def _added_counts(state: TaggerState) -> tuple[int, int]:
     """How many labels and indexed examples were added after training (at most
     `MAX_EXTRA` each): the searches look that much further, so that without them the trained
-    labels' candidates and neighbours are what they were before (`without_added`)."""
+    labels' candidates and neighbours are what they were before (`_without_added`)."""
     added = state.scoring.added_mask
     labels = 0 if added is None else int(added.sum())
     return (min(labels, MAX_EXTRA),
             min(state.item_labels.shape[0] - state.trained_items, MAX_EXTRA))
 
 
-def without_added(state: TaggerState, found: Neighbours, scoring: Scoring,
+def _without_added(state: TaggerState, found: Neighbours, scoring: Scoring,
                   depth: int) -> Neighbours:
     """The search results without the labels added after training and without the items past
     the trained ones (their examples), the rest moved left in order (-1 / -inf padding) and
@@ -210,11 +209,17 @@ def without_added(state: TaggerState, found: Neighbours, scoring: Scoring,
                       items[0][:, :knn], items[1][:, :knn], found.tfidf)
 
 
+def _kept_first(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The column order that moves each row's kept entries first, in their order, and the
+    kept mask in that order."""
+    order = np.argsort(~keep, axis=1, kind="stable")
+    return order, np.take_along_axis(keep, order, 1)
+
+
 def _kept(scores: np.ndarray, ids: np.ndarray,
           keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each row's kept entries first, in their order; the rest become -inf / -1."""
-    order = np.argsort(~keep, axis=1, kind="stable")
-    kept = np.take_along_axis(keep, order, 1)
+    order, kept = _kept_first(keep)
     return (np.where(kept, np.take_along_axis(scores, order, 1), -np.inf).astype(np.float32),
             np.where(kept, np.take_along_axis(ids, order, 1), -1))
 
