@@ -51,11 +51,13 @@ from metricls import serve_page
 from metricls.artifacts import read_json
 from metricls.errors import InputError
 from metricls.manifest import MANIFEST, check_folder, versions
+from metricls.serve_batching import MicroBatcher
 from metricls.tagger import Tagger
 from metricls.validation import check_features, check_positive_int, check_texts, describe
 
 log = logging.getLogger(__name__)
 SETTINGS_ENV = "METRICLS_SERVE_SETTINGS"  # JSON {"tagger": path, limits...} for --workers > 1
+BATCH_ITEMS = 256  # most inputs of concurrent requests tagged in one call (at least max_batch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,13 +214,17 @@ def create_app(tagger_or_path: Tagger | str | Path, *, max_batch: int = Limits.m
                                      title=html.escape(title) + " - ReDoc").body,
             "/": serve_page.page(health.tagger, dim, limits.max_k).encode()}
     errors = {code: {"model": ErrorBody} for code in (400, 413, 415, 422)}
+    # concurrent requests are tagged together (serve_batching); each gets its own rows
+    batcher = MicroBatcher(lambda key, inputs: tagger.predict(inputs, k=key[0], threshold=key[1]),
+                           max_items=max(BATCH_ITEMS, limits.max_batch))
 
     @app.post("/tag", response_model=TagResponse, responses=errors, openapi_extra=_TAG_BODY)
     async def tag(request: Request) -> Response:
         """Tag texts (or vectors): the k best labels per input with their scores."""
         guards.check_content_type(request.headers.get("content-type"))
         body = await request.body()
-        return await run_in_threadpool(_tag, body, tagger, health, limits, max_values)
+        return await run_in_threadpool(_tag, body, tagger, batcher, health, limits,
+                                       max_values)
 
     @app.get("/labels", response_model=LabelsResponse)
     async def get_labels() -> Response:
@@ -283,7 +289,7 @@ def _vector_dim(tagger: Tagger) -> int | None:
     return next((b.out_dim for b in tagger.model.backbones if b.needs == "features"), None)
 
 
-def _tag(body: bytes, tagger: Tagger, health: Health, limits: Limits,
+def _tag(body: bytes, tagger: Tagger, batcher: MicroBatcher, health: Health, limits: Limits,
          max_values: int) -> JSONResponse:
     """POST /tag in a worker thread: parse, check, tag and render, or HTTPException/InputError."""
     start = time.perf_counter()
@@ -300,7 +306,7 @@ def _tag(body: bytes, tagger: Tagger, health: Health, limits: Limits,
                                      "the k best tags")
         tags = tagger.explain(inputs, k=request.k)
         return JSONResponse({"tags": tags, "took_ms": (time.perf_counter() - start) * 1e3})
-    rows = tagger.predict(inputs, k=request.k, threshold=request.threshold)
+    rows = batcher((request.k, request.threshold), inputs)
     tags = [[{"label": name, "score": score} for name, score in row] for row in rows]
     return JSONResponse({"tags": tags, "took_ms": (time.perf_counter() - start) * 1e3})
 

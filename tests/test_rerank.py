@@ -1,15 +1,15 @@
-"""The reranker: exported trees match scikit-learn, features mean what they say, it is fitted
+"""The reranker: LightGBM trees that learn and round-trip, features mean what they say, it is fitted
 on valid only when it helps out of fold, saved, loaded, and damaged files are refused."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from conftest import TINY, replaced
-from sklearn.ensemble import HistGradientBoostingClassifier
 
 from metricls import Tagger, build_index, load_config, train_embedder
 from metricls.artifacts import load_tensors, read_json, save_tensors
@@ -19,128 +19,89 @@ from metricls.evaluation import evaluate
 from metricls.folder import RERANKER
 from metricls.manifest import write_manifest
 from metricls.pipeline.features import candidate_features
-from metricls.pipeline.fit import (
-    LEARNING_RATE,
-    LEAVES,
-    TREES,
-    fit_trees,
-    objective,
-    tune_reranker,
-)
+from metricls.pipeline.fit import objective, tune_reranker
 from metricls.pipeline.rerank import FEATURES, Reranker, ranked
 from metricls.pipeline.scoring import Scoring
 from metricls.pipeline.search import Neighbours, search
 from metricls.pipeline.state import LabelStats
 from metricls.pipeline.tag import candidates
-from metricls.pipeline.trees import TreeEnsemble
+from metricls.pipeline.trees import MAX_TREES, BoostedTrees
 
 
-def test_exported_trees_give_scikit_learns_logits_and_survive_a_round_trip():
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(3000, 5))
-    X[:, 4] = np.round(X[:, 4])  # ties on a threshold
-    y = (X[:, 0] + X[:, 1] * X[:, 2] + 0.5 * rng.normal(size=3000)) > 0.5
-    model = HistGradientBoostingClassifier(max_iter=40, max_leaf_nodes=15, random_state=0)
-    model.fit(X, y)
-    trees = TreeEnsemble.from_sklearn(model)
-    assert len(set(trees.tree_depths.tolist())) > 1  # trees of several depths walk together
-    Xt = np.vstack([rng.normal(size=(500, 5)), X[:50]])
-    np.testing.assert_allclose(trees.logits(Xt), model.decision_function(Xt), atol=1e-9)
-    np.testing.assert_allclose(trees.walk(Xt), model.decision_function(Xt), atol=1e-9)
-    again = TreeEnsemble.from_tensors(trees.to_tensors(), "here")
-    np.testing.assert_array_equal(again.logits(Xt), trees.logits(Xt))
-    assert trees.logits(np.zeros((0, 5))).shape == (0,)
+def _data(n: int = 3000, seed: int = 0, features: int = len(FEATURES)):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, features))
+    X[:, -1] = np.round(X[:, -1])  # ties on a threshold
+    y = (X[:, 0] + X[:, 1] * X[:, 2] + 0.5 * rng.normal(size=n)) > 0.5
+    return X, y
 
 
-def test_averaged_ensembles_give_the_mean_logit_and_fit_trees_bags():
-    rng = np.random.default_rng(4)
-    X = rng.normal(size=(3000, 4))
-    y = (X[:, 0] * X[:, 1] + 0.5 * rng.normal(size=3000)) > 0
-    models = [HistGradientBoostingClassifier(max_iter=20, random_state=s).fit(X, y)
-              for s in range(3)]
-    Xt = rng.normal(size=(400, 4))
-    mean = np.mean([m.decision_function(Xt) for m in models], axis=0)
-    averaged = TreeEnsemble.average([TreeEnsemble.from_sklearn(m) for m in models])
-    np.testing.assert_allclose(averaged.logits(Xt), mean, atol=1e-9)
-    np.testing.assert_allclose(averaged.walk(Xt), mean, atol=1e-9)
-    assert averaged._compiled is not None  # the trees still lie one after another
-    # fit_trees averages BAG ensembles with seeds seed, seed + 1, ...
-    bagged = fit_trees(X, y, 7)
-    single = TreeEnsemble.from_sklearn(HistGradientBoostingClassifier(
-        max_iter=TREES, learning_rate=LEARNING_RATE, max_leaf_nodes=LEAVES,
-        random_state=7).fit(X, y))
-    assert len(bagged.roots) > len(single.roots)
-    np.testing.assert_array_equal(fit_trees(X, y, 7).logits(Xt), bagged.logits(Xt))
+def test_fitted_trees_learn_survive_a_round_trip_and_are_deterministic():
+    X, y = _data()
+    trees = BoostedTrees.fit(X, y, seed=7)
+    assert 1 < trees.n_trees <= MAX_TREES  # stopped early on the held-out share
+    Xt, yt = _data(800, seed=1)
+    z = trees.logits(Xt)
+    assert z.shape == (800,) and np.mean((z > 0) == yt) > 0.85  # it learned the interaction
+    again = BoostedTrees.from_text(trees.to_text(), "here", len(FEATURES))
+    np.testing.assert_array_equal(again.logits(Xt), z)
+    np.testing.assert_array_equal(BoostedTrees.fit(X, y, seed=7).logits(Xt), z)
+    assert BoostedTrees.fit(X, y, seed=8).to_text() != trees.to_text()  # the seed matters
+    assert trees.logits(np.zeros((0, len(FEATURES)))).shape == (0,)
 
 
-def test_trees_that_are_single_leaves_score_their_value_either_way(monkeypatch):
-    import metricls.pipeline.trees as rerank
+def test_big_batches_predict_on_every_core_with_the_same_logits(monkeypatch):
+    import metricls.pipeline.trees as module
 
-    one = np.array([0])
-    stump = TreeEnsemble(feature=one, threshold=np.array([np.inf]), left=one, right=one,
-                         value=np.array([0.5]), roots=one, tree_depths=one, baseline=0.25,
-                         n_features=3)
-    monkeypatch.setattr(rerank, "COMPILED_FROM_ROWS", 1)
-    assert stump._compiled is not None  # its probe rows need no threshold to draw from
-    np.testing.assert_allclose(stump.logits(np.ones((5, 3))), 0.75)
-    np.testing.assert_allclose(stump.walk(np.ones((5, 3))), 0.75)
+    X, y = _data()
+    trees = BoostedTrees.fit(X, y, seed=0)
+    one_thread = trees.logits(X)
+    monkeypatch.setattr(module, "THREADS_FROM_ROWS", 1)
+    np.testing.assert_allclose(trees.logits(X), one_thread, rtol=1e-12)
 
 
-def test_the_compiled_walk_is_used_when_it_agrees_and_numpy_walks_otherwise(monkeypatch):
-    import sys
-
-    import metricls.pipeline.trees as rerank
-
-    rng = np.random.default_rng(2)
-    X = rng.normal(size=(2000, 4))
-    y = (X[:, 0] - X[:, 3] + 0.3 * rng.normal(size=2000)) > 0
-    model = HistGradientBoostingClassifier(max_iter=30, random_state=0).fit(X, y)
-    Xt = rng.normal(size=(300, 4))
-    trees = TreeEnsemble.from_sklearn(model)
-    assert trees._compiled is not None  # scikit-learn's predictors over the exported arrays
-    walked, numpy_walk = [], TreeEnsemble.walk
-    monkeypatch.setattr(TreeEnsemble, "walk",
-                        lambda self, rows: walked.append(len(rows)) or numpy_walk(self, rows))
-    # small batches walk with numpy; from COMPILED_FROM_ROWS on, compiled (one thread, then all
-    # from THREADS_FROM_ROWS): every way gives scikit-learn's logits
-    for compiled_from, threads_from, numpy in ((10**9, 10**9, True), (1, 10**9, False),
-                                               (1, 1, False)):
-        monkeypatch.setattr(rerank, "COMPILED_FROM_ROWS", compiled_from)
-        monkeypatch.setattr(rerank, "THREADS_FROM_ROWS", threads_from)
-        walked.clear()
-        np.testing.assert_allclose(trees.logits(Xt), model.decision_function(Xt), atol=1e-9)
-        assert (walked == [300]) == numpy
-    monkeypatch.setattr(TreeEnsemble, "walk", numpy_walk)
-    monkeypatch.setattr(rerank, "COMPILED_FROM_ROWS", 1)
-    # without scikit-learn (or with one whose private predictor moved): numpy, same logits
-    monkeypatch.setitem(sys.modules, "sklearn.ensemble._hist_gradient_boosting.predictor", None)
-    bare = TreeEnsemble.from_tensors(trees.to_tensors(), "here")
-    assert bare._compiled is None
-    np.testing.assert_allclose(bare.logits(Xt), model.decision_function(Xt), atol=1e-9)
-    # trees stored out of order cannot be compiled per tree: numpy walks them
-    monkeypatch.undo()
-    t = trees.to_tensors()
-    t["roots"] = t["roots"][::-1].copy()
-    t["tree_depths"] = t["tree_depths"][::-1].copy()
-    shuffled = TreeEnsemble.from_tensors(t, "here")
-    assert shuffled._compiled is None
-    np.testing.assert_allclose(shuffled.logits(Xt), model.decision_function(Xt), atol=1e-9)
+def test_tiny_training_sets_still_fit():
+    X, y = _data(12)  # too few rows to hold any out
+    trees = BoostedTrees.fit(X, y, seed=0)
+    assert trees.n_trees >= 1 and np.isfinite(trees.logits(X)).all()
 
 
 def test_damaged_trees_are_refused_with_the_file_named():
-    rng = np.random.default_rng(1)
-    X, y = rng.normal(size=(400, len(FEATURES))), rng.random(400) > 0.5
-    trees = TreeEnsemble.from_sklearn(
-        HistGradientBoostingClassifier(max_iter=5, random_state=0).fit(X, y))
-    tensors = Reranker(trees, 20).to_tensors()
-    bad = dict(tensors, left=tensors["left"] + 10**6)
-    with pytest.raises(ArtifactError, match=r"x/reranker\.safetensors: node 0 has children \d+ "
-                       r"and \d+, expected both after it"):
-        Reranker.from_tensors(bad, "x/reranker.safetensors")
-    with pytest.raises(ArtifactError, match="x/r: 'value' missing"):
-        Reranker.from_tensors({k: v for k, v in tensors.items() if k != "value"}, "x/r")
-    with pytest.raises(ArtifactError,
-                       match=f"of 0 candidates, expected {len(FEATURES)} features of >= 1"):
+    X, y = _data(400)
+    tensors = Reranker(BoostedTrees.fit(X, y, 0), 20).to_tensors()
+    text = bytes(tensors["model"]).decode()
+
+    def with_text(new: str) -> dict:
+        return dict(tensors, model=np.frombuffer(new.encode(), np.uint8).copy())
+
+    where = "x/reranker.safetensors"
+    bad = {
+        "a child past the tree": (text.replace("left_child=", "left_child=99 ", 1),
+                                  "tree 0 has nodes out of range"),
+        "a feature past the features": (re.sub(r"split_feature=\d+", "split_feature=10", text,
+                                               count=1), "tree 0 has nodes out of range"),
+        "a loop back to the root": (re.sub(r"(right_child=\S+ )\S+", r"\g<1>0", text, count=1),
+                                    "tree 0 has nodes out of range"),
+        "a categorical split": (text.replace("num_cat=0", "num_cat=1", 1),
+                                "tree 0 has nodes out of range"),
+        "an infinite leaf": (text.replace("leaf_value=", "leaf_value=inf ", 1),
+                             "tree 0 has nodes out of range"),
+        "no trees": ("tree\nversion=v4\n", "no trees in the LightGBM model text"),
+        "garbage": ("tree\nTree=0\nnum_leaves=x\n", "tree 0 is not LightGBM's text format"),
+    }
+    for name, (new, message) in bad.items():
+        with pytest.raises(ArtifactError, match=f"{re.escape(where)}: {message}"):
+            Reranker.from_tensors(with_text(new), where)
+            pytest.fail(f"{name} was read")
+    other = BoostedTrees.fit(*_data(400, features=3), 0)
+    with pytest.raises(ArtifactError, match=f"trees over 3 features, expected {len(FEATURES)}"):
+        Reranker.from_tensors(dict(tensors, model=np.frombuffer(
+            other.to_text().encode(), np.uint8).copy()), where)
+    with pytest.raises(ArtifactError, match="x/r: 'model' missing"):
+        Reranker.from_tensors({k: v for k, v in tensors.items() if k != "model"}, "x/r")
+    with pytest.raises(ArtifactError, match="x/r: 'model' is not UTF-8"):
+        Reranker.from_tensors(dict(tensors, model=np.array([255, 254], np.uint8)), "x/r")
+    with pytest.raises(ArtifactError, match="of 0 candidates, expected >= 1"):
         Reranker.from_tensors(dict(tensors, candidates=np.array([0])), "x/r")
 
 
@@ -305,16 +266,29 @@ def test_a_reranker_is_saved_loaded_and_scores_probabilities(reranked_dir, synth
     # k beyond the reranker's depth still ranks every label once
     wide = tagger.predict_scores(texts[:1], k=len(tagger.vocab))[1][0]
     assert sorted(wide[wide >= 0].tolist()) == list(range(len(tagger.vocab)))
-    # living labels: a new label is a candidate like any other
+    # living labels: a new label is a candidate like any other (scored on the trained labels'
+    # scale: near the top for a text of its words, not above every trained label)
     tagger.add_label("facet9::new", ["brandnew words here", "brandnew other words"])
-    assert tagger.predict(["brandnew words"], k=1)[0][0][0] == "facet9::new"
+    assert "facet9::new" in [label for label, _ in tagger.predict(["brandnew words"], k=3)[0]]
 
 
 def test_a_damaged_reranker_is_refused_with_its_name(reranked_dir):
     tensors, meta = load_tensors(reranked_dir / RERANKER)
-    tensors["roots"] = tensors["roots"] + 10**6
+    text = bytes(tensors["model"]).decode().replace("left_child=", "left_child=99 ", 1)
+    tensors["model"] = np.frombuffer(text.encode(), np.uint8).copy()
     save_tensors(reranked_dir / RERANKER, tensors, meta)
     old = read_json(reranked_dir / "manifest.json")  # re-signed: only the trees are bad
     write_manifest(reranked_dir, data=old["data"], metrics=old["metrics"])
-    with pytest.raises(ArtifactError, match=r"reranker\.safetensors: 'roots' span \[1000000, "):
+    with pytest.raises(ArtifactError, match=r"reranker\.safetensors: tree 0 has nodes out of "):
+        Tagger.load(reranked_dir)
+
+
+def test_trees_of_an_older_metricls_ask_for_a_rebuild(reranked_dir):
+    tensors, meta = load_tensors(reranked_dir / RERANKER)
+    save_tensors(reranked_dir / RERANKER, tensors, dict(meta, format="metricls-reranker/1"))
+    old = read_json(reranked_dir / "manifest.json")
+    write_manifest(reranked_dir, data=old["data"], metrics=old["metrics"])
+    with pytest.raises(ArtifactError, match=r"reranker\.safetensors: trees of an older metricls "
+                       r"\(format 'metricls-reranker/1', this one reads 'metricls-reranker/2'\); "
+                       r".*build-index"):
         Tagger.load(reranked_dir)

@@ -8,10 +8,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 _TOKEN = re.compile(r"[\w+#]+")
 _MAX_TOKENS = 512  # words read per text: long descriptions add little past this
+_CACHED_WORDS = 2_000_000  # words whose hashes are kept between calls
+HASH_CHUNK = 64  # texts hashed together (their ids are sorted together: small chunks sort fast)
 
 
 @dataclass(frozen=True)
@@ -43,46 +46,88 @@ class NgramHasher:
         self.word_ngrams = word_ngrams
         self.char_ngrams = tuple(char_ngrams)
         self.lowercase = lowercase
-        self._words: dict[str, tuple[int, np.ndarray]] = {}
+        self._hash: dict[str, int] = {}  # word -> its hash (a cache)
+        self._chars: dict[str, np.ndarray] = {}  # word -> its character n-grams' hashes
 
-    def _word(self, word: str) -> tuple[int, np.ndarray]:
-        hit = self._words.get(word)
-        if hit is None:
-            h = zlib.crc32(b"w:" + word.encode())
-            padded = f"<{word}>"
-            grams = {padded[i:i + n] for n in self.char_ngrams for i in range(len(padded) - n + 1)}
-            grams.discard(padded)  # the whole word is already its own feature
-            chars = np.fromiter((zlib.crc32(b"c:" + g.encode()) for g in grams), dtype=np.int64,
-                                count=len(grams))
-            hit = (h, chars)
-            if len(self._words) < 2_000_000:
-                self._words[word] = hit
-        return hit
+    def _known(self, words: list[str]) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+        """Word hashes and character n-gram hashes holding every word of `words`: the caches,
+        filled with the new words while they hold fewer than `_CACHED_WORDS`."""
+        new = {w for w in words if w not in self._hash}
+        if not new:
+            return self._hash, self._chars
+        hashes = {w: zlib.crc32(b"w:" + w.encode()) for w in new}
+        chars = {w: self._char_hashes(w) for w in new}
+        if len(self._hash) + len(new) > _CACHED_WORDS:
+            return self._hash | hashes, self._chars | chars
+        self._hash.update(hashes)
+        self._chars.update(chars)
+        return self._hash, self._chars
+
+    def _char_hashes(self, word: str) -> np.ndarray:
+        padded = f"<{word}>"
+        grams = {padded[i:i + n] for n in self.char_ngrams for i in range(len(padded) - n + 1)}
+        grams.discard(padded)  # the whole word is already its own feature
+        return np.fromiter((zlib.crc32(b"c:" + g.encode()) for g in grams), dtype=np.int64,
+                           count=len(grams))
 
     def ids(self, text: str) -> np.ndarray:
         """Unique bucket ids of one text (at least one id: an empty text maps to bucket 0)."""
-        text = text.lower() if self.lowercase else text
-        tokens = _TOKEN.findall(text)[:_MAX_TOKENS]
-        if not tokens:
-            return np.zeros(1, dtype=np.int64)
-        hits = [self._word(t) for t in tokens]
-        words = np.array([h for h, _ in hits], dtype=np.int64)
-        parts = [words] + [c for _, c in hits]
-        mixed = words.astype(np.uint64)
-        for n in range(2, self.word_ngrams + 1):
-            if len(words) < n:
-                break
-            mixed = mixed[:-1] * np.uint64(1_000_003) + words[n - 1:].astype(np.uint64)
-            parts.append((mixed ^ np.uint64(n)).astype(np.int64) & 0x7FFFFFFFFFFF)
-        return np.unique(np.concatenate(parts) % self.buckets)
+        bags = self.bags([text])
+        return bags.ids
 
     def bags(self, texts: list[str]) -> Bags:
-        """Hash every text; returns the CSR of their ids."""
-        rows = [self.ids(t) for t in texts]
-        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-        indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        ids = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-        return Bags(indptr=indptr, ids=ids)
+        """Hash every text; returns the CSR of their unique ids, sorted within each text.
+
+        Texts are hashed `HASH_CHUNK` at a time: each text is only split into words (each
+        word's hash and character n-grams are cached), and the word n-grams, the bucketing and
+        the per-text de-duplication run as a few numpy operations over the chunk together.
+        """
+        if len(texts) <= HASH_CHUNK:
+            return self._bags(texts)
+        parts = [self._bags(texts[s:s + HASH_CHUNK]) for s in range(0, len(texts), HASH_CHUNK)]
+        offsets = np.cumsum([0] + [len(p.ids) for p in parts[:-1]])
+        indptr = np.concatenate([[0]] + [p.indptr[1:] + o for p, o in zip(parts, offsets)])
+        return Bags(indptr=indptr.astype(np.int64), ids=np.concatenate([p.ids for p in parts]))
+
+    def _bags(self, texts: list[str]) -> Bags:
+        """`bags` of one chunk."""
+        tokens: list[str] = []  # every text's words, one text after another
+        n_words = np.zeros(len(texts), np.int64)
+        distinct: list[str] = []  # each text's distinct words (for their character n-grams)
+        n_distinct = np.zeros(len(texts), np.int64)
+        for i, text in enumerate(texts):
+            words = _TOKEN.findall(text.lower() if self.lowercase else text)[:_MAX_TOKENS]
+            tokens += words
+            n_words[i] = len(words)
+            once = dict.fromkeys(words)
+            distinct += once
+            n_distinct[i] = len(once)
+        hashes, char_hashes = self._known(distinct)
+        flat = np.fromiter(map(hashes.__getitem__, tokens), np.int64, count=len(tokens))
+        word_row = np.repeat(np.arange(len(texts)), n_words)
+        chars = list(map(char_hashes.__getitem__, distinct))
+        char_row = np.repeat(np.repeat(np.arange(len(texts)), n_distinct),
+                             np.fromiter(map(len, chars), np.int64, count=len(chars)))
+        rows, parts = [word_row, char_row], [flat, _joined(chars)]
+        mixed = flat.astype(np.uint64)
+        for n in range(2, self.word_ngrams + 1):  # n-grams within one text only
+            mixed = mixed[:-1] * np.uint64(1_000_003) + flat[n - 1:].astype(np.uint64)
+            inside = word_row[:len(mixed)] == word_row[n - 1:]
+            rows.append(word_row[:len(mixed)][inside])
+            parts.append((mixed[inside] ^ np.uint64(n)).astype(np.int64) & 0x7FFFFFFFFFFF)
+        empty = np.flatnonzero(n_words == 0)  # a text without words maps to bucket 0
+        rows.append(empty)
+        parts.append(np.zeros(len(empty), np.int64))
+        keys = np.sort(np.concatenate(rows) * self.buckets + np.concatenate(parts) % self.buckets)
+        keys = keys[np.diff(keys, prepend=-1) != 0]  # np.unique, but faster (ids are >= 0)
+        row = keys // self.buckets
+        indptr = np.zeros(len(texts) + 1, np.int64)
+        np.cumsum(np.bincount(row, minlength=len(texts)), out=indptr[1:])
+        return Bags(indptr=indptr, ids=keys % self.buckets)
+
+
+def _joined(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
 
 
 class LexicalBackbone(nn.Module):
@@ -117,4 +162,12 @@ class LexicalBackbone(nn.Module):
     def forward(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         flat, offsets = batch
         device = self.bag.weight.device
-        return self.bag(flat.to(device), offsets.to(device))  # (B, dim)
+        flat, offsets = flat.to(device), offsets.to(device)
+        if not (self.training and torch.is_grad_enabled()):
+            return self.bag(flat, offsets)  # (B, dim)
+        # training: the batch's distinct rows are looked up once, so the sparse gradient
+        # holds each row once (the bag's own gradient repeats a row per use, and the
+        # optimizer's coalescing of those repeats was most of a training step)
+        rows, inverse = torch.unique(flat, return_inverse=True)
+        table = F.embedding(rows, self.bag.weight, sparse=True)
+        return F.embedding_bag(inverse, table, offsets, mode="mean")  # (B, dim)

@@ -2,7 +2,7 @@
 
 `tune_scoring` grid-searches how neighbours become scores for the best `objective`, then
 (optionally) fits a reranker and keeps it when it beats the blend out of fold; thresholds are
-tuned last on the scores the tagger will give. Runs at build time only (scikit-learn).
+tuned last on the scores the tagger will give. Runs at build time only.
 """
 
 from __future__ import annotations
@@ -22,26 +22,14 @@ from metricls.pipeline.scoring import Scoring, tune_global_threshold, tune_label
 from metricls.pipeline.search import Neighbours, search
 from metricls.pipeline.state import TaggerState
 from metricls.pipeline.tag import added_candidates, candidates, combine
-from metricls.pipeline.trees import TreeEnsemble
+from metricls.pipeline.trees import BoostedTrees
 from metricls.progress import progress
 from metricls.prototypes import normalize_rows
 
 log = logging.getLogger(__name__)
 MIN_ITEMS = 50  # validation items needed to fit a reranker
-TREES, LEARNING_RATE, LEAVES = 100, 0.1, 15  # at most; scikit-learn stops early on a held-out 10%
-BAG = 3  # such ensembles averaged, each stopped on its own random 10%: less variance
 TUNE_QUERIES = 10_000  # validation items the scoring grid search uses at most
 BIAS_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # tried on valid when the labels have learned biases
-
-
-def fit_trees(X: np.ndarray, y: np.ndarray, seed: int) -> TreeEnsemble:
-    """Boosted trees for P(y | X) (binary): `BAG` of scikit-learn's histogram gradient boosting
-    ensembles (seeds seed, seed + 1, ...), averaged."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
-    return TreeEnsemble.average([TreeEnsemble.from_sklearn(HistGradientBoostingClassifier(
-        max_iter=TREES, learning_rate=LEARNING_RATE, max_leaf_nodes=LEAVES,
-        random_state=seed + b).fit(X, y)) for b in range(BAG)])
 
 
 def objective(ids: np.ndarray, Y: sp.csr_matrix, props: np.ndarray) -> float:
@@ -114,14 +102,14 @@ def tune_reranker(state: TaggerState, found: Neighbours, scoring: Scoring, Y: sp
     oof = np.zeros(cand.ids.shape, np.float32)
     for f in (0, 1):
         fit = (fold != f)[:, None] & real
-        oof[fold == f] = Reranker(fit_trees(cand.features[fit], y[fit], seed)).score(
+        oof[fold == f] = Reranker(BoostedTrees.fit(cand.features[fit], y[fit], seed)).score(
             cand.features[fold == f])
     scores, ids = ranked(oof, cand.ids, 20)
     score = objective(ids, Y, state.vocab.propensities())
     report = {"kept": score > plain, "out_of_fold": round(score, 4), "plain": round(plain, 4)}
     if score <= plain:
         return None, None, report
-    return Reranker(fit_trees(cand.features[real], y[real], seed)), (scores, ids), report
+    return Reranker(BoostedTrees.fit(cand.features[real], y[real], seed)), (scores, ids), report
 
 
 SIMULATED_SHOTS = (0, 1, 5, 20)  # examples per simulated added label (0: its text alone)
@@ -200,7 +188,7 @@ def fit_added_reranker(state: TaggerState, emb: np.ndarray, Y: sp.csr_matrix,
         return None, "skipped: no true (or no false) candidate among the simulated labels"
     report = {"labels": len(chosen), "candidates": int(mine.sum()),
               "true": int(y[mine].sum())}
-    return Reranker(fit_trees(cand.features[mine], y[mine], seed)), report
+    return Reranker(BoostedTrees.fit(cand.features[mine], y[mine], seed)), report
 
 
 def _unit_row(row: sp.csr_matrix) -> sp.csr_matrix:

@@ -1,6 +1,6 @@
 """Step 3 of tagging: the reranker, trees over each candidate's features giving P(true label).
 
-Its trees are a `TreeEnsemble` (`trees.py`), fitted on the validation split by `fit.py`; the
+Its trees are LightGBM's (`trees.py`), fitted on the validation split by `fit.py`; the
 features are `FEATURES` of the `depth` best candidates by cosine (`features.py` makes them).
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 from metricls.artifacts import load_tensors
 from metricls.errors import ArtifactError
 from metricls.formats import RERANKER_FORMAT, check_array, check_format, remedy
-from metricls.pipeline.trees import TreeEnsemble
+from metricls.pipeline.trees import BoostedTrees
 
 FEATURES = ("cosine", "log_count", "vote", "vote_wide", "log_rank", "gap_to_top", "top_cosine",
             "co_occurrence", "tfidf_cosine", "tfidf_log_rank")  # made by features.py
@@ -34,7 +34,7 @@ class Candidates(NamedTuple):
 class Reranker:
     """Trees over `FEATURES` of the top `depth` candidates; `score` gives probabilities."""
 
-    trees: TreeEnsemble
+    trees: BoostedTrees
     depth: int = DEPTH
 
     def score(self, features: np.ndarray) -> np.ndarray:
@@ -44,23 +44,37 @@ class Reranker:
         return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
     def to_tensors(self) -> dict[str, np.ndarray]:
-        return self.trees.to_tensors() | {"candidates": np.array([self.depth], np.int64)}
+        """The trees' LightGBM model text as UTF-8 bytes, and the candidate depth."""
+        text = np.frombuffer(self.trees.to_text().encode(), np.uint8).copy()
+        return {"model": text, "candidates": np.array([self.depth], np.int64)}
 
     @classmethod
     def from_tensors(cls, t: dict[str, np.ndarray], source: str) -> Reranker:
-        trees = TreeEnsemble.from_tensors(t, source)
+        model = check_array(source, t, "model", "i", (None,))
+        if model.dtype != np.uint8:
+            raise ArtifactError(f"{source}: 'model' is {model.dtype}, expected uint8 (the "
+                                f"LightGBM model text); {remedy(source)}")
+        try:
+            text = bytes(model).decode()
+        except UnicodeDecodeError as exc:
+            raise ArtifactError(f"{source}: 'model' is not UTF-8 ({exc}); "
+                                f"{remedy(source)}") from None
         depth = int(check_array(source, t, "candidates", "i", (1,))[0])
-        if depth < 1 or trees.n_features != len(FEATURES):
-            raise ArtifactError(f"{source}: a reranker over {trees.n_features} features of "
-                                f"{depth} candidates, expected {len(FEATURES)} features of >= 1 "
-                                f"candidates; {remedy(source)}")
-        return cls(trees, depth)
+        if depth < 1:
+            raise ArtifactError(f"{source}: a reranker of {depth} candidates, expected >= 1; "
+                                f"{remedy(source)}")
+        return cls(BoostedTrees.from_text(text, source, len(FEATURES)), depth)
 
     @classmethod
     def load(cls, path: Path) -> Reranker:
-        """Read a reranker file written with `RERANKER_FORMAT` and `FEATURES` in its metadata."""
+        """Read a reranker file written with `RERANKER_FORMAT` and `FEATURES` in its metadata
+        (the trees of an older format: rebuild the index)."""
         tensors, meta = load_tensors(path)
         check_format(path, meta.get("format"), RERANKER_FORMAT)
+        if meta["format"].partition("/")[2].split(".")[0] != RERANKER_FORMAT.partition("/")[2]:
+            raise ArtifactError(f"{path}: trees of an older metricls (format "
+                                f"{meta.get('format')!r}, this one reads {RERANKER_FORMAT!r}); "
+                                f"{remedy(path)}")
         if meta.get("features") != ",".join(FEATURES):
             raise ArtifactError(f"{path}: trees over the features {meta.get('features')!r}, "
                                 f"expected {','.join(FEATURES)!r}; {remedy(path)}")

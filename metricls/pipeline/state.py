@@ -18,6 +18,7 @@ import scipy.sparse as sp
 
 from metricls.ann import AnnIndex
 from metricls.data.labels import LabelVocab
+from metricls.pipeline.lookup import keyed
 from metricls.pipeline.rerank import Reranker
 from metricls.pipeline.scoring import Scoring
 from metricls.pipeline.tfidf import TfidfPrototypes
@@ -40,6 +41,11 @@ class LabelStats:
         pairs.eliminate_zeros()
         given = sp.csr_matrix(sp.diags(1.0 / np.maximum(counts, 1.0)) @ pairs, dtype=np.float32)
         return cls(np.log1p(counts).astype(np.float32), given)
+
+    @functools.cached_property
+    def given_keyed(self) -> tuple[sp.csr_matrix, np.ndarray]:
+        """`given` with its search keys (`lookup.keyed`), made once."""
+        return keyed(self.given)
 
 
 @dataclasses.dataclass(frozen=True)

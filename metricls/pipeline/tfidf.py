@@ -70,17 +70,22 @@ class TfidfPrototypes:
 
     def _vectors(self, tokens: Sequence[list[str]]) -> sp.csr_matrix:
         """`vectors` of texts already split into tokens."""
-        columns, indptr, indices, counts = self._columns, [0], [], []
-        for row in tokens:
-            found = Counter(c for c in map(columns.get, row) if c is not None)
-            indices.extend(found)
-            counts.extend(found.values())
-            indptr.append(len(indices))
-        data = np.log(np.asarray(counts, np.float32)) + 1.0
-        X = sp.csr_matrix((data, np.asarray(indices, np.int64), np.asarray(indptr, np.int64)),
-                          shape=(len(tokens), len(self.terms)))
-        X.data *= self.idf[X.indices]
-        return _unit_rows(X)
+        columns, found, counts = self._columns, [], np.zeros(len(tokens), np.int64)
+        for i, row in enumerate(tokens):
+            known = [c for c in map(columns.get, row) if c is not None]
+            found.extend(known)
+            counts[i] = len(known)
+        width = max(len(self.terms), 1)
+        keys = np.sort(np.repeat(np.arange(len(tokens)), counts) * width
+                       + np.asarray(found, np.int64))
+        first = np.flatnonzero(np.diff(keys, prepend=-1))  # np.unique's counts, but faster
+        keys, tf = keys[first], np.diff(first, append=len(keys))
+        indptr = np.zeros(len(tokens) + 1, np.int64)
+        np.cumsum(np.bincount(keys // width, minlength=len(tokens)), out=indptr[1:])
+        indices = keys % width
+        data = (np.log(tf.astype(np.float32)) + 1.0) * self.idf[indices]
+        return _unit_rows(sp.csr_matrix((data, indices, indptr),
+                                        shape=(len(tokens), len(self.terms))))
 
     def scores(self, texts: Sequence[str]) -> sp.csr_matrix:
         """(n, L) cosine of each text to each prototype (zero where they share no term)."""
