@@ -10,11 +10,13 @@ folder holds ``part-<first row>.parquet`` files, so reading it gives the input o
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +53,8 @@ class TagOptions:
         batch_size: items per block (and per call of the tagger).
         embeddings: also store each item's (d,) float32 embedding.
         num_actors: Ray actors, each holding one tagger (`--engine ray` only).
+        threads: blocks tagged at once in this process (`--engine local` only): the searches,
+            trees and matrix products release the GIL, so two threads use two cores.
     """
 
     k: int = 10
@@ -58,6 +62,7 @@ class TagOptions:
     batch_size: int = 1024
     embeddings: bool = False
     num_actors: int = 2
+    threads: int = 2
 
 
 def read_blocks(path: str | Path, data: DataConfig, rows: int) -> Iterator[pa.Table]:
@@ -170,7 +175,8 @@ def tag_catalog(tagger_dir: str | Path, data: str | Path, out: str | Path, *,
     with staged_dir(out, lambda: check_output(out, "catalog", overwrite=overwrite,
                                               inputs=(source, tagger_dir))) as tmp:
         if ray is None:
-            rows = _tag_here(TagBatch(tagger, options), itertools.chain([first], blocks), tmp)
+            rows = _tag_here(TagBatch(tagger, options), itertools.chain([first], blocks), tmp,
+                             options.threads)
         else:
             blocks.close()  # Ray reads the file again, and each actor loads its own tagger
             _tag_on_ray(ray, Path(tagger_dir), (source, tagger.config.data), options, tmp)
@@ -192,7 +198,7 @@ def read_tags(folder: str | Path) -> pa.Table:
 def _checked(options: TagOptions, engine: str) -> TagOptions:
     if engine not in ENGINES:
         raise InputError(f"engine: expected one of {list(ENGINES)}, got {engine!r}")
-    for name in ("k", "batch_size", "num_actors"):
+    for name in ("k", "batch_size", "num_actors", "threads"):
         check_k(getattr(options, name), name)
     return options
 
@@ -201,12 +207,26 @@ def _part(first_row: int) -> str:
     return f"part-{first_row:012d}.parquet"
 
 
-def _tag_here(tag: TagBatch, blocks: Iterator[pa.Table], folder: Path) -> int:
-    """The local engine: each block tagged and written in turn; returns the row count."""
-    rows = 0
-    for block in progress(blocks, desc="tagging"):
-        pq.write_table(tag(block), folder / _part(rows))
-        rows += len(block)
+def _tag_here(tag: TagBatch, blocks: Iterator[pa.Table], folder: Path, threads: int) -> int:
+    """The local engine: blocks tagged and written by `threads` threads, at most two per
+    thread read ahead; returns the row count."""
+    rows, pending = 0, collections.deque()
+
+    def tag_and_write(block: pa.Table, path: Path) -> None:
+        pq.write_table(tag(block), path)
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="metricls-tag") as pool:
+        try:
+            for block in progress(blocks, desc="tagging"):
+                pending.append(pool.submit(tag_and_write, block, folder / _part(rows)))
+                rows += len(block)
+                if len(pending) >= 2 * threads:
+                    pending.popleft().result()  # a failure stops the run here
+            while pending:
+                pending.popleft().result()
+        finally:
+            for future in pending:  # after a failure: nothing more starts
+                future.cancel()
     return rows
 
 

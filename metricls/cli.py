@@ -246,13 +246,15 @@ def tag_catalog_cmd(tagger: Path,
                     embeddings: Annotated[bool, typer.Option(
                         "--embeddings", help="Also store each item's embedding")] = False,
                     num_actors: Annotated[int, typer.Option(help="Ray actors")] = 2,
+                    threads: Annotated[int, typer.Option(
+                        help="Blocks tagged at once (local engine)")] = 2,
                     overwrite: Overwrite = False) -> None:
     """Tag every item of a file into Parquet: row, id, labels, scores[, embedding]."""
     from metricls.catalog import TagOptions, tag_catalog
 
     cut = threshold if threshold in (None, "tuned") else _number(threshold)
     options = TagOptions(k=k, threshold=cut, batch_size=batch_size, embeddings=embeddings,
-                         num_actors=num_actors)
+                         num_actors=num_actors, threads=threads)
     done = tag_catalog(tagger, data, out, engine=engine, options=options, overwrite=overwrite)
     typer.echo(f"tagged: {done['rows']} items -> {out}  ({done['seconds']} s, "
                f"{done['items_per_s']} items/s, engine {engine})")

@@ -62,6 +62,9 @@ class MiniLMConfig:
 
     max_seq_length: int = 64  # tokens per text; longer texts are cut
     batch_size: int = 64  # texts per encoding batch
+    # torch (sentence-transformers), onnx or onnx-int8 (ONNX Runtime: the packaged weights
+    # exported once, cached beside the embedding cache; torch where onnxruntime is missing)
+    runtime: str = "torch"
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,7 @@ class Config:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "encoder.backbones": ("lexical", "minilm", "features"),
+    "encoder.minilm.runtime": ("torch", "onnx", "onnx-int8"),
     "loss.name": ("multi_similarity", "contrastive", "triplet", "decoupled_softmax"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),

@@ -80,6 +80,35 @@ def test_local_engine_tags_every_item_in_input_order(local_out, tiny_tagger_dir,
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")  # Ray's own
+def test_threads_write_the_same_output_and_a_failing_block_leaves_nothing(
+        local_out, tiny_tagger_dir, catalog, tmp_path, monkeypatch):
+    out, _ = local_out
+    for threads in (1, 3):
+        mine = tmp_path / f"threads-{threads}"
+        options = TagOptions(k=10, batch_size=1500, embeddings=True, threads=threads)
+        summary = tag_catalog(tiny_tagger_dir, catalog, mine, options=options)
+        assert summary["rows"] == N_CATALOG and len(list(mine.glob("part-*.parquet"))) == 14
+        assert_same_output(read_tags(mine), read_tags(out))
+    import metricls.catalog as module
+
+    calls = []
+    real = module.TagBatch.__call__
+
+    def fail_on_the_fifth(self, block):
+        calls.append(1)
+        if len(calls) == 5:
+            raise InputError("a bad block")
+        return real(self, block)
+
+    monkeypatch.setattr(module.TagBatch, "__call__", fail_on_the_fifth)
+    with raises("a bad block"):
+        tag_catalog(tiny_tagger_dir, catalog, tmp_path / "failed",
+                    options=TagOptions(batch_size=1000, threads=2))
+    assert not (tmp_path / "failed").exists() and len(calls) < 20  # stopped early, no output
+    with raises("threads: expected"):
+        tag_catalog(tiny_tagger_dir, catalog, tmp_path / "x", options=TagOptions(threads=0))
+
+
 def test_ray_engine_writes_the_same_output(local_out, tiny_tagger_dir, catalog, tmp_path):
     import ray
 

@@ -8,7 +8,7 @@ from metricls.config import load_config
 from metricls.encoders.backbone import EmbeddingCache, FeatureBackbone, MiniLMBackbone
 from metricls.encoders.lexical import LexicalBackbone, NgramHasher
 from metricls.encoders.model import EmbeddingModel, build_model
-from metricls.errors import ArtifactError, InputError
+from metricls.errors import ArtifactError, ConfigError, InputError
 
 
 def test_hasher_is_stable_and_uses_ngrams():
@@ -55,6 +55,47 @@ def test_minilm_encodes_and_caches(tmp_path, monkeypatch):
     np.testing.assert_array_equal(EmbeddingCache(backbone).get(texts[::-1]), first[::-1])
     other = EmbeddingCache(MiniLMBackbone(max_seq_length=16))
     assert other.folder != cache.folder  # settings are part of the key
+
+
+def test_minilm_through_onnx_runtime_matches_torch_and_exports_once(tmp_path, monkeypatch,
+                                                                   caplog):
+    from metricls.encoders import backbone as module
+
+    monkeypatch.setenv("METRICLS_CACHE", str(tmp_path))
+    texts = ["a library for parsing XML", "a game of chess with a graphical board", "", "x"]
+    torch_way = MiniLMBackbone(max_seq_length=32).encode(texts)
+    onnx = MiniLMBackbone(max_seq_length=32, runtime="onnx")
+    got = onnx.encode(texts)
+    assert got.shape == (4, 384) and got.dtype == np.float32
+    np.testing.assert_allclose(got, torch_way, atol=2e-4)  # the same network, another runtime
+    exported = sorted(p.name for p in tmp_path.glob("minilm-onnx-*/*.onnx"))
+    assert exported == ["model.onnx"]
+    int8 = MiniLMBackbone(max_seq_length=32, runtime="onnx-int8").encode(texts)
+    assert (np.sum(int8 * torch_way, axis=1) > 0.9).all()  # quantised: close, not equal
+    assert sorted(p.name for p in tmp_path.glob("minilm-onnx-*/*.onnx")) == [
+        "model-int8.onnx", "model.onnx"]
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.glob("minilm-onnx-*/*.onnx")}
+    MiniLMBackbone(max_seq_length=32, runtime="onnx-int8").encode(texts[:1])
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # exported once
+    # the runtime is part of the cache key, torch's key is the one it always was
+    assert onnx.identity()["runtime"] == "onnx" and "runtime" not in MiniLMBackbone().identity()
+    assert EmbeddingCache(onnx).folder != EmbeddingCache(MiniLMBackbone(32)).folder
+    # without onnxruntime: torch, with one warning
+    monkeypatch.setattr(module.onnx_minilm, "available", lambda: False)
+    module._onnx_runtime_installed.cache_clear()
+    try:
+        fallback = MiniLMBackbone(max_seq_length=32, runtime="onnx").encode(texts)
+        np.testing.assert_allclose(fallback, torch_way, atol=1e-6)
+        assert "onnxruntime is not installed: encoding with torch" in caplog.text
+    finally:
+        module._onnx_runtime_installed.cache_clear()
+
+
+def test_an_unknown_minilm_runtime_names_the_key():
+    with pytest.raises(ConfigError, match=r"encoder\.minilm\.runtime"):
+        load_config(None, ["encoder.minilm.runtime=tensorrt"])
+    with pytest.raises(InputError, match=r"encoder\.minilm\.runtime: expected one of"):
+        MiniLMBackbone(runtime="tensorrt")
 
 
 def test_model_save_load_round_trip(tmp_path):

@@ -9,7 +9,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "metricls"
 # a module may import only from its own layer or those below it
 LAYERS = [
-    {"cli", "bench", "runner", "serve", "serve_page", "serve_guards", "report", "catalog"},
+    {"cli", "bench", "runner", "serve", "serve_page", "serve_guards", "serve_batching", "report",
+     "catalog"},
     {"build", "training"},
     {"evaluation"},
     {"tagger"},

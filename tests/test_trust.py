@@ -38,6 +38,7 @@ from metricls.data.dataset import read_config_items
 from metricls.errors import ConfigError, InputError, MetriclsError
 from metricls.evaluation import REPORT_KEYS, evaluate
 from metricls.manifest import MANIFEST, _check_entry, verify_folder
+from metricls.pipeline.scoring import TAIL_FROM
 
 # Texts whose top tag is unambiguous (each label owns the words w{label}x0..3).
 CLEAR = ["w0x1 w0x2", "w5x0 w5x3", "w3x0 w3x1 noise2", "w10x3 w10x0", "w19x2 w19x3 noise4"]
@@ -480,6 +481,14 @@ def fuzz_tagger(tiny_tagger_dir) -> Tagger:
     return Tagger.load(tiny_tagger_dir)
 
 
+def _by_score(tagger: Tagger, k) -> int:
+    """How many first places are ordered by score: past `TAIL_FROM`, a reranker tagger with
+    the tail ordering ranks by score / propensity (`Scoring.tail_weight`)."""
+    state = tagger.state
+    tailed = state.reranker is not None and state.scoring.tail_weight > 0 and int(k) > TAIL_FROM
+    return TAIL_FROM if tailed else int(k)
+
+
 def _check_well_formed(tagger: Tagger, method: str, inputs, k, threshold, out) -> None:
     n, n_labels, names = len(inputs), len(tagger.labels), set(tagger.labels)
     if method == "embed":
@@ -493,7 +502,8 @@ def _check_well_formed(tagger: Tagger, method: str, inputs, k, threshold, out) -
         assert scores.dtype == np.float32 and ids.dtype == np.int64
         assert ((ids >= -1) & (ids < n_labels)).all()
         assert (np.isneginf(scores) == (ids < 0)).all() and not np.isnan(scores).any()
-        assert (scores[:, :-1] >= scores[:, 1:]).all()  # best first (-inf padding last)
+        ranked = scores[:, :_by_score(tagger, k)]
+        assert (ranked[:, :-1] >= ranked[:, 1:]).all()  # best first (-inf padding last)
         return
     assert isinstance(out, list) and len(out) == n
     for row in out:
@@ -502,7 +512,8 @@ def _check_well_formed(tagger: Tagger, method: str, inputs, k, threshold, out) -
         scores = [score for _, score in row]
         assert set(tags) <= names and len(set(tags)) == len(tags), row  # real, distinct labels
         assert all(isinstance(s, float) and np.isfinite(s) for s in scores), row
-        assert scores == sorted(scores, reverse=True), row
+        ranked = scores[:_by_score(tagger, k)]
+        assert ranked == sorted(ranked, reverse=True), row
         if isinstance(threshold, float) and not np.isnan(threshold):
             assert all(s >= threshold for s in scores), row
 

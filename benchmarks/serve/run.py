@@ -3,7 +3,7 @@
     python benchmarks/serve/run.py index/debtags-lexical index/debtags --batch 1 --batch 32
 
 The server runs as `metricls serve` in a subprocess on 127.0.0.1; the client sends a bounded
-number of POST /tag requests from `concurrency` threads (one keep-alive httpx client each) and
+number of POST /tag requests from `concurrency` threads (one keep-alive connection each) and
 times each one. Inputs are the tagger's test-split items (all items if it has no test split),
 cycled. Client and server share the machine, so the figures include the client's CPU use; each run
 records the 1-minute load average before and after it, since other work on the machine counts too.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import queue
@@ -111,7 +112,7 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def bench_serve(taggers: Sequence[str | Path], *, requests: int = 300, concurrency: int = 8,
+def bench_serve(taggers: Sequence[str | Path], *, requests: int = 2000, concurrency: int = 8,
                 batches: Sequence[int] = (1, 32), k: int = 5, workers: int = 1,
                 out: str | Path = OUT) -> dict[str, Any]:
     """Load-test each tagger's server at each batch size; write and return the JSON result.
@@ -149,8 +150,9 @@ def bench_serve(taggers: Sequence[str | Path], *, requests: int = 300, concurren
                              "concurrency": concurrency, "k": k, "workers": workers,
                              "requests": requests, **_stats(results, seconds, batch),
                              "loadavg_1m": [load_before, os.getloadavg()[0]]})
-    result = {"machine": machine_info(("fastapi", "uvicorn", "httpx")),
-              "client": f"httpx, {concurrency} threads, same machine",
+    result = {"machine": machine_info(("fastapi", "uvicorn", "httptools", "uvloop")),
+              "client": f"http.client, {concurrency} threads (one keep-alive connection each), "
+                        "same machine",
               "runs": runs}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -172,9 +174,10 @@ def _inputs(folder: Path) -> tuple[str, list]:
 
 
 def _fire(url: str, bodies: list[bytes], concurrency: int) -> list[dict[str, Any]]:
-    """POST each body to /tag from `concurrency` threads; one record per request."""
-    import httpx
-
+    """POST each body to /tag from `concurrency` threads, each over one keep-alive connection
+    of the standard library's `http.client` (a light client: it shares the machine's two cores
+    with the server); one record per request."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
     todo: queue.SimpleQueue[bytes] = queue.SimpleQueue()
     for body in bodies:
         todo.put(body)
@@ -182,8 +185,8 @@ def _fire(url: str, bodies: list[bytes], concurrency: int) -> list[dict[str, Any
     lock = threading.Lock()
 
     def worker() -> None:
-        with httpx.Client(base_url=url, timeout=120,
-                          headers={"content-type": "application/json"}) as client:
+        connection = http.client.HTTPConnection(host, int(port), timeout=120)
+        try:
             while True:
                 try:
                     body = todo.get_nowait()
@@ -191,17 +194,22 @@ def _fire(url: str, bodies: list[bytes], concurrency: int) -> list[dict[str, Any
                     return
                 start = time.perf_counter()
                 try:
-                    response = client.post("/tag", content=body)
+                    connection.request("POST", "/tag", body,
+                                       {"content-type": "application/json"})
+                    response = connection.getresponse()
+                    payload = json.loads(response.read())
                     record = {"ms": (time.perf_counter() - start) * 1e3,
-                              "status": response.status_code}
-                    payload = response.json()
-                    record |= ({"server_ms": payload["took_ms"]} if response.is_success
-                               else {"error": f"{response.status_code}: {payload.get('detail')}"})
-                except (httpx.HTTPError, ValueError, KeyError) as exc:
+                              "status": response.status}
+                    record |= ({"server_ms": payload["took_ms"]} if response.status == 200
+                               else {"error": f"{response.status}: {payload.get('detail')}"})
+                except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
+                    connection.close()  # a fresh connection for the next request
                     record = {"ms": (time.perf_counter() - start) * 1e3, "status": None,
                               "error": f"{type(exc).__name__}: {exc}"}
                 with lock:
                     results.append(record)
+        finally:
+            connection.close()
 
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     for thread in threads:
@@ -225,7 +233,7 @@ def _stats(results: list[dict[str, Any]], seconds: float, batch: int) -> dict[st
     ok = [r for r in results if "error" not in r]
     errors = [r["error"] for r in results if "error" in r]
     return {"count": len(results), "errors": len(errors),
-            "error_examples": list(dict.fromkeys(errors))[:3], "seconds": round(seconds, 3),
+            "error_examples": list(dict.fromkeys(errors))[:3], "seconds": round(seconds, 6),
             "requests_per_s": round(len(ok) / seconds, 2),
             "texts_per_s": round(len(ok) * batch / seconds, 1),
             "latency_ms": _percentiles([r["ms"] for r in results]),
@@ -250,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = harness_parser(__doc__)
     parser.add_argument("taggers", type=Path, nargs="+", metavar="TAGGER",
                         help="built tagger folders, each served in turn")
-    parser.add_argument("--requests", type=int, default=300, help="timed requests per run")
+    parser.add_argument("--requests", type=int, default=2000, help="timed requests per run")
     parser.add_argument("--concurrency", type=int, default=8, help="client threads")
     parser.add_argument("--batch", type=int, action="append", default=None,
                         help="texts per request; repeat for several runs (none given: 1 and 32)")

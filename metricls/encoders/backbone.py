@@ -14,6 +14,7 @@ from torch import nn
 
 from metricls.artifacts import sha256_file
 from metricls.data.features import FeatureRows
+from metricls.encoders import onnx_minilm
 from metricls.errors import InputError
 from metricls.progress import progress, quiet
 
@@ -54,6 +55,22 @@ def _sentence_transformer(max_seq_length: int):
     return model
 
 
+def onnx_model(runtime: str) -> Path:
+    """The MiniLM exported for ONNX Runtime `runtime`, kept beside the embedding cache."""
+    return onnx_minilm.model_file(runtime, minilm_path(),
+                                  cache_dir() / f"minilm-onnx-{minilm_sha256()[:16]}")
+
+
+@functools.cache
+def _onnx_runtime_installed(runtime: str) -> bool:
+    """Whether `runtime` can run here; warns once when it falls back to torch."""
+    if onnx_minilm.available():
+        return True
+    log.warning("encoder.minilm.runtime is %r but onnxruntime is not installed: encoding "
+                "with torch (pip install onnxruntime)", runtime)
+    return False
+
+
 def cache_dir() -> Path:
     """Where frozen embeddings are cached: $METRICLS_CACHE, else ~/.cache/metricls."""
     return Path(os.environ.get("METRICLS_CACHE", Path.home() / ".cache" / "metricls"))
@@ -78,6 +95,8 @@ class MiniLMBackbone(nn.Module):
     Args:
         max_seq_length: tokens read per text (shorter is faster: 64 runs ~2x 256 on a CPU).
         batch_size: texts per encoder call.
+        runtime: "torch" (sentence-transformers), or "onnx" / "onnx-int8" (ONNX Runtime,
+            `onnx_minilm`; torch with a warning where onnxruntime is not installed).
     """
 
     name = "minilm"
@@ -85,28 +104,41 @@ class MiniLMBackbone(nn.Module):
     needs = "texts"
     out_dim = 384
 
-    def __init__(self, max_seq_length: int = 64, batch_size: int = 64) -> None:
+    def __init__(self, max_seq_length: int = 64, batch_size: int = 64,
+                 runtime: str = "torch") -> None:
         super().__init__()
-        self.config = {"max_seq_length": max_seq_length, "batch_size": batch_size}
+        if runtime not in onnx_minilm.RUNTIMES:
+            raise InputError(f"encoder.minilm.runtime: expected one of "
+                             f"{list(onnx_minilm.RUNTIMES)}, got {runtime!r}")
+        self.config = {"max_seq_length": max_seq_length, "batch_size": batch_size} | (
+            {"runtime": runtime} if runtime != "torch" else {})
         self.max_seq_length = max_seq_length
         self.batch_size = batch_size
+        self.runtime = runtime
 
     def identity(self) -> dict:
-        """What must match for two runs to share embeddings: the weights and the settings."""
-        return {"weights_sha256": minilm_sha256(), "max_seq_length": self.max_seq_length}
+        """What must match for two runs to share embeddings: the weights and the settings
+        (the runtime too, but for torch, so that caches made before runtimes existed hold)."""
+        return {"weights_sha256": minilm_sha256(), "max_seq_length": self.max_seq_length} | (
+            {"runtime": self.runtime} if self.runtime != "torch" else {})
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """(n, 384) float32, L2-normalised; always 2-D, also for one text."""
         out = np.zeros((len(texts), self.out_dim), dtype=np.float32)
         if not texts:
             return out
-        model = _sentence_transformer(self.max_seq_length)
+        onnx = self.runtime != "torch" and _onnx_runtime_installed(self.runtime)
         step = 16 * self.batch_size
         for start in progress(range(0, len(texts), step), desc="minilm encode"):
             chunk = texts[start:start + step]
-            out[start:start + len(chunk)] = model.encode(
-                chunk, batch_size=self.batch_size, convert_to_numpy=True,
-                normalize_embeddings=True, show_progress_bar=False)
+            if onnx:
+                out[start:start + len(chunk)] = onnx_minilm.encode(
+                    chunk, onnx_model(self.runtime), minilm_path(), self.max_seq_length,
+                    self.batch_size)
+            else:
+                out[start:start + len(chunk)] = _sentence_transformer(self.max_seq_length).encode(
+                    chunk, batch_size=self.batch_size, convert_to_numpy=True,
+                    normalize_embeddings=True, show_progress_bar=False)
         return out
 
     def prepare(self, texts: list[str], *, cache: bool = False) -> Dense:

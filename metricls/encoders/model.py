@@ -172,7 +172,8 @@ def build_model(cfg: EncoderConfig, *, feature_dim: int | None = None,
             backbones.append(LexicalBackbone(lex.dim, lex.buckets, lex.word_ngrams,
                                              lex.char_ngrams, lex.lowercase))
         elif name == "minilm":
-            backbones.append(MiniLMBackbone(cfg.minilm.max_seq_length, cfg.minilm.batch_size))
+            backbones.append(MiniLMBackbone(cfg.minilm.max_seq_length, cfg.minilm.batch_size,
+                                            cfg.minilm.runtime))
         else:
             if feature_dim is None:
                 raise InputError("the 'features' backbone needs feature_columns or vector_column "

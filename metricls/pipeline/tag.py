@@ -196,7 +196,8 @@ def _without_added(state: TaggerState, found: Neighbours, scoring: Scoring,
                   depth: int) -> Neighbours:
     """The search results without the labels added after training and without the items past
     the trained ones (their examples), the rest moved left in order (-1 / -inf padding) and
-    cut to what a search for `depth` candidates without them returns."""
+    cut to what a search for `depth` candidates without them returns; the added labels' TF-IDF
+    cosines are dropped (zero), so the trained labels' TF-IDF ranks are what they were."""
     added = scoring.added_mask
     if added is None:
         return found
@@ -205,8 +206,12 @@ def _without_added(state: TaggerState, found: Neighbours, scoring: Scoring,
                   (found.proto_ids >= 0) & ~added[np.maximum(found.proto_ids, 0)])
     items = _kept(found.item_scores, found.item_ids,
                   (found.item_ids >= 0) & (found.item_ids < state.trained_items))
+    tfidf = found.tfidf
+    if tfidf is not None:  # the added labels' TF-IDF cosines would move the trained ones' ranks
+        tfidf = sp.csr_matrix(tfidf @ sp.diags((~added).astype(np.float32)))
+        tfidf.eliminate_zeros()
     return Neighbours(proto[0][:, :candidates], proto[1][:, :candidates],
-                      items[0][:, :knn], items[1][:, :knn], found.tfidf)
+                      items[0][:, :knn], items[1][:, :knn], tfidf)
 
 
 def _kept_first(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
