@@ -92,18 +92,22 @@ class MicroBatcher:
                 else:
                     self._busy = False
             for job in jobs:
+                if job.rows is None and job.error is None:  # the batch itself failed
+                    job.error = RuntimeError("the batch this request was in failed")
                 job.finished = True
                 job.wake.set()
 
     def _tag_group(self, key: Hashable, group: list[_Job]) -> None:
         """One call for the group; on failure, one call per job (each keeps its own error)."""
         if len(group) > 1:
-            joined = (np.concatenate([np.asarray(j.inputs) for j in group])
-                      if isinstance(group[0].inputs, np.ndarray)
-                      else [x for j in group for x in j.inputs])
             try:
+                joined = (np.concatenate([np.asarray(j.inputs) for j in group])
+                          if all(isinstance(j.inputs, np.ndarray) for j in group)
+                          else [x for j in group for x in j.inputs])
                 rows = self._run(key, joined)
-            except Exception:
+                if len(rows) != len(joined):
+                    raise ValueError("run returned another number of rows than inputs")
+            except Exception:  # retried one by one below, where each job keeps its own error
                 rows = None
             if rows is not None:
                 self.batches += 1
@@ -115,5 +119,5 @@ class MicroBatcher:
             try:
                 self.batches += 1
                 job.rows = self._run(key, job.inputs)
-            except BaseException as exc:
+            except BaseException as exc:  # re-raised in the job's own thread
                 job.error = exc

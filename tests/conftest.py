@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -63,3 +64,14 @@ def tiny_tagger_copy(tmp_path, tiny_tagger_dir) -> Path:
     target = tmp_path / "tagger"
     shutil.copytree(tiny_tagger_dir, target)
     return target
+
+
+def resized(text: str) -> str:
+    """LightGBM model text with its ``tree_sizes`` line recomputed from the trees as they now
+    are: an edited model whose sizes agree, as a careful forger would write it."""
+    head, _, rest = text.partition("\nTree=")
+    trees, end, tail = ("Tree=" + rest).partition("end of trees")
+    pieces = [p for p in re.split(r"(?m)^(?=Tree=\d+$)", trees) if p]
+    sizes = " ".join(str(len(p.encode())) for p in pieces)
+    head = re.sub(r"(?m)^tree_sizes=.*$", f"tree_sizes={sizes}", head)
+    return head + "\n" + trees + end + tail

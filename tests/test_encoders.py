@@ -91,6 +91,37 @@ def test_minilm_through_onnx_runtime_matches_torch_and_exports_once(tmp_path, mo
         module._onnx_runtime_installed.cache_clear()
 
 
+def test_the_word_caches_fill_characters_first_so_other_threads_never_miss(monkeypatch):
+    hasher = NgramHasher(buckets=1 << 16, word_ngrams=2, char_ngrams=(3,))
+
+    class Checked(dict):
+        def update(self, new):  # a reader that finds a word's hash must find its n-grams
+            assert all(word in hasher._chars for word in new), "hashes published first"
+            super().update(new)
+
+    hasher._hash = Checked()
+    assert len(hasher.bags(["alpha beta", "beta gamma"]).ids) > 0
+    assert set(hasher._hash) == set(hasher._chars) == {"alpha", "beta", "gamma"}
+
+
+def test_embeddings_encoded_by_torch_are_cached_as_torch_when_onnxruntime_is_missing(
+        monkeypatch, tmp_path):
+    from metricls.encoders import backbone as module
+
+    monkeypatch.setenv("METRICLS_CACHE", str(tmp_path))
+    monkeypatch.setattr(module.onnx_minilm, "available", lambda: False)
+    module._onnx_runtime_installed.cache_clear()
+    try:
+        onnx = MiniLMBackbone(max_seq_length=32, runtime="onnx-int8")
+        assert onnx.identity()["runtime"] == "onnx-int8"  # what the tagger folder records
+        assert EmbeddingCache(onnx).folder == EmbeddingCache(MiniLMBackbone(32)).folder
+    finally:
+        monkeypatch.setattr(module.onnx_minilm, "available", lambda: True)
+        module._onnx_runtime_installed.cache_clear()
+    assert EmbeddingCache(onnx).folder != EmbeddingCache(MiniLMBackbone(32)).folder
+    module._onnx_runtime_installed.cache_clear()
+
+
 def test_an_unknown_minilm_runtime_names_the_key():
     with pytest.raises(ConfigError, match=r"encoder\.minilm\.runtime"):
         load_config(None, ["encoder.minilm.runtime=tensorrt"])

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from conftest import TINY, replaced
+from conftest import TINY, replaced, resized
 
 from metricls import Tagger, build_index, load_config, train_embedder
 from metricls.artifacts import load_tensors, read_json, save_tensors
@@ -76,18 +76,24 @@ def test_damaged_trees_are_refused_with_the_file_named():
 
     where = "x/reranker.safetensors"
     bad = {
-        "a child past the tree": (text.replace("left_child=", "left_child=99 ", 1),
-                                  "tree 0 has nodes out of range"),
-        "a feature past the features": (re.sub(r"split_feature=\d+", "split_feature=10", text,
-                                               count=1), "tree 0 has nodes out of range"),
-        "a loop back to the root": (re.sub(r"(right_child=\S+ )\S+", r"\g<1>0", text, count=1),
-                                    "tree 0 has nodes out of range"),
-        "a categorical split": (text.replace("num_cat=0", "num_cat=1", 1),
-                                "tree 0 has nodes out of range"),
-        "an infinite leaf": (text.replace("leaf_value=", "leaf_value=inf ", 1),
-                             "tree 0 has nodes out of range"),
+        "a child past the tree": (resized(re.sub(r"left_child=\d+", "left_child=99", text,
+                                                 count=1)), "tree 0 has nodes out of range"),
+        "a feature past the features": (resized(re.sub(r"split_feature=\d+", "split_feature=10",
+                                                       text, count=1)),
+                                        "tree 0 has nodes out of range"),
+        "a loop back to the root": (resized(re.sub(r"(right_child=\S+ )\S+", r"\g<1>0", text,
+                                                   count=1)), "tree 0 has nodes out of range"),
+        "a categorical split": (resized(text.replace("num_cat=0", "num_cat=1", 1)),
+                                "tree 0 is not a plain tree"),
+        "an infinite leaf": (resized(re.sub(r"leaf_value=\S+", "leaf_value=inf", text, count=1)),
+                             r"tree 0 has leaf_value of \d+ values, expected \d+ plain numbers"),
+        "an array a value short": (resized(re.sub(r"leaf_count=\S+ ", "leaf_count=", text,
+                                                  count=1)),
+                                   r"tree 0 has leaf_count of \d+ values"),
+        "sizes one byte off": (re.sub(r"tree_sizes=(\d+)", lambda m: f"tree_sizes={int(m[1]) + 1}",
+                                      text), "tree 0 has the line 'T'"),
         "no trees": ("tree\nversion=v4\n", "no trees in the LightGBM model text"),
-        "garbage": ("tree\nTree=0\nnum_leaves=x\n", "tree 0 is not LightGBM's text format"),
+        "garbage": ("tree\nTree=0\nnum_leaves=x\n", "no tree_sizes line"),
     }
     for name, (new, message) in bad.items():
         with pytest.raises(ArtifactError, match=f"{re.escape(where)}: {message}"):
@@ -274,7 +280,8 @@ def test_a_reranker_is_saved_loaded_and_scores_probabilities(reranked_dir, synth
 
 def test_a_damaged_reranker_is_refused_with_its_name(reranked_dir):
     tensors, meta = load_tensors(reranked_dir / RERANKER)
-    text = bytes(tensors["model"]).decode().replace("left_child=", "left_child=99 ", 1)
+    text = resized(re.sub(r"left_child=\d+", "left_child=99", bytes(tensors["model"]).decode(),
+                          count=1))
     tensors["model"] = np.frombuffer(text.encode(), np.uint8).copy()
     save_tensors(reranked_dir / RERANKER, tensors, meta)
     old = read_json(reranked_dir / "manifest.json")  # re-signed: only the trees are bad

@@ -102,3 +102,23 @@ def test_vector_inputs_are_joined_as_arrays():
 def test_max_items_must_be_positive():
     with pytest.raises(InputError, match="max_items"):
         MicroBatcher(SlowRun(), max_items=0)
+
+
+def test_inputs_that_cannot_be_joined_are_tagged_alone_and_no_request_is_left_without_an_answer():
+    def run(key, x):
+        time.sleep(0.02)
+        return [float(np.asarray(row).sum()) for row in x]
+
+    # same key, vectors of different widths (and a text list): one batch cannot hold them
+    jobs = [(1, np.ones((1, 2 + i % 3), np.float32)) for i in range(9)] + [(1, ["ab"])]
+    got = fire(MicroBatcher(lambda key, x: run(key, [[len(t)] for t in x])
+                            if isinstance(x, list) else run(key, x)), jobs)
+    assert got[:9] == [[float(2 + i % 3)] for i in range(9)] and got[9] == [2.0]
+
+    def broken(key, x):
+        time.sleep(0.02)
+        if len(x) > 1:
+            return []  # a batched call that loses rows: each request is tagged alone
+        return ["ok"]
+
+    assert fire(MicroBatcher(broken), [(1, [f"t{i}"]) for i in range(8)]) == [["ok"]] * 8

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, resized
 from safetensors.torch import load_file, save_file
 
 from metricls import Tagger, build_index
@@ -125,20 +125,31 @@ def _model_text(edit: Callable[[str], str]) -> Edit:
 
 
 RERANKER_CASES = {
-    "child out of range": (_model_text(lambda s: s.replace("right_child=", "right_child=9999 ", 1)),
-                           r"tree 0 has nodes out of range"),
-    "child before its parent": (_model_text(
-        lambda s: re.sub(r"(left_child=\S+ )\S+", r"\g<1>0", s, count=1)),
+    "child out of range": (_model_text(
+        lambda s: resized(re.sub(r"right_child=\S+", "right_child=9999", s, count=1))),
         r"tree 0 has nodes out of range"),
-    "leaf out of range": (_model_text(lambda s: s.replace("left_child=", "left_child=-999 ", 1)),
-                          r"tree 0 has nodes out of range"),
+    "child before its parent": (_model_text(
+        lambda s: resized(re.sub(r"(left_child=\S+ )\S+", r"\g<1>0", s, count=1))),
+        r"tree 0 has nodes out of range"),
+    "leaf out of range": (_model_text(
+        lambda s: resized(re.sub(r"left_child=\S+", "left_child=-999", s, count=1))),
+        r"tree 0 has nodes out of range"),
     "feature out of range": (_model_text(
-        lambda s: re.sub(r"split_feature=\d+", "split_feature=10", s, count=1)),
+        lambda s: resized(re.sub(r"split_feature=\d+", "split_feature=10", s, count=1))),
         r"tree 0 has nodes out of range .*features past 10"),
-    "infinite leaf": (_model_text(lambda s: s.replace("leaf_value=", "leaf_value=nan ", 1)),
-                      r"tree 0 has nodes out of range"),
-    "linear leaves": (_model_text(lambda s: s.replace("is_linear=0", "is_linear=1", 1)),
-                      r"tree 0 has nodes out of range"),
+    "NaN leaf": (_model_text(
+        lambda s: resized(re.sub(r"leaf_value=\S+", "leaf_value=nan", s, count=1))),
+        r"tree 0 has leaf_value of \d+ values, expected \d+ plain numbers"),
+    "linear leaves": (_model_text(lambda s: resized(s.replace("is_linear=0", "is_linear=1", 1))),
+                      r"tree 0 is not a plain tree"),
+    "a line LightGBM reads, not checked": (_model_text(
+        lambda s: resized(s.replace("num_cat=0", "num_cat=0\ncat_threshold=5", 1))),
+        r"tree 0 has the line 'cat_threshold=5'"),
+    "sizes that hide a tree": (_model_text(
+        lambda s: re.sub(r"tree_sizes=(\d+)", lambda m: f"tree_sizes={int(m[1]) + 1}", s)),
+        r"tree 0 has the line 'T'"),
+    "no tree sizes": (_model_text(lambda s: re.sub(r"(?m)^tree_sizes=.*\n", "", s)),
+                      r"no tree_sizes line"),
     "not LightGBM": (_model_text(lambda s: "hello"), r"no trees in the LightGBM model text"),
     "model as floats": (_set("model", lambda a: a.astype(np.float32)),
                         r"'model' is float32 .*, expected integer"),

@@ -122,6 +122,13 @@ class MiniLMBackbone(nn.Module):
         return {"weights_sha256": minilm_sha256(), "max_seq_length": self.max_seq_length} | (
             {"runtime": self.runtime} if self.runtime != "torch" else {})
 
+    def encoded_by(self) -> dict:
+        """`identity` with the runtime that really encodes here (torch where onnxruntime is
+        missing): what the embedding cache is keyed by."""
+        if self.runtime == "torch" or _onnx_runtime_installed(self.runtime):
+            return self.identity()
+        return {k: v for k, v in self.identity().items() if k != "runtime"}
+
     def encode(self, texts: list[str]) -> np.ndarray:
         """(n, 384) float32, L2-normalised; always 2-D, also for one text."""
         out = np.zeros((len(texts), self.out_dim), dtype=np.float32)
@@ -155,7 +162,7 @@ class EmbeddingCache:
     """On-disk cache of a frozen backbone's outputs, keyed by model, settings and text hash."""
 
     def __init__(self, backbone: MiniLMBackbone) -> None:
-        key = hashlib.sha256(repr(sorted(backbone.identity().items())).encode()).hexdigest()[:16]
+        key = hashlib.sha256(repr(sorted(backbone.encoded_by().items())).encode()).hexdigest()[:16]
         self.folder = cache_dir() / f"{backbone.name}-{key}"
         self.backbone = backbone
 

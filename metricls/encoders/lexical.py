@@ -59,8 +59,8 @@ class NgramHasher:
         chars = {w: self._char_hashes(w) for w in new}
         if len(self._hash) + len(new) > _CACHED_WORDS:
             return self._hash | hashes, self._chars | chars
+        self._chars.update(chars)  # first: a word in `_hash` is in `_chars` for other threads
         self._hash.update(hashes)
-        self._chars.update(chars)
         return self._hash, self._chars
 
     def _char_hashes(self, word: str) -> np.ndarray:

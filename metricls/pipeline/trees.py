@@ -8,6 +8,8 @@ back, refusing text that LightGBM cannot parse or trees over another number of f
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,38 +97,89 @@ class BoostedTrees:
         return cls(booster, found)
 
 
+_INT = re.compile(r"-?[0-9]+")
+_FLOAT = re.compile(r"-?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?")
+# the lines of a plain tree (no categorical splits, no linear leaves): its arrays' kinds and
+# lengths (inner: one per split, leaves - 1; leaf: one per leaf)
+_TREE_ARRAYS = {"split_feature": (_INT, "inner"), "decision_type": (_INT, "inner"),
+                "left_child": (_INT, "inner"), "right_child": (_INT, "inner"),
+                "internal_count": (_INT, "inner"), "leaf_count": (_INT, "leaf"),
+                "split_gain": (_FLOAT, "inner"), "threshold": (_FLOAT, "inner"),
+                "internal_value": (_FLOAT, "inner"), "internal_weight": (_FLOAT, "inner"),
+                "leaf_value": (_FLOAT, "leaf"), "leaf_weight": (_FLOAT, "leaf")}
+_TREE_SCALARS = {"num_leaves": _INT, "num_cat": _INT, "is_linear": _INT, "shrinkage": _FLOAT}
+
+
 def _check_trees(text: str, source: str, n_features: int | None) -> None:
-    """Refuse model text whose trees LightGBM would walk out of its arrays (it checks little
-    of what it parses, and a crafted file whose manifest was re-signed would crash the process
-    in C): every tree plain (no categorical splits, no linear leaves), its children after their
-    parent and within the tree, its split features within `n_features`, its leaves finite."""
+    """Refuse model text whose trees LightGBM would walk out of its arrays (its parser checks
+    little, and a crafted file whose manifest was re-signed would crash the process in C).
+
+    The trees are read where LightGBM reads them, by the byte sizes of its ``tree_sizes``
+    line, and each must be plain: only the lines above, each once, numbers in plain decimal,
+    no categorical splits or linear leaves, every array as long as the tree's leaves say,
+    every child after its parent and inside its tree, every split feature below `n_features`,
+    every leaf value finite; the trees end where "end of trees" begins.
+    """
     fix = remedy(source)
-    blocks = text.split("\nTree=")[1:]
-    if not blocks:
-        raise ArtifactError(f"{source}: no trees in the LightGBM model text; {fix}")
-    for number, block in enumerate(blocks):
-        fields = dict(line.partition("=")[::2] for line in block.split("\n\n")[0].splitlines()[1:])
-        try:
-            leaves = int(fields["num_leaves"])
-            inner = [[int(v) for v in fields.get(key, "").split()]
-                     for key in ("left_child", "right_child", "split_feature", "decision_type")]
-            values = np.array(fields["leaf_value"].split(), np.float64)
-            plain = int(fields.get("num_cat", "0")) == 0 and int(fields.get("is_linear", "0")) == 0
-        except (KeyError, ValueError):
-            raise ArtifactError(f"{source}: tree {number} is not LightGBM's text format; "
-                                f"{fix}") from None
-        left, right, feature, kind = (np.array(a, np.int64) for a in inner)
-        node = np.arange(leaves - 1)
-        children = np.concatenate([left, right]) if len(left) == len(right) == leaves - 1 \
-            else None
-        ok = (leaves >= 1 and plain and children is not None and len(feature) == leaves - 1
-              and len(kind) == leaves - 1 and not (kind & 1).any()
-              and len(values) == leaves and np.isfinite(values).all()
-              and ((children >= np.tile(node, 2) + 1) & (children < leaves - 1)
-                   | (children < 0) & (~children < leaves)).all()
-              and (feature >= 0).all()
-              and (n_features is None or (feature < n_features).all()))
-        if not ok:
-            raise ArtifactError(f"{source}: tree {number} has nodes out of range (children "
-                                f"before their parent or past its {leaves} leaves, features "
-                                f"past {n_features}, categorical or non-finite leaves); {fix}")
+
+    def bad(what: str) -> ArtifactError:
+        return ArtifactError(f"{source}: {what} in the LightGBM model text; {fix}")
+
+    head, found, _ = text.partition("\nTree=")
+    if not found:
+        raise bad("no trees")
+    sizes = next((line.partition("=")[2].split() for line in head.splitlines()
+                  if line.startswith("tree_sizes=")), None)
+    if not sizes or not all(_INT.fullmatch(v) and int(v) > 0 for v in sizes):
+        raise bad("no tree_sizes line of positive sizes")
+    data, at = text.encode(), len(head.encode()) + 1
+    for number, size in enumerate(map(int, sizes)):
+        segment, at = data[at:at + size], at + size
+        if len(segment) != size or not segment.startswith(f"Tree={number}\n".encode()):
+            raise bad(f"tree {number} not where tree_sizes puts it")
+        _check_tree(segment.decode(errors="replace"), number, n_features, bad)
+    if not data[at:].startswith(b"end of trees"):
+        raise bad("more than tree_sizes says before 'end of trees'")
+
+
+def _check_tree(segment: str, number: int, n_features: int | None,
+                bad: Callable[[str], ArtifactError]) -> None:
+    """`_check_trees` for one tree's text ("Tree=N" and its lines)."""
+    fields: dict[str, str] = {}
+    for line in segment.splitlines()[1:]:
+        if not line:
+            continue
+        key, equals, value = line.partition("=")
+        if not equals or key in fields or key not in _TREE_ARRAYS | _TREE_SCALARS:
+            raise bad(f"tree {number} has the line {line[:40]!r}")
+        fields[key] = value
+    missing = sorted((set(_TREE_ARRAYS) | set(_TREE_SCALARS)) - set(fields))
+    if missing:
+        raise bad(f"tree {number} lacks {missing}")
+    for key, pattern in _TREE_SCALARS.items():
+        if not pattern.fullmatch(fields[key]):
+            raise bad(f"tree {number} has {key}={fields[key][:20]!r}")
+    leaves = int(fields["num_leaves"])
+    if not 1 <= leaves <= 1 << 20 or int(fields["num_cat"]) or int(fields["is_linear"]):
+        raise bad(f"tree {number} is not a plain tree of 1 or more leaves")
+    arrays = {}
+    for key, (pattern, per) in _TREE_ARRAYS.items():
+        values = fields[key].split()
+        wanted = leaves - 1 if per == "inner" else leaves
+        unweighted = key == "leaf_weight" and leaves == 1 and not values  # a one-leaf tree
+        if (len(values) != wanted and not unweighted) or not all(
+                pattern.fullmatch(v) for v in values):
+            raise bad(f"tree {number} has {key} of {len(values)} values, expected {wanted} "
+                      "plain numbers")
+        arrays[key] = np.array(values, np.int64 if pattern is _INT else np.float64)
+    left, right, feature = arrays["left_child"], arrays["right_child"], arrays["split_feature"]
+    children = np.concatenate([left, right])
+    parents = np.tile(np.arange(leaves - 1), 2)
+    inside = (((children > parents) & (children < leaves - 1))
+              | (children < 0) & (~children < leaves))
+    if not (inside.all() and (feature >= 0).all() and not (arrays["decision_type"] & 1).any()
+            and (n_features is None or (feature < n_features).all())
+            and np.isfinite(arrays["leaf_value"]).all()):
+        raise bad(f"tree {number} has nodes out of range (children before their parent or "
+                  f"past its {leaves} leaves, features past {n_features}, categorical splits "
+                  f"or non-finite leaves)")
