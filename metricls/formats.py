@@ -39,9 +39,9 @@ def remedy(path: str | Path) -> str:
     return "rebuild the tagger with `metricls build-index FOLDER`"
 
 
-def check_format(path: str | Path, found: Any, expected: str) -> None:
+def check_format(path: str | Path, found: Any, expected: str) -> int:
     """Refuse a file whose format tag is missing, of another kind, or of a newer major version
-    than `expected` (e.g. ``metricls-prototypes/1``)."""
+    than `expected` (e.g. ``metricls-prototypes/1``); returns the file's major version."""
     kind, _, major = expected.partition("/")
     name, _, version = str(found).partition("/")
     version = version.split(".")[0]
@@ -51,6 +51,7 @@ def check_format(path: str | Path, found: Any, expected: str) -> None:
     if int(version) > int(major):
         raise ArtifactError(f"{path}: format {found!r} was written by a newer metricls (this one "
                             f"reads {expected!r}); upgrade metricls")
+    return int(version)
 
 
 def read_tensors(path: str | Path, expected: str) -> dict[str, np.ndarray]:

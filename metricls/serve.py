@@ -273,8 +273,8 @@ def serve(tagger: str | Path, *, host: str = "127.0.0.1", port: int = 8000, work
     guards.check_address(host, port)
     checked = Limits(**limits)
     check_positive_int(workers, "workers")
-    _serving_threads()
     if workers == 1:
+        _serving_threads()
         app: FastAPI | str = create_app(tagger, **limits, host=host)
     else:
         check_folder(tagger)

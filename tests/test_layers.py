@@ -19,7 +19,7 @@ LAYERS = [
     {"prototypes", "ann", "miners", "encoders"},
     {"data"},
     {"config", "config_docs", "validation", "metrics", "artifacts", "staging", "manifest",
-     "outputs", "formats", "progress"},
+     "outputs", "formats", "progress", "csr_keys"},
     {"errors"},
 ]
 

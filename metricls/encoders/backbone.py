@@ -71,6 +71,12 @@ def _onnx_runtime_installed(runtime: str) -> bool:
     return False
 
 
+def _runtime_entry(runtime: str) -> dict:
+    """The runtime as a config / identity entry: none for torch, so that folders and caches
+    made before runtimes existed keep their keys."""
+    return {"runtime": runtime} if runtime != "torch" else {}
+
+
 def cache_dir() -> Path:
     """Where frozen embeddings are cached: $METRICLS_CACHE, else ~/.cache/metricls."""
     return Path(os.environ.get("METRICLS_CACHE", Path.home() / ".cache" / "metricls"))
@@ -110,37 +116,44 @@ class MiniLMBackbone(nn.Module):
         if runtime not in onnx_minilm.RUNTIMES:
             raise InputError(f"encoder.minilm.runtime: expected one of "
                              f"{list(onnx_minilm.RUNTIMES)}, got {runtime!r}")
-        self.config = {"max_seq_length": max_seq_length, "batch_size": batch_size} | (
-            {"runtime": runtime} if runtime != "torch" else {})
+        self.config = {"max_seq_length": max_seq_length,
+                       "batch_size": batch_size} | _runtime_entry(runtime)
         self.max_seq_length = max_seq_length
         self.batch_size = batch_size
         self.runtime = runtime
 
     def identity(self) -> dict:
-        """What must match for two runs to share embeddings: the weights and the settings
-        (the runtime too, but for torch, so that caches made before runtimes existed hold)."""
-        return {"weights_sha256": minilm_sha256(), "max_seq_length": self.max_seq_length} | (
-            {"runtime": self.runtime} if self.runtime != "torch" else {})
+        """What must match for two runs to share embeddings: the weights and the settings."""
+        return self._identity(self.runtime)
 
     def encoded_by(self) -> dict:
-        """`identity` with the runtime that really encodes here (torch where onnxruntime is
-        missing): what the embedding cache is keyed by."""
+        """`identity` with the runtime that really encodes here (`encoding_runtime`): what
+        the embedding cache is keyed by."""
+        return self._identity(self.encoding_runtime)
+
+    def _identity(self, runtime: str) -> dict:
+        return {"weights_sha256": minilm_sha256(),
+                "max_seq_length": self.max_seq_length} | _runtime_entry(runtime)
+
+    @property
+    def encoding_runtime(self) -> str:
+        """The runtime that encodes here: `runtime`, or torch where onnxruntime is missing."""
         if self.runtime == "torch" or _onnx_runtime_installed(self.runtime):
-            return self.identity()
-        return {k: v for k, v in self.identity().items() if k != "runtime"}
+            return self.runtime
+        return "torch"
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """(n, 384) float32, L2-normalised; always 2-D, also for one text."""
         out = np.zeros((len(texts), self.out_dim), dtype=np.float32)
         if not texts:
             return out
-        onnx = self.runtime != "torch" and _onnx_runtime_installed(self.runtime)
+        runtime = self.encoding_runtime
         step = 16 * self.batch_size
         for start in progress(range(0, len(texts), step), desc="minilm encode"):
             chunk = texts[start:start + step]
-            if onnx:
+            if runtime != "torch":
                 out[start:start + len(chunk)] = onnx_minilm.encode(
-                    chunk, onnx_model(self.runtime), minilm_path(), self.max_seq_length,
+                    chunk, onnx_model(runtime), minilm_path(), self.max_seq_length,
                     self.batch_size)
             else:
                 out[start:start + len(chunk)] = _sentence_transformer(self.max_seq_length).encode(

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metricls.csr_keys import rows_of
+
 _TOKEN = re.compile(r"[\w+#]+")
 _MAX_TOKENS = 512  # words read per text: long descriptions add little past this
 _CACHED_WORDS = 2_000_000  # words whose hashes are kept between calls
@@ -72,8 +74,7 @@ class NgramHasher:
 
     def ids(self, text: str) -> np.ndarray:
         """Unique bucket ids of one text (at least one id: an empty text maps to bucket 0)."""
-        bags = self.bags([text])
-        return bags.ids
+        return self.bags([text]).ids
 
     def bags(self, texts: list[str]) -> Bags:
         """Hash every text; returns the CSR of their unique ids, sorted within each text.
@@ -118,12 +119,9 @@ class NgramHasher:
         empty = np.flatnonzero(n_words == 0)  # a text without words maps to bucket 0
         rows.append(empty)
         parts.append(np.zeros(len(empty), np.int64))
-        keys = np.sort(np.concatenate(rows) * self.buckets + np.concatenate(parts) % self.buckets)
-        keys = keys[np.diff(keys, prepend=-1) != 0]  # np.unique, but faster (ids are >= 0)
-        row = keys // self.buckets
-        indptr = np.zeros(len(texts) + 1, np.int64)
-        np.cumsum(np.bincount(row, minlength=len(texts)), out=indptr[1:])
-        return Bags(indptr=indptr, ids=keys % self.buckets)
+        indptr, ids, _ = rows_of(np.concatenate(rows), np.concatenate(parts) % self.buckets,
+                                 len(texts), self.buckets)
+        return Bags(indptr=indptr, ids=ids)
 
 
 def _joined(arrays: list[np.ndarray]) -> np.ndarray:

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from metricls.config import CHOICES
+
 log = logging.getLogger(__name__)
-RUNTIMES = ("torch", "onnx", "onnx-int8")  # encoder.minilm.runtime
+RUNTIMES = CHOICES["encoder.minilm.runtime"]  # torch, onnx, onnx-int8
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 

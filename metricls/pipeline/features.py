@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from metricls.pipeline.lookup import entries, keyed
+from metricls.csr_keys import entries, keyed
 from metricls.pipeline.rerank import Candidates
 from metricls.pipeline.scoring import Scoring, vote_matrix, with_label_bias
 from metricls.pipeline.search import Neighbours

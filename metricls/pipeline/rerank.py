@@ -20,6 +20,7 @@ from metricls.pipeline.trees import BoostedTrees
 FEATURES = ("cosine", "log_count", "vote", "vote_wide", "log_rank", "gap_to_top", "top_cosine",
             "co_occurrence", "tfidf_cosine", "tfidf_log_rank")  # made by features.py
 DEPTH = 20  # candidates (by cosine) the reranker scores per query, at least k
+READS_FROM = 2  # the oldest major version of RERANKER_FORMAT read (1 held trees as arrays)
 
 
 class Candidates(NamedTuple):
@@ -70,8 +71,7 @@ class Reranker:
         """Read a reranker file written with `RERANKER_FORMAT` and `FEATURES` in its metadata
         (the trees of an older format: rebuild the index)."""
         tensors, meta = load_tensors(path)
-        check_format(path, meta.get("format"), RERANKER_FORMAT)
-        if meta["format"].partition("/")[2].split(".")[0] != RERANKER_FORMAT.partition("/")[2]:
+        if check_format(path, meta.get("format"), RERANKER_FORMAT) < READS_FROM:
             raise ArtifactError(f"{path}: trees of an older metricls (format "
                                 f"{meta.get('format')!r}, this one reads {RERANKER_FORMAT!r}); "
                                 f"{remedy(path)}")

@@ -17,8 +17,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from metricls.ann import AnnIndex
+from metricls.csr_keys import keyed
 from metricls.data.labels import LabelVocab
-from metricls.pipeline.lookup import keyed
 from metricls.pipeline.rerank import Reranker
 from metricls.pipeline.scoring import Scoring
 from metricls.pipeline.tfidf import TfidfPrototypes
@@ -44,7 +44,7 @@ class LabelStats:
 
     @functools.cached_property
     def given_keyed(self) -> tuple[sp.csr_matrix, np.ndarray]:
-        """`given` with its search keys (`lookup.keyed`), made once."""
+        """`given` with its search keys (`csr_keys.keyed`), made once."""
         return keyed(self.given)
 
 

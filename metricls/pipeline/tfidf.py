@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from metricls.csr_keys import rows_of
 from metricls.errors import ArtifactError
 from metricls.formats import TFIDF_FORMAT, check_array, check_csr, read_tensors, remedy
 
@@ -75,14 +76,9 @@ class TfidfPrototypes:
             known = [c for c in map(columns.get, row) if c is not None]
             found.extend(known)
             counts[i] = len(known)
-        width = max(len(self.terms), 1)
-        keys = np.sort(np.repeat(np.arange(len(tokens)), counts) * width
-                       + np.asarray(found, np.int64))
-        first = np.flatnonzero(np.diff(keys, prepend=-1))  # np.unique's counts, but faster
-        keys, tf = keys[first], np.diff(first, append=len(keys))
-        indptr = np.zeros(len(tokens) + 1, np.int64)
-        np.cumsum(np.bincount(keys // width, minlength=len(tokens)), out=indptr[1:])
-        indices = keys % width
+        indptr, indices, tf = rows_of(np.repeat(np.arange(len(tokens)), counts),
+                                      np.asarray(found, np.int64), len(tokens),
+                                      max(len(self.terms), 1))
         data = (np.log(tf.astype(np.float32)) + 1.0) * self.idf[indices]
         return _unit_rows(sp.csr_matrix((data, indices, indptr),
                                         shape=(len(tokens), len(self.terms))))
