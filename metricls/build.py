@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metricls.ann import AnnIndex, choose_backend, make_index, tune_index
+from metricls.ann import AnnIndex, auto_params, choose_backend, make_index, tune_index
 from metricls.ann.sharded import SHARDABLE
 from metricls.artifacts import read_json, write_npy
 from metricls.config import Config, from_dict, to_dict
@@ -226,7 +226,7 @@ def index_vectors(vectors: np.ndarray, queries: np.ndarray, cfg: Config, k: int,
     if shards > 1 and backend not in SHARDABLE:
         raise ConfigError(f"index.shards={cfg.index.shards} needs a FAISS backend "
                           f"{list(SHARDABLE)}, got index.backend={backend!r}")
-    params = {}
+    params = auto_params(backend, len(vectors)) if cfg.index.backend == "auto" else {}
     if cfg.index.pq_m is not None:
         if backend != "ivf":
             raise ConfigError(f"index.pq_m={cfg.index.pq_m} compresses ivf indexes only, got "

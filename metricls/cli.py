@@ -262,18 +262,30 @@ def tag_catalog_cmd(tagger: Path,
 
 @bench_app.command("recall")
 @guarded
-def bench_recall_cmd(quick: bool = False, tagger: Optional[Path] = None,
+def bench_recall_cmd(quick: bool = False, tagger: Annotated[Optional[Path], typer.Option(
+                         help="Tagger that embeds --texts (alone: its prototypes)")] = None,
+                     texts: Annotated[Optional[Path], typer.Option(
+                         help="Your texts (one per line, or JSONL/CSV/Parquet 'text')")] = None,
+                     vectors: Annotated[Optional[Path], typer.Option(
+                         help="Your vectors: a .npy file (n, dim)")] = None,
+                     queries: Annotated[int, typer.Option(
+                         help="Rows of your set that query the others")] = 1000,
+                     size: Annotated[Optional[int], typer.Option(
+                         help="Search at most this many rows of your set")] = None,
+                     matched: Annotated[bool, typer.Option(
+                         help="Also a synthetic set shaped like yours")] = False,
                      out: Path = Path("benchmarks/recall/recall.json"),
                      threads: Annotated[int, typer.Option(help="0 = all cores")] = 0,
                      backends: Annotated[Optional[str], typer.Option(
                          help="Comma-separated, e.g. ivf-pq,sharded-ivf")] = None,
                      sizes: Annotated[Optional[str], typer.Option(
-                         help="Comma-separated set sizes, e.g. 1000000")] = None) -> None:
-    """Recall@k and speed of every ANN backend against exact search."""
+                         help="Comma-separated synthetic set sizes, e.g. 1000000")] = None) -> None:
+    """Recall@k and speed of every ANN backend against exact search, on your data or ours."""
     from metricls.bench.recall import bench_recall, markdown_summary
     from metricls.validation import parse_csv
 
-    result = bench_recall(tagger=tagger, quick=quick, out=out, threads=threads,
+    result = bench_recall(tagger=tagger, texts=texts, vectors=vectors, queries=queries,
+                          size=size, matched=matched, quick=quick, out=out, threads=threads,
                           backends=parse_csv(backends, str), sizes=parse_csv(sizes, int))
     typer.echo(markdown_summary(result))
 

@@ -145,7 +145,7 @@ class TrainConfig:
 class IndexConfig:
     """Prototypes, ANN backend and tag scoring."""
 
-    backend: str = "hnsw"  # ANN library; auto = flat below `exact_below` vectors, else hnsw
+    backend: str = "hnsw"  # ANN library; auto: flat under `exact_below`, else hnsw (sq8 from 200k)
     # learned: the trained label vectors; mean: the mean embedding of each label's items
     prototypes: str = "learned"
     target_recall: float = 0.99  # recall@10 against exact search the label index is tuned to

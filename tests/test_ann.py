@@ -14,13 +14,17 @@ import pytest
 
 from metricls.ann import (
     BACKENDS,
+    LARGE_INDEX,
     AnnIndex,
+    auto_params,
+    choose_backend,
     load_index,
     make_index,
     recall_at_k_vs_exact,
     tune_index,
 )
 from metricls.ann import faiss_index as faiss_module
+from metricls.ann.base import probe_steps
 from metricls.errors import ArtifactError, InputError, NotFittedError
 
 DIM = 32
@@ -337,3 +341,81 @@ def test_hnsw_grows_by_1000_prototypes_without_rebuild(tmp_path):
     assert again.ntotal == 3000
     assert (again.search(new, 1)[1][:, 0] == ids).mean() >= 0.99
     np.testing.assert_array_equal(again.search(base[:50], 1)[1][:, 0], np.arange(50))
+
+
+def test_probe_steps_halfway_between_powers_of_two():
+    assert probe_steps(1) == [1] and probe_steps(3) == [1, 2, 3]
+    assert probe_steps(50) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 50]
+
+
+@pytest.mark.parametrize("backend, params", [
+    ("ivf", {"pq_m": 8, "nprobe": 16}),
+    ("hnsw", {"storage": "sq8", "ef_search": 16}),
+])
+def test_rerank_restores_recall_from_vectors_kept_on_disk(backend, params, data, tmp_path):
+    codes = make_index(backend, DIM, **params)
+    codes.build(data["vectors"])
+    reranked = make_index(backend, DIM, **params, rerank=4)
+    reranked.build(data["vectors"])
+    floats = make_index(backend, DIM)
+    floats.build(data["vectors"])
+    assert reranked.memory_bytes() == codes.memory_bytes()  # the floats are not counted
+    assert floats.memory_bytes() - codes.memory_bytes() >= data["vectors"].nbytes * 0.7
+    before = recall_at_k_vs_exact(codes.search(data["queries"], 10)[1], data["exact_ids"])
+    after = recall_at_k_vs_exact(reranked.search(data["queries"], 10)[1], data["exact_ids"])
+    assert after > before + 0.02 and after > 0.9
+    scores, ids = reranked.search(data["queries"][:5], 10)  # exact scores of the ids returned
+    expected = np.einsum("qkd,qd->qk", data["vectors"][ids], data["queries"][:5])
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
+    reranked.save(tmp_path / "i")
+    loaded = load_index(tmp_path / "i")
+    assert isinstance(loaded._exact, np.memmap)  # on disk, not read into memory
+    np.testing.assert_array_equal(loaded.search(data["queries"], 10)[1],
+                                  reranked.search(data["queries"], 10)[1])
+    np.testing.assert_array_equal(loaded.reconstruct(), data["vectors"])  # exact, not decoded
+    assert loaded.add(data["new"][:2]).tolist() == [2000, 2001]
+    assert loaded.search(data["new"][:2], 10)[1][:, 0].tolist() == [2000, 2001]
+    (tmp_path / "i" / "vectors.npy").unlink()
+    with pytest.raises(ArtifactError, match=r"vectors.npy: missing or not a readable .npy file"):
+        load_index(tmp_path / "i")
+    np.save(tmp_path / "i" / "vectors.npy", data["vectors"][:10])
+    with pytest.raises(ArtifactError, match=r"expected float32 of shape \(2000, 32\)"):
+        load_index(tmp_path / "i")
+
+
+def test_hnsw_storage_is_checked_against_the_file(data, tmp_path):
+    index = make_index("hnsw", DIM, storage="sq8")
+    index.build(data["vectors"])
+    index.save(tmp_path / "i")
+    meta = json.loads((tmp_path / "i" / "backend.json").read_text())
+    meta["params"]["storage"] = "flat"
+    (tmp_path / "i" / "backend.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="holds a IndexHNSWSQ, expected IndexHNSWFlat for "
+                                            "storage 'flat'"):
+        load_index(tmp_path / "i")
+    with pytest.raises(InputError, match="storage: expected one of \\['flat', 'sq8'\\], got 'pq'"):
+        make_index("hnsw", DIM, storage="pq")
+    with pytest.raises(InputError, match="rerank is not supported across shards"):
+        make_index("sharded", DIM, base="ivf", base_params={"rerank": 2})
+
+
+def test_auto_builds_reranked_8bit_hnsw_for_large_sets():
+    assert choose_backend("auto", 19_999) == "flat" and choose_backend("auto", 20_000) == "hnsw"
+    assert auto_params("hnsw", LARGE_INDEX - 1) == {}
+    assert auto_params("hnsw", LARGE_INDEX) == {"storage": "sq8", "rerank": 2,
+                                                "ef_construction": 160}
+    assert auto_params("flat", 10**7) == {}
+    make_index("hnsw", DIM, **auto_params("hnsw", LARGE_INDEX))  # valid parameters
+
+
+def test_scann_spills_with_soar_and_checks_it(data):
+    pytest.importorskip("scann")
+    with pytest.raises(InputError, match="soar_lambda: expected None"):
+        make_index("scann", DIM, soar_lambda=-1)
+    spilled, plain = (make_index("scann", DIM, soar_lambda=s, brute_force_below=100,
+                                 leaves_to_search=2) for s in (1.5, None))
+    for index in (spilled, plain):
+        index.build(data["vectors"])
+    recall = [recall_at_k_vs_exact(i.search(data["queries"], 10)[1], data["exact_ids"])
+              for i in (spilled, plain)]
+    assert recall[0] > recall[1]  # the same leaves searched find more with spilled points

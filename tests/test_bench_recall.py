@@ -1,9 +1,16 @@
 import json
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
-from metricls.bench.recall import bench_set, synthetic_vectors
+from metricls.bench.recall import bench_set
+from metricls.bench.vectors import (
+    local_intrinsic_dimension,
+    matched_synthetic,
+    profile_vectors,
+    synthetic_vectors,
+)
 from metricls.cli import app
 
 
@@ -67,3 +74,102 @@ def test_bench_recall_cli_picks_backends_and_sizes(tmp_path):
     assert res.exit_code == 2 and "backends: unknown ['annoy']" in res.output
     res = CliRunner().invoke(app, ["bench", "recall", "--sizes", "10,x", "--out", str(out)])
     assert res.exit_code == 2 and "expected comma-separated int values, got '10,x'" in res.output
+
+
+def _subspace(n: int, dim: int, rank: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, rank)) @ rng.standard_normal((rank, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_local_intrinsic_dimension_finds_the_dimension_of_the_data():
+    low, high = _subspace(5000, 64, 4, 0), _subspace(5000, 64, 24, 1)
+    assert 2.5 < local_intrinsic_dimension(low) < 5.5
+    assert local_intrinsic_dimension(high) > 2 * local_intrinsic_dimension(low)
+
+
+def test_profile_measures_spectrum_and_lid():
+    x = _subspace(4000, 32, 6, 2)
+    profile = profile_vectors(x)
+    assert profile["n"] == 4000 and profile["dim"] == 32 and len(profile["spectrum"]) == 32
+    assert abs(sum(profile["spectrum"]) - 1) < 1e-4 and profile["dims_for_90%"] <= 6
+    assert sum(profile["spectrum"][6:]) < 1e-4  # nothing outside the 6-d subspace
+    assert 3 < profile["lid"] < 7
+
+
+def test_matched_synthetic_has_the_real_spectrum_and_lid():
+    real = np.concatenate([_subspace(3000, 48, 5, 3), _subspace(3000, 48, 20, 4)])
+    profile = profile_vectors(real)
+    synthetic, power = matched_synthetic(profile, 6000, seed=1)
+    like = profile_vectors(synthetic)
+    assert synthetic.shape == (6000, 48) and power > 0
+    assert abs(like["lid"] - profile["lid"]) / profile["lid"] < 0.15
+    assert abs(like["participation_ratio"] - profile["participation_ratio"]) \
+        / profile["participation_ratio"] < 0.3
+    generic = profile_vectors(synthetic_vectors(6000, 48, seed=1))
+    assert abs(generic["lid"] - profile["lid"]) > abs(like["lid"] - profile["lid"])
+
+
+def test_bench_recall_on_the_users_texts(tiny_tagger_dir, tmp_path):
+    texts = tmp_path / "my-texts.txt"
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta", "audio", "video", "python", "editor", "kernel"]
+    texts.write_text("".join(" ".join(rng.choice(words, 4)) + f" item{i}\n"
+                             for i in range(1500)))
+    out = tmp_path / "own" / "recall.json"
+    res = CliRunner().invoke(app, ["bench", "recall", "--tagger", str(tiny_tagger_dir),
+                                   "--texts", str(texts), "--queries", "100", "--backends",
+                                   "hnsw", "--out", str(out), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(out.read_text())
+    assert {r["set"] for r in result["rows"]} == {"real-my-texts-1300"}  # no synthetic sets
+    flat = next(r for r in result["rows"] if r["backend"] == "flat")
+    assert flat["recall@10"] == 1.0 and flat["n"] == 1300
+    hnsw = [r for r in result["rows"] if r["backend"] == "hnsw"]
+    assert len(hnsw) == 7 and max(r["recall@10"] for r in hnsw) > 0.9
+    for r in result["rows"]:
+        assert r["build_s"] >= 0 and r["memory_bytes"] > 0 and r["qps_single"] > 0
+        assert r["latency_p99_ms"] >= r["latency_p50_ms"] > 0
+    assert result["profiles"]["real-my-texts-1300"]["lid"] > 1
+    assert "real-my-texts-1300 | flat" in res.output
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_bench_recall_on_the_users_vectors_with_a_matched_synthetic_set(tmp_path):
+    path = tmp_path / "emb.npy"
+    np.save(path, _subspace(2600, 16, 5, 5) * 3.0)  # not normalised: the benchmark does it
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(app, ["bench", "recall", "--vectors", str(path), "--queries",
+                                   "100", "--matched", "--backends", "ivf", "--out", str(out),
+                                   "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(out.read_text())
+    assert set(result["profiles"]) == {"real-emb-2400", "synthetic-like-emb-2400"}
+    assert {r["set"] for r in result["rows"]} == set(result["profiles"])
+    real, like = (result["profiles"][k]["lid"] for k in ("real-emb-2400",
+                                                          "synthetic-like-emb-2400"))
+    assert abs(like - real) / real < 0.2
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--texts", "{t}"], "texts: needs a tagger to embed them (--tagger FOLDER)"),
+    (["--texts", "{t}", "--vectors", "{v}"], "texts, vectors: give one of them, not both"),
+    (["--vectors", "{t}"], "not a readable .npy array"),
+    (["--vectors", "{v}", "--queries", "46"], "100 rows; expected at least 2 x queries + 10 = 102"),
+    (["--vectors", "{v}", "--size", "5"], "size: expected an int >= 10, got 5"),
+    (["--vectors", "{bad}"], "bad.npy: row 7 is zero or not finite"),
+    (["--matched"], "matched: needs the user's own set"),
+    (["--vectors", "{v}", "--queries", "0"], "queries: expected an int >= 1, got 0"),
+])
+def test_bench_recall_rejects_bad_own_sets(tmp_path, args, message):
+    t, v, bad = tmp_path / "t.txt", tmp_path / "v.npy", tmp_path / "bad.npy"
+    t.write_text("one\ntwo\n")
+    np.save(v, np.ones((100, 4), dtype=np.float32))
+    broken = np.ones((50, 4), dtype=np.float32)
+    broken[7] = np.nan
+    np.save(bad, broken)
+    out = tmp_path / "r.json"
+    argv = [a.format(t=t, v=v, bad=bad) for a in args]
+    res = CliRunner().invoke(app, ["bench", "recall", *argv, "--out", str(out)])
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert not out.exists()

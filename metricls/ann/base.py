@@ -224,6 +224,14 @@ def check_vectors(x: Any, name: str, dim: int, *, allow_empty: bool) -> np.ndarr
     return array
 
 
+def probe_steps(limit: int) -> list[int]:
+    """1, 2, 3, 4, 6, 8, 12, 16, ... (powers of two and the halfway steps) below `limit`, then
+    `limit`: the settings `tune_index` tries for a count of lists or leaves to search."""
+    steps = sorted({s for i in range(max(limit, 1).bit_length()) for s in (2**i, 3 * 2**i // 2)
+                    if 0 < s < limit})
+    return [*steps, limit]
+
+
 def check_optional_int(params: dict[str, Any], name: str, backend: str) -> None:
     """Raise InputError unless params[name] is None or a positive int."""
     if params[name] is not None:

@@ -1,5 +1,9 @@
 """ScaNN backend: a partition tree with anisotropic quantization and exact re-ranking.
 
+Each vector is also spilled into a second leaf chosen by SOAR (`soar_lambda`, None: off), so a
+query finds its neighbours in fewer leaves: on a million real embeddings, recall@10 0.95 at
+31x exact search instead of 25x, for a build of 90 s instead of 50 s (docs/ann.md).
+
 Small indexes (fewer than `brute_force_below` vectors) use ScaNN's brute force, since the
 tree needs enough points to train. `scann` is imported lazily (pip install metricls[scann]).
 
@@ -20,7 +24,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from metricls.ann.base import AnnIndex, check_optional_int, check_positive_int
+from metricls.ann.base import AnnIndex, check_optional_int, check_positive_int, probe_steps
 from metricls.errors import ArtifactError, InputError
 
 SCANN_DIR = "scann"
@@ -39,8 +43,13 @@ def import_scann() -> Any:
 
 
 def auto_num_leaves(n: int) -> int:
-    """Tree leaves for n vectors: about sqrt(n), between 2 and 2,000."""
-    return int(min(2000, max(2, round(math.sqrt(n)))))
+    """Tree leaves for n vectors: about 2 sqrt(n) (2,000 at a million), between 2 and 4,000.
+    On a million real embeddings (no spilling), 2,000 leaves reached recall@10 0.95 at 25x
+    exact search where 1,000 reached it at 20x, and 4,000 did worse."""
+    return int(min(4000, max(2, round(2 * math.sqrt(n)))))
+
+
+TRAINING_SAMPLE = 200_000  # rows the partition tree and the AH codebooks are trained on
 
 
 class ScannIndex(AnnIndex):
@@ -50,7 +59,7 @@ class ScannIndex(AnnIndex):
     default_params: ClassVar[dict[str, Any]] = {
         "num_leaves": None, "leaves_to_search": None, "reorder": 100,
         "brute_force_below": 2000, "training_sample_size": None,
-        "quantization_threshold": 0.2}
+        "quantization_threshold": 0.2, "soar_lambda": 1.5}
     search_param_names = ("leaves_to_search", "reorder")
 
     def __init__(self, dim: int, **params: Any) -> None:
@@ -70,13 +79,13 @@ class ScannIndex(AnnIndex):
         return self._num_leaves
 
     def search_param_grid(self, k: int) -> list[dict[str, Any]]:
-        """leaves_to_search = 1, 2, 4, ... all leaves, then a deeper re-ranking (tree only)."""
+        """leaves_to_search = 1, 2, 3, 4, 6, 8, ... all leaves, then a deeper re-ranking (tree
+        only)."""
         leaves = self._num_leaves
         if not leaves:
             return []
         reorder = max(self.params["reorder"], k)
-        steps = [2**i for i in range(leaves.bit_length()) if 2**i < leaves] + [leaves]
-        grid = [{"leaves_to_search": s, "reorder": reorder} for s in steps]
+        grid = [{"leaves_to_search": s, "reorder": reorder} for s in probe_steps(leaves)]
         return grid + [{"leaves_to_search": leaves, "reorder": reorder * f} for f in (2, 4)]
 
     def memory_bytes(self) -> int:
@@ -105,6 +114,11 @@ class ScannIndex(AnnIndex):
         if isinstance(below, bool) or not isinstance(below, int) or below < 0:
             raise InputError(f"scann index parameter brute_force_below: expected an int >= 0, "
                              f"got {below!r}")
+        soar = self.params["soar_lambda"]
+        if soar is not None and (isinstance(soar, bool) or not isinstance(soar, (int, float))
+                                 or not 0 < soar <= 100):
+            raise InputError(f"scann index parameter soar_lambda: expected None (no spilling) "
+                             f"or a number in (0, 100], got {soar!r}")
         threshold = self.params["quantization_threshold"]
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
                 or not 0 < threshold < 1:
@@ -119,9 +133,11 @@ class ScannIndex(AnnIndex):
             self._searcher, self._num_leaves = builder.score_brute_force().build(), 0
         else:
             leaves = min(self.params["num_leaves"] or auto_num_leaves(n), n)
-            sample = min(self.params["training_sample_size"] or n, n)
+            sample = min(self.params["training_sample_size"] or TRAINING_SAMPLE, n)
+            soar = self.params["soar_lambda"]
+            spill = {} if soar is None else {"soar_lambda": soar, "overretrieve_factor": 2.0}
             tree = builder.tree(num_leaves=leaves, training_sample_size=sample,
-                                num_leaves_to_search=self._leaves_to_search(leaves))
+                                num_leaves_to_search=self._leaves_to_search(leaves), **spill)
             quantized = tree.score_ah(
                 2, anisotropic_quantization_threshold=self.params["quantization_threshold"])
             self._searcher = quantized.reorder(self.params["reorder"]).build()

@@ -97,6 +97,9 @@ class ShardedIndex(AnnIndex):
             raise InputError(f"sharded index parameter base_params: expected a dict, got "
                              f"{type(base_params).__name__}")
         SHARDABLE[base](self.dim, **base_params)  # InputError for a bad key or value
+        if base_params.get("rerank"):
+            raise InputError("sharded index parameter base_params: rerank is not supported "
+                             "across shards; use one ivf index with rerank")
 
     def _is_built(self) -> bool:
         return bool(self._parts)

@@ -1,0 +1,170 @@
+"""Vector sets for the recall benchmark: the user's own (texts embedded by a tagger, or a .npy
+file), synthetic ones, and the measurements that make a synthetic set look like a real one.
+
+A set's profile is what makes ANN search hard on it: the spectrum of its covariance (how many
+directions carry the variance) and its local intrinsic dimension (LID: how many directions
+the nearest neighbours of a point spread over, estimated by maximum likelihood from the
+distances to the 20 nearest, Levina & Bickel 2004). `matched_synthetic` draws a Gaussian
+mixture with the real covariance spectrum and fits the spread inside its clusters until its
+LID equals the real one, so a cheap synthetic set stands in for an expensive real one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from metricls.errors import InputError
+from metricls.prototypes import normalize_rows
+
+LID_NEIGHBOURS = 20
+PROFILE_SAMPLE = 50_000  # rows whose covariance and neighbourhoods are measured
+LID_POINTS = 2_000  # points whose LID is estimated (against the whole sample)
+POINTS_PER_CLUSTER = 100  # matched sets: one Gaussian cluster per this many points
+
+
+def synthetic_vectors(n: int, dim: int = 256, *, seed: int = 0, latent: int = 16,
+                      clusters: int = 256) -> np.ndarray:
+    """(n, dim) float32 normalised vectors with clusters and a low intrinsic dimension: a
+    `latent`-dimensional mixture of `clusters` Gaussians (scales log-uniform in [0.1, 0.6])
+    lifted linearly into `dim` dimensions, plus 5% isotropic noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, latent)).astype(np.float32)
+    scales = np.exp(rng.uniform(np.log(0.1), np.log(0.6), size=clusters)).astype(np.float32)
+    which = rng.integers(0, clusters, size=n)
+    z = centres[which] + scales[which, None] * rng.standard_normal((n, latent), np.float32)
+    lift = rng.normal(size=(latent, dim)).astype(np.float32) / np.sqrt(latent)
+    x = z @ lift + 0.05 * rng.standard_normal((n, dim), np.float32)
+    return normalize_rows(x)
+
+
+def profile_vectors(vectors: np.ndarray, *, seed: int = 0) -> dict[str, Any]:
+    """What makes a set hard to search: its covariance spectrum and local intrinsic dimension.
+
+    Returns:
+        {"n", "dim", "mean_norm": norm of the mean vector, "spectrum": covariance eigenvalues,
+        largest first, as fractions of the total variance, "dims_for_90%": directions holding
+        90% of it, "participation_ratio": (sum l)^2 / sum l^2, "lid": median LID over
+        `LID_POINTS` points, "lid_neighbours": 20}.
+    """
+    sample = _sample(vectors, PROFILE_SAMPLE, seed)
+    mean = sample.mean(axis=0, dtype=np.float64)
+    centred = sample - mean
+    eig = np.clip(np.linalg.eigvalsh(centred.T @ centred / len(sample))[::-1], 0, None)
+    fractions = eig / eig.sum()
+    return {"n": len(vectors), "dim": int(vectors.shape[1]),
+            "mean_norm": round(float(np.linalg.norm(mean)), 4),
+            "spectrum": [round(float(f), 6) for f in fractions],
+            "dims_for_90%": int(np.searchsorted(np.cumsum(fractions), 0.9) + 1),
+            "participation_ratio": round(float(eig.sum() ** 2 / (eig ** 2).sum()), 2),
+            "lid": round(local_intrinsic_dimension(sample, seed=seed), 2),
+            "lid_neighbours": LID_NEIGHBOURS}
+
+
+def local_intrinsic_dimension(vectors: np.ndarray, *, seed: int = 0) -> float:
+    """Median maximum-likelihood LID of `LID_POINTS` rows of `vectors` from their 20 nearest
+    neighbours among `vectors` (exact duplicates skipped)."""
+    rng = np.random.default_rng(seed)
+    points = vectors[rng.choice(len(vectors), min(LID_POINTS, len(vectors)), replace=False)]
+    squared, _ = faiss.knn(np.ascontiguousarray(points), np.ascontiguousarray(vectors),
+                           LID_NEIGHBOURS + 8, metric=faiss.METRIC_L2)
+    estimates = []
+    for row in np.sqrt(np.clip(squared, 0, None)):
+        row = row[row > 1e-6][:LID_NEIGHBOURS]
+        if len(row) < LID_NEIGHBOURS:
+            continue  # a point among many duplicates has no local dimension to speak of
+        logs = np.log(row[-1] / row[:-1])
+        if logs.sum() > 0:
+            estimates.append((len(logs)) / logs.sum())
+    if not estimates:
+        raise InputError("vectors: too many duplicate rows to estimate a local dimension")
+    return float(np.median(estimates))
+
+
+def matched_synthetic(profile: dict[str, Any], n: int, *, seed: int = 0) -> tuple[np.ndarray,
+                                                                                  float]:
+    """(n, dim) vectors with `profile`'s covariance spectrum and mean norm whose LID matches it:
+    n / 100 Gaussian clusters whose centres spread along the real spectrum and whose members
+    spread along the spectrum raised to a power, fitted by bisection so that a sample of the
+    size the profile measured has the profile's LID. Returns (vectors, the fitted power)."""
+    clusters = max(1, n // POINTS_PER_CLUSTER)
+    target, fit_rows = profile["lid"], min(profile["n"], PROFILE_SAMPLE)  # LID depends on n
+    low, high = 0.25, 16.0  # a larger power concentrates each cluster in fewer directions
+    for _ in range(12):
+        power = (low * high) ** 0.5
+        sample = _mixture(profile, fit_rows, power, clusters, seed)
+        lid = local_intrinsic_dimension(sample, seed=seed)
+        low, high = (power, high) if lid > target else (low, power)
+    power = round((low * high) ** 0.5, 3)
+    return _mixture(profile, n, power, clusters, seed), power
+
+
+def _mixture(profile: dict[str, Any], n: int, power: float, clusters: int,
+             seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    dim = profile["dim"]
+    spectrum = np.asarray(profile["spectrum"], dtype=np.float64)
+    inner = spectrum ** power
+    inner /= inner.sum()
+    rotation, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+    mean = rotation[0] * profile["mean_norm"]  # any direction: the rotation is random anyway
+    centres = rng.standard_normal((clusters, dim)) * np.sqrt(spectrum / 2)
+    out = np.empty((n, dim), dtype=np.float32)
+    block = 65_536
+    for start in range(0, n, block):
+        size = min(block, n - start)
+        which = rng.integers(0, clusters, size=size)
+        own = rng.standard_normal((size, dim)) * np.sqrt(inner / 2)
+        out[start:start + size] = (centres[which] + own) @ rotation.T + mean
+    return normalize_rows(out)
+
+
+def _sample(vectors: np.ndarray, size: int, seed: int) -> np.ndarray:
+    if len(vectors) <= size:
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+    rows = np.sort(np.random.default_rng(seed).choice(len(vectors), size, replace=False))
+    return np.ascontiguousarray(vectors[rows], dtype=np.float32)
+
+
+def load_vectors(path: str | Path) -> np.ndarray:
+    """A .npy file of (n, dim) finite vectors, memory-mapped, as L2-normalised float32 rows."""
+    source = Path(path).expanduser()
+    if not source.is_file():
+        raise InputError(f"{path}: no such file (expected a .npy file of vectors)")
+    try:
+        array = np.load(source, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable .npy array ({exc})") from exc
+    if array.ndim != 2 or array.shape[0] < 2 or array.dtype.kind not in "fiu":
+        raise InputError(f"{path}: expected a numeric array of shape (n >= 2, dim), got "
+                         f"{array.dtype} {array.shape}")
+    vectors = np.empty(array.shape, dtype=np.float32)
+    for start in range(0, len(array), 65_536):
+        block = np.asarray(array[start:start + 65_536], dtype=np.float32)
+        bad = ~np.isfinite(block).all(axis=1) | ~(np.abs(block).sum(axis=1) > 0)
+        if bad.any():
+            raise InputError(f"{path}: row {start + int(np.argmax(bad))} is zero or not "
+                             "finite; expected finite, non-zero vectors")
+        vectors[start:start + len(block)] = normalize_rows(block)
+    return vectors
+
+
+def embed_texts(tagger: str | Path, path: str | Path, *, block: int = 50_000) -> np.ndarray:
+    """The texts of `path` (one per line, or a table's text field) embedded by a tagger."""
+    from metricls.data.items import read_texts
+    from metricls.progress import progress
+    from metricls.tagger import Tagger
+
+    model = Tagger.load(tagger)
+    texts = read_texts(path, model.config.data.text_columns)
+    if len(texts) < 2:
+        raise InputError(f"{path}: {len(texts)} text(s); expected at least 2")
+    first = model.embed(texts[:block])
+    vectors = np.empty((len(texts), first.shape[1]), dtype=np.float32)
+    vectors[:len(first)] = first
+    for start in progress(range(block, len(texts), block), desc="embed"):
+        vectors[start:start + block] = model.embed(texts[start:start + block])
+    return vectors
