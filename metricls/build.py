@@ -226,7 +226,9 @@ def index_vectors(vectors: np.ndarray, queries: np.ndarray, cfg: Config, k: int,
     if shards > 1 and backend not in SHARDABLE:
         raise ConfigError(f"index.shards={cfg.index.shards} needs a FAISS backend "
                           f"{list(SHARDABLE)}, got index.backend={backend!r}")
-    params = auto_params(backend, len(vectors)) if cfg.index.backend == "auto" else {}
+    # re-scoring reads one index's float vectors: sharded indexes get the plain parameters
+    auto = cfg.index.backend == "auto" and shards == 1
+    params = auto_params(backend, len(vectors)) if auto else {}
     if cfg.index.pq_m is not None:
         if backend != "ivf":
             raise ConfigError(f"index.pq_m={cfg.index.pq_m} compresses ivf indexes only, got "

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -75,3 +77,16 @@ def resized(text: str) -> str:
     sizes = " ".join(str(len(p.encode())) for p in pieces)
     head = re.sub(r"(?m)^tree_sizes=.*$", f"tree_sizes={sizes}", head)
     return head + "\n" + trees + end + tail
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script (not a package module) imported by path; its own folder is importable while
+    it loads, as when it runs, so it may import its neighbours."""
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module

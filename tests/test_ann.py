@@ -419,3 +419,43 @@ def test_scann_spills_with_soar_and_checks_it(data):
     recall = [recall_at_k_vs_exact(i.search(data["queries"], 10)[1], data["exact_ids"])
               for i in (spilled, plain)]
     assert recall[0] > recall[1]  # the same leaves searched find more with spilled points
+
+
+def test_rerank_needs_the_vectors_kept_at_build(data, tmp_path):
+    plain = make_index("hnsw", DIM, storage="sq8")
+    plain.build(data["vectors"])
+    with pytest.raises(InputError, match="built without rerank, so it kept no float vectors"):
+        plain.set_search_params(rerank=4)
+    assert plain.params["rerank"] is None  # the refused value did not stay behind
+    plain.save(tmp_path / "plain")
+    assert load_index(tmp_path / "plain").params["rerank"] is None
+    with pytest.raises(InputError, match="rerank: expected a positive int"):
+        plain.set_search_params(rerank=0)
+    assert plain.params["rerank"] is None
+    kept = make_index("ivf", DIM, pq_m=8, rerank=2)
+    vectors = data["vectors"].copy()
+    kept.build(vectors)
+    vectors[:] = 0  # the caller's buffer is not the index's
+    assert not np.shares_memory(kept._exact, vectors)
+    kept.set_search_params(rerank=None)  # off, then on again after a save and load
+    kept.save(tmp_path / "kept")
+    again = load_index(tmp_path / "kept")
+    again.set_search_params(rerank=4)
+    _, ids = again.search(data["queries"], 10)
+    assert recall_at_k_vs_exact(ids, data["exact_ids"]) > 0.9
+    sharded = make_index("sharded", DIM, base="ivf", shards=2)
+    with pytest.raises(InputError, match="rerank is not supported across shards"):
+        sharded.set_search_params(rerank=2)
+    assert "rerank" not in sharded.params["base_params"]
+
+
+def test_scann_folders_from_before_spilling_load_without_it(data, tmp_path):
+    index = _make("scann")
+    index.build(data["vectors"])
+    index.save(tmp_path / "new")
+    meta = json.loads((tmp_path / "new" / "backend.json").read_text())
+    del meta["params"]["soar_lambda"]
+    shutil.copytree(tmp_path / "new", tmp_path / "old")
+    (tmp_path / "old" / "backend.json").write_text(json.dumps(meta))
+    assert load_index(tmp_path / "old").params["soar_lambda"] is None
+    assert load_index(tmp_path / "new").params["soar_lambda"] == 1.5

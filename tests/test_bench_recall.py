@@ -12,6 +12,7 @@ from metricls.bench.vectors import (
     synthetic_vectors,
 )
 from metricls.cli import app
+from metricls.errors import InputError
 
 
 def test_synthetic_vectors_are_clustered_and_normalised():
@@ -86,6 +87,17 @@ def test_local_intrinsic_dimension_finds_the_dimension_of_the_data():
     low, high = _subspace(5000, 64, 4, 0), _subspace(5000, 64, 24, 1)
     assert 2.5 < local_intrinsic_dimension(low) < 5.5
     assert local_intrinsic_dimension(high) > 2 * local_intrinsic_dimension(low)
+    # in 256-d, float32 puts a point a little away from itself: it must not be its neighbour
+    assert 6.0 < local_intrinsic_dimension(_subspace(5000, 256, 8, 7)) < 10.0
+
+
+def test_local_intrinsic_dimension_of_duplicates_and_tiny_sets_is_unknown(tmp_path):
+    copies = np.repeat(_subspace(150, 16, 5, 1), 20, axis=0)
+    assert local_intrinsic_dimension(copies) is None
+    assert local_intrinsic_dimension(_subspace(15, 16, 5, 1)) is None
+    assert profile_vectors(copies)["lid"] is None
+    with pytest.raises(InputError, match="matched: the set's local dimension could not be"):
+        matched_synthetic(profile_vectors(copies), 3000)
 
 
 def test_profile_measures_spectrum_and_lid():
@@ -158,18 +170,26 @@ def test_bench_recall_on_the_users_vectors_with_a_matched_synthetic_set(tmp_path
     (["--vectors", "{v}", "--queries", "46"], "100 rows; expected at least 2 x queries + 10 = 102"),
     (["--vectors", "{v}", "--size", "5"], "size: expected an int >= 10, got 5"),
     (["--vectors", "{bad}"], "bad.npy: row 7 is zero or not finite"),
+    (["--vectors", "{empty}"], "empty.npy: not a readable .npy array (No data left in file)"),
+    (["--vectors", "{npz}"], "a.npz: a .npz archive; expected a .npy file"),
+    (["--vectors", "{flat}"], "expected a numeric array of shape (n >= 2, dim >= 1), got "
+                              "float64 (300, 0)"),
     (["--matched"], "matched: needs the user's own set"),
     (["--vectors", "{v}", "--queries", "0"], "queries: expected an int >= 1, got 0"),
 ])
 def test_bench_recall_rejects_bad_own_sets(tmp_path, args, message):
     t, v, bad = tmp_path / "t.txt", tmp_path / "v.npy", tmp_path / "bad.npy"
+    empty, npz, flat = tmp_path / "empty.npy", tmp_path / "a.npz", tmp_path / "flat.npy"
+    empty.write_bytes(b"")
+    np.savez(npz, x=np.ones((50, 4)))
+    np.save(flat, np.ones((300, 0)))
     t.write_text("one\ntwo\n")
     np.save(v, np.ones((100, 4), dtype=np.float32))
     broken = np.ones((50, 4), dtype=np.float32)
     broken[7] = np.nan
     np.save(bad, broken)
     out = tmp_path / "r.json"
-    argv = [a.format(t=t, v=v, bad=bad) for a in args]
+    argv = [a.format(t=t, v=v, bad=bad, empty=empty, npz=npz, flat=flat) for a in args]
     res = CliRunner().invoke(app, ["bench", "recall", *argv, "--out", str(out)])
     assert res.exit_code == 2 and message in res.output, res.output
     assert not out.exists()

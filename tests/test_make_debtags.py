@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import importlib.util
 import io
 import json
 import lzma
@@ -12,6 +11,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from metricls.data.descriptions import read_descriptions
 
@@ -77,10 +77,7 @@ Description-en: A library without tags
 
 @pytest.fixture(scope="module")
 def make_debtags():
-    spec = importlib.util.spec_from_file_location("make_debtags", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def _read(path: Path) -> list[dict]:

@@ -4,11 +4,11 @@
 
 VECTORS.npy: normalised embeddings (e.g. `metricls.bench.vectors.embed_texts` of the Debian
 texts of scripts/make_debian_texts.py with the debtags-lexical tagger, saved with np.save).
-A fixed permutation (seed 0) gives 1,000,000 base rows and the next 1,000 as queries; exact
-top-10 ids and exact search's batched QPS are cached beside the file. Each configuration
-appends one JSON line per search setting: recall@10 against exact, batched QPS, its ratio to
-exact search, build seconds. The configurations are plain FAISS / ScaNN, to measure a lever
-before it goes into metricls.ann:
+A fixed permutation (seed 0) gives --n base rows (1,000,000) and the next --queries (1,000)
+as queries; exact top-10 ids and exact search's batched QPS are cached beside the file. Each
+configuration appends one JSON line per search setting: recall@10 against exact, batched
+QPS, its ratio to exact search, build seconds. The configurations are plain FAISS / ScaNN,
+to measure a lever before it goes into metricls.ann:
 
     hnsw(M, efC, storage)          IndexHNSWFlat, or IndexHNSWSQ 8-bit with storage="sq8"
     hnsw_refine(M, efC, storage)   the same, the best k_factor x 10 re-scored exactly
@@ -27,16 +27,20 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-N, QUERIES, K = 1_000_000, 1_000, 10
+K = 10
 
 
-def load(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+def load(path: Path, n: int, n_queries: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                       float]:
     """(base, queries, exact top-10 ids, exact batched QPS)."""
     x = np.load(path, mmap_mode="r")
+    if len(x) < n + n_queries:
+        raise SystemExit(f"{path}: {len(x)} rows; expected at least --n + --queries = "
+                         f"{n + n_queries}")
     perm = np.random.default_rng(0).permutation(len(x))
-    base = np.ascontiguousarray(x[np.sort(perm[:N])])
-    queries = np.ascontiguousarray(x[perm[N:N + QUERIES]])
-    cache = path.with_name(path.stem + "-exact.npz")
+    base = np.ascontiguousarray(x[np.sort(perm[:n])])
+    queries = np.ascontiguousarray(x[perm[n:n + n_queries]])
+    cache = path.with_name(f"{path.stem}-exact-{n}-{n_queries}.npz")
     if cache.exists():
         saved = np.load(cache)
         return base, queries, saved["ids"], float(saved["qps"])
@@ -45,18 +49,22 @@ def load(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     exact.search(queries, K)
     start = time.perf_counter()
     ids = exact.search(queries, K)[1]
-    qps = QUERIES / (time.perf_counter() - start)
+    qps = n_queries / (time.perf_counter() - start)
     np.savez(cache, ids=ids, qps=qps)
     return base, queries, ids, qps
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("vectors", type=Path)
     parser.add_argument("config", help='e.g. "hnsw_refine(32, 100)"')
     parser.add_argument("--out", type=Path, default=Path("levers-1m.jsonl"))
-    args = parser.parse_args()
-    base, queries, truth, exact_qps = load(args.vectors)
+    parser.add_argument("--n", type=int, default=1_000_000, help="rows searched")
+    parser.add_argument("--queries", type=int, default=1_000)
+    parser.add_argument("--sample", type=int, default=100_000,
+                        help="rows that train quantisers")
+    args = parser.parse_args(argv)
+    base, queries, truth, exact_qps = load(args.vectors, args.n, args.queries)
     d = base.shape[1]
 
     def report(name: str, build_s: float, settings: list) -> None:
@@ -64,11 +72,11 @@ def main() -> None:
             search()  # warm
             start = time.perf_counter()
             ids = search()
-            qps = QUERIES / (time.perf_counter() - start)
+            qps = len(queries) / (time.perf_counter() - start)
             recall = float(np.mean([len(set(a) & set(b)) / K for a, b in zip(ids, truth)]))
             row = {"name": name, "setting": label, "recall": round(recall, 4),
                    "qps": round(qps), "x": round(qps / exact_qps, 1),
-                   "build_s": round(build_s, 1), "n": N}
+                   "build_s": round(build_s, 1), "n": len(base)}
             print(json.dumps(row), flush=True)
             with args.out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -82,7 +90,7 @@ def main() -> None:
 
     def timed_build(index) -> float:
         start = time.perf_counter()
-        index.train(base[:100_000])
+        index.train(base[:args.sample])
         index.add(base)
         return time.perf_counter() - start
 
@@ -146,7 +154,7 @@ def main() -> None:
         key = f"IVF{nlist}_HNSW{m},{codes}" + (f",{refine}" if refine else "")
         index = faiss.index_factory(d, key, faiss.METRIC_INNER_PRODUCT)
         start = time.perf_counter()
-        index.train(base[:max(100_000, 40 * nlist)])
+        index.train(base[:max(args.sample, 40 * nlist)])
         index.add(base)
         build = time.perf_counter() - start
         lists = faiss.extract_index_ivf(index)

@@ -110,8 +110,13 @@ class AnnIndex(abc.ABC):
         if unknown:
             raise InputError(f"{self.backend} index: {unknown} are not search parameters; "
                              f"valid: {list(self.search_param_names)}")
+        kept = dict(self.params)
         self.params.update(params)
-        self._check_params()
+        try:
+            self._check_params()
+        except InputError:
+            self.params = kept  # a refused value never stays behind to be saved
+            raise
         if self.is_built:
             self._apply_search_params()
 

@@ -119,7 +119,7 @@ class FaissIndex(AnnIndex):
         index = self._new_index(vectors)
         index.add(vectors)
         self._index, self._gpu = index, None
-        self._exact = vectors if self.params.get("rerank") else None
+        self._exact = np.array(vectors) if self.params.get("rerank") else None  # own copy
         self._apply_search_params()
 
     def _add(self, vectors: np.ndarray) -> np.ndarray:
@@ -168,6 +168,11 @@ class FaissIndex(AnnIndex):
                       f"{exc}); searching on the CPU instead", RuntimeWarning, stacklevel=5)
 
     def _check_params(self) -> None:
+        built = getattr(self, "_index", None) is not None  # (also called from __init__)
+        if self.params.get("rerank") and built and getattr(self, "_exact", None) is None:
+            raise InputError(f"{self.backend} index parameter rerank: this index was built "
+                             "without rerank, so it kept no float vectors to re-score from; "
+                             "build it with rerank set")
         if self.params.get("use_gpu") not in (None, True, False):
             raise InputError(f"{self.backend} index parameter use_gpu: expected None, True or "
                              f"False, got {self.params['use_gpu']!r}")
@@ -194,7 +199,8 @@ class FaissIndex(AnnIndex):
             raise ArtifactError(f"{path}: dimension {index.d} / metric {index.metric_type}, "
                                 f"expected {self.dim} / inner product (from backend.json)")
         self._index = index
-        self._exact = self._load_exact(folder) if self.params.get("rerank") else None
+        kept = self.params.get("rerank") or (folder / VECTORS_FILE).exists()
+        self._exact = self._load_exact(folder) if kept else None
         self._apply_search_params()
 
     def _load_exact(self, folder: Path) -> np.ndarray:
@@ -342,6 +348,7 @@ class HnswIndex(FaissIndex):
         return self.ntotal * code + int(links)
 
     def _check_params(self) -> None:
+        super()._check_params()
         for name in ("m", "ef_construction", "ef_search"):
             check_positive_int(self.params[name], f"hnsw index parameter {name}")
         check_optional_int(self.params, "rerank", "hnsw")

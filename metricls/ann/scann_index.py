@@ -178,6 +178,8 @@ class ScannIndex(AnnIndex):
         return {"num_leaves": self._num_leaves}
 
     def _load_files(self, folder: Path, meta: dict[str, Any]) -> None:
+        if "soar_lambda" not in meta["params"]:
+            self.params["soar_lambda"] = None  # saved before spilling existed: it did not spill
         target = folder / SCANN_DIR
         if not (target / "scann_assets.pbtxt").is_file():
             raise ArtifactError(f"{target / 'scann_assets.pbtxt'}: missing; expected a ScaNN "

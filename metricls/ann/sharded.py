@@ -62,8 +62,13 @@ class ShardedIndex(AnnIndex):
         if unknown:
             raise InputError(f"sharded index: {unknown} are not search parameters of "
                              f"{self.params['base']!r}; valid: {list(valid)}")
-        self.params["base_params"] = {**self.params["base_params"], **params}
-        self._check_params()
+        kept = self.params["base_params"]
+        self.params["base_params"] = {**kept, **params}
+        try:
+            self._check_params()
+        except InputError:
+            self.params["base_params"] = kept
+            raise
         for part in self._parts:
             part.set_search_params(**params)
 

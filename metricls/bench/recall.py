@@ -243,11 +243,13 @@ def _tagger_rows(folder: Path, backends: tuple[str, ...]) -> list[dict[str, Any]
     tagger = Tagger.load(folder)
     items = read_config_items(tagger.config.data)
     test, valid = items.subset("test"), items.subset("valid")
-    if len(test) == 0 or len(valid) == 0:
-        raise InputError(f"{folder}: its data needs test items to query with and valid items "
-                         "to tune on")
+    if len(test) == 0:
+        raise InputError(f"{folder}: its data has no test items to query with")
+    if "auto" in backends and len(valid) == 0:
+        raise InputError(f"{folder}: backends: auto is tuned on valid items; its data has none")
+    tuning = tagger.embed(valid) if "auto" in backends else None
     return bench_set(f"tagger:{folder.name}", tagger.prototypes, tagger.embed(test),
-                     backends=backends, tune_queries=tagger.embed(valid))
+                     backends=backends, tune_queries=tuning)
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from metricls.prototypes import normalize_rows
 LID_NEIGHBOURS = 20
 PROFILE_SAMPLE = 50_000  # rows whose covariance and neighbourhoods are measured
 LID_POINTS = 2_000  # points whose LID is estimated (against the whole sample)
+DUPLICATE_DISTANCE = 1e-2  # closer neighbours of a unit vector count as its duplicates
 POINTS_PER_CLUSTER = 100  # matched sets: one Gaussian cluster per this many points
 
 
@@ -48,7 +49,7 @@ def profile_vectors(vectors: np.ndarray, *, seed: int = 0) -> dict[str, Any]:
         {"n", "dim", "mean_norm": norm of the mean vector, "spectrum": covariance eigenvalues,
         largest first, as fractions of the total variance, "dims_for_90%": directions holding
         90% of it, "participation_ratio": (sum l)^2 / sum l^2, "lid": median LID over
-        `LID_POINTS` points, "lid_neighbours": 20}.
+        `LID_POINTS` points (None: too few rows, or too many duplicates), "lid_neighbours": 20}.
     """
     sample = _sample(vectors, PROFILE_SAMPLE, seed)
     mean = sample.mean(axis=0, dtype=np.float64)
@@ -60,28 +61,31 @@ def profile_vectors(vectors: np.ndarray, *, seed: int = 0) -> dict[str, Any]:
             "spectrum": [round(float(f), 6) for f in fractions],
             "dims_for_90%": int(np.searchsorted(np.cumsum(fractions), 0.9) + 1),
             "participation_ratio": round(float(eig.sum() ** 2 / (eig ** 2).sum()), 2),
-            "lid": round(local_intrinsic_dimension(sample, seed=seed), 2),
+            "lid": _rounded(local_intrinsic_dimension(sample, seed=seed)),
             "lid_neighbours": LID_NEIGHBOURS}
 
 
-def local_intrinsic_dimension(vectors: np.ndarray, *, seed: int = 0) -> float:
+def local_intrinsic_dimension(vectors: np.ndarray, *, seed: int = 0) -> float | None:
     """Median maximum-likelihood LID of `LID_POINTS` rows of `vectors` from their 20 nearest
-    neighbours among `vectors` (exact duplicates skipped)."""
+    other rows (the point itself, found by id, and rows within `DUPLICATE_DISTANCE` of it, its
+    duplicates up to float error, are skipped); None when no point has 20 such neighbours."""
+    if len(vectors) <= LID_NEIGHBOURS + 1:
+        return None
     rng = np.random.default_rng(seed)
-    points = vectors[rng.choice(len(vectors), min(LID_POINTS, len(vectors)), replace=False)]
-    squared, _ = faiss.knn(np.ascontiguousarray(points), np.ascontiguousarray(vectors),
-                           LID_NEIGHBOURS + 8, metric=faiss.METRIC_L2)
+    rows = rng.choice(len(vectors), min(LID_POINTS, len(vectors)), replace=False)
+    squared, ids = faiss.knn(np.ascontiguousarray(vectors[rows]),
+                             np.ascontiguousarray(vectors), LID_NEIGHBOURS + 9,
+                             metric=faiss.METRIC_L2)
     estimates = []
-    for row in np.sqrt(np.clip(squared, 0, None)):
-        row = row[row > 1e-6][:LID_NEIGHBOURS]
-        if len(row) < LID_NEIGHBOURS:
+    for row, found, distances in zip(rows, ids, squared):
+        distances = np.sqrt(np.clip(distances[(found >= 0) & (found != row)], 0, None))
+        distances = distances[distances > DUPLICATE_DISTANCE][:LID_NEIGHBOURS]
+        if len(distances) < LID_NEIGHBOURS:
             continue  # a point among many duplicates has no local dimension to speak of
-        logs = np.log(row[-1] / row[:-1])
+        logs = np.log(distances[-1] / distances[:-1])
         if logs.sum() > 0:
-            estimates.append((len(logs)) / logs.sum())
-    if not estimates:
-        raise InputError("vectors: too many duplicate rows to estimate a local dimension")
-    return float(np.median(estimates))
+            estimates.append(len(logs) / logs.sum())
+    return float(np.median(estimates)) if estimates else None
 
 
 def matched_synthetic(profile: dict[str, Any], n: int, *, seed: int = 0) -> tuple[np.ndarray,
@@ -90,6 +94,9 @@ def matched_synthetic(profile: dict[str, Any], n: int, *, seed: int = 0) -> tupl
     n / 100 Gaussian clusters whose centres spread along the real spectrum and whose members
     spread along the spectrum raised to a power, fitted by bisection so that a sample of the
     size the profile measured has the profile's LID. Returns (vectors, the fitted power)."""
+    if profile["lid"] is None:
+        raise InputError("matched: the set's local dimension could not be estimated (fewer than "
+                         f"{LID_NEIGHBOURS + 2} rows, or too many duplicates)")
     clusters = max(1, n // POINTS_PER_CLUSTER)
     target, fit_rows = profile["lid"], min(profile["n"], PROFILE_SAMPLE)  # LID depends on n
     low, high = 0.25, 16.0  # a larger power concentrates each cluster in fewer directions
@@ -97,7 +104,7 @@ def matched_synthetic(profile: dict[str, Any], n: int, *, seed: int = 0) -> tupl
         power = (low * high) ** 0.5
         sample = _mixture(profile, fit_rows, power, clusters, seed)
         lid = local_intrinsic_dimension(sample, seed=seed)
-        low, high = (power, high) if lid > target else (low, power)
+        low, high = (power, high) if lid is None or lid > target else (low, power)
     power = round((low * high) ** 0.5, 3)
     return _mixture(profile, n, power, clusters, seed), power
 
@@ -122,6 +129,10 @@ def _mixture(profile: dict[str, Any], n: int, power: float, clusters: int,
     return normalize_rows(out)
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
 def _sample(vectors: np.ndarray, size: int, seed: int) -> np.ndarray:
     if len(vectors) <= size:
         return np.ascontiguousarray(vectors, dtype=np.float32)
@@ -136,10 +147,13 @@ def load_vectors(path: str | Path) -> np.ndarray:
         raise InputError(f"{path}: no such file (expected a .npy file of vectors)")
     try:
         array = np.load(source, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise InputError(f"{path}: not a readable .npy array ({exc})") from exc
-    if array.ndim != 2 or array.shape[0] < 2 or array.dtype.kind not in "fiu":
-        raise InputError(f"{path}: expected a numeric array of shape (n >= 2, dim), got "
+    if not isinstance(array, np.ndarray):
+        raise InputError(f"{path}: a .npz archive; expected a .npy file of one array (n, dim)")
+    if array.ndim != 2 or array.shape[0] < 2 or array.shape[1] < 1 \
+            or array.dtype.kind not in "fiu":
+        raise InputError(f"{path}: expected a numeric array of shape (n >= 2, dim >= 1), got "
                          f"{array.dtype} {array.shape}")
     vectors = np.empty(array.shape, dtype=np.float32)
     for start in range(0, len(array), 65_536):
