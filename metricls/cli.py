@@ -277,7 +277,7 @@ def bench_recall_cmd(quick: bool = False, tagger: Annotated[Optional[Path], type
                      out: Path = Path("benchmarks/recall/recall.json"),
                      threads: Annotated[int, typer.Option(help="0 = all cores")] = 0,
                      backends: Annotated[Optional[str], typer.Option(
-                         help="Comma-separated, e.g. ivf-pq,sharded-ivf")] = None,
+                         help="Comma-separated, e.g. hnsw-sq8,scann,auto")] = None,
                      sizes: Annotated[Optional[str], typer.Option(
                          help="Comma-separated synthetic set sizes, e.g. 1000000")] = None) -> None:
     """Recall@k and speed of every ANN backend against exact search, on your data or ours."""
