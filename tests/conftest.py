@@ -51,12 +51,8 @@ def synthetic_path(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_tagger_dir(tmp_path_factory, synthetic_path) -> Path:
     """A built tiny tagger folder (lexical backbone, flat index), made once per session."""
-    from metricls import build_index, load_config, train_embedder
-
     folder = tmp_path_factory.mktemp("taggers") / "tiny"
-    cfg = load_config(TINY, [f"data.path={synthetic_path}"])
-    train_embedder(cfg, out=folder)
-    build_index(folder)
+    build_tiny(folder, synthetic_path)
     return folder
 
 
@@ -90,3 +86,13 @@ def load_script(path: Path) -> ModuleType:
     finally:
         sys.path.remove(str(path.parent))
     return module
+
+
+def build_tiny(folder: Path, synthetic_path: Path, *overrides: str):
+    """Train the tiny config on the generated items (with config `overrides`, e.g.
+    "train.epochs=1") into `folder`, build its indexes, and return the built Tagger."""
+    from metricls import build_index, load_config, train_embedder
+
+    cfg = load_config(TINY, [f"data.path={synthetic_path}", *overrides])
+    train_embedder(cfg, out=folder)
+    return build_index(folder)

@@ -4,10 +4,9 @@ with a MiniLM backbone, and its errors."""
 import json
 
 import pytest
-from conftest import TINY
+from conftest import build_tiny
 
 from benchmarks.minilm.run import bench_minilm, main
-from metricls import build_index, load_config, train_embedder
 from metricls.errors import InputError
 
 
@@ -15,10 +14,8 @@ from metricls.errors import InputError
 def minilm_tagger(tmp_path_factory, synthetic_path, monkeypatch_module):
     monkeypatch_module.setenv("METRICLS_CACHE", str(tmp_path_factory.mktemp("cache")))
     folder = tmp_path_factory.mktemp("minilm") / "tagger"
-    cfg = load_config(TINY, [f"data.path={synthetic_path}", "encoder.backbones=[lexical, minilm]",
-                             "encoder.minilm.max_seq_length=16", "train.epochs=1"])
-    train_embedder(cfg, out=folder)
-    build_index(folder)
+    build_tiny(folder, synthetic_path, "encoder.backbones=[lexical, minilm]",
+               "encoder.minilm.max_seq_length=16", "train.epochs=1")
     return folder
 
 

@@ -10,11 +10,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY
+from conftest import build_tiny
 from synthetic import make_items, write_jsonl
 from typer.testing import CliRunner
 
-from metricls import Tagger, build_index, load_config, train_embedder
+from metricls import Tagger
 from metricls.catalog import SUMMARY, TagOptions, read_tags, tag_catalog
 from metricls.cli import app
 from metricls.errors import InputError
@@ -147,10 +147,8 @@ def test_csv_and_parquet_catalogs_give_the_jsonl_output(tiny_tagger_dir, catalog
 
 def test_features_backbone_reads_the_vector_column(tmp_path, synthetic_path, catalog_items):
     folder = tmp_path / "vectors"
-    cfg = load_config(TINY, [f"data.path={synthetic_path}", "encoder.backbones=[features]",
-                             "data.vector_column=vec", "data.text_columns=[]", "train.epochs=1"])
-    train_embedder(cfg, out=folder)
-    tagger = build_index(folder)
+    tagger = build_tiny(folder, synthetic_path, "encoder.backbones=[features]",
+                        "data.vector_column=vec", "data.text_columns=[]", "train.epochs=1")
     data = write_jsonl(tmp_path / "vec.jsonl", catalog_items[:500])
     tag_catalog(folder, data, tmp_path / "out", options=TagOptions(k=3))
     table = read_tags(tmp_path / "out")

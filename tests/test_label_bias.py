@@ -6,9 +6,9 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import TINY
+from conftest import TINY, build_tiny
 
-from metricls import Tagger, build_index, load_config, train_embedder
+from metricls import Tagger, load_config
 from metricls.artifacts import load_tensors
 from metricls.evaluation import evaluate
 from metricls.pipeline.fit import BIAS_WEIGHTS
@@ -20,10 +20,7 @@ from metricls.pipeline.tag import combine
 @pytest.fixture(scope="module")
 def biased_dir(tmp_path_factory, synthetic_path):
     folder = tmp_path_factory.mktemp("biased") / "tagger"
-    cfg = load_config(TINY, [f"data.path={synthetic_path}", "train.label_bias=true",
-                             "train.schedule=cosine"])
-    train_embedder(cfg, out=folder)
-    build_index(folder)
+    build_tiny(folder, synthetic_path, "train.label_bias=true", "train.schedule=cosine")
     return folder
 
 

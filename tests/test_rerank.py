@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from conftest import TINY, replaced, resized
+from conftest import TINY, build_tiny, replaced, resized
 
-from metricls import Tagger, build_index, load_config, train_embedder
+from metricls import Tagger, load_config
 from metricls.artifacts import load_tensors, read_json, save_tensors
 from metricls.data.dataset import Dataset
 from metricls.errors import ArtifactError
@@ -225,9 +225,7 @@ def test_the_reranker_is_skipped_when_valid_cannot_support_it():
 @pytest.fixture(scope="module")
 def plain_dir(tmp_path_factory, synthetic_path):
     folder = tmp_path_factory.mktemp("plain") / "tagger"
-    cfg = load_config(TINY, [f"data.path={synthetic_path}", "index.rerank=false"])
-    train_embedder(cfg, out=folder)
-    build_index(folder)
+    build_tiny(folder, synthetic_path, "index.rerank=false")
     return folder
 
 

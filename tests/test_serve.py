@@ -12,13 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from conftest import TINY
+from conftest import build_tiny
 from fastapi.testclient import TestClient
 from synthetic import make_items
 from typer.testing import CliRunner
 
 from benchmarks.serve.run import running_server
-from metricls import Tagger, __version__, build_index, load_config, train_embedder
+from metricls import Tagger, __version__
 from metricls.artifacts import read_json
 from metricls.cli import app as cli
 from metricls.errors import InputError
@@ -51,10 +51,8 @@ def roomy_client(tiny_tagger_dir):
 def vector_tagger_dir(tmp_path_factory, synthetic_path):
     """A tiny tagger with a `features` backbone, reading the generated items' vectors."""
     folder = tmp_path_factory.mktemp("taggers") / "vectors"
-    cfg = load_config(TINY, [f"data.path={synthetic_path}", "encoder.backbones=[features]",
-                             "data.vector_column=vec", "data.text_columns=[]"])
-    train_embedder(cfg, out=folder)
-    build_index(folder)
+    build_tiny(folder, synthetic_path, "encoder.backbones=[features]", "data.vector_column=vec",
+               "data.text_columns=[]")
     return folder
 
 
