@@ -229,6 +229,21 @@ def check_vectors(x: Any, name: str, dim: int, *, allow_empty: bool) -> np.ndarr
     return array
 
 
+def read_vectors(path: Path, dim: int, rows: int | None = None, *,
+                 mmap: bool = False) -> np.ndarray:
+    """The float32 (rows, dim) array an index saved in `path` (memory-mapped with `mmap`), or
+    ArtifactError naming the file; `rows` None accepts any number of rows."""
+    try:
+        vectors = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}: missing or not a readable .npy file ({exc})") from exc
+    if vectors.ndim != 2 or vectors.shape[1] != dim or vectors.dtype != np.float32 \
+            or rows not in (None, vectors.shape[0]):
+        raise ArtifactError(f"{path}: expected float32 of shape ({rows or 'n'}, {dim}), got "
+                            f"{vectors.dtype} {vectors.shape}")
+    return vectors
+
+
 def probe_steps(limit: int) -> list[int]:
     """1, 2, 3, 4, 6, 8, 12, 16, ... (powers of two and the halfway steps) below `limit`, then
     `limit`: the settings `tune_index` tries for a count of lists or leaves to search."""

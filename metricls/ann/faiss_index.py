@@ -15,12 +15,18 @@ from typing import Any, ClassVar
 import faiss
 import numpy as np
 
-from metricls.ann.base import AnnIndex, check_optional_int, check_positive_int, probe_steps
+from metricls.ann.base import (
+    AnnIndex,
+    check_optional_int,
+    check_positive_int,
+    probe_steps,
+    read_vectors,
+)
 from metricls.errors import ArtifactError, InputError
 
 INDEX_FILE = "faiss.index"
 IDS_FILE = "ids.npy"
-VECTORS_FILE = "vectors.npy"  # float vectors an ivf index re-ranks from (memory-mapped)
+VECTORS_FILE = "vectors.npy"  # float vectors an index re-ranks from (memory-mapped)
 RESCORE_BLOCK = 256  # queries re-scored at once
 SQ_TRAINING_ROWS = 100_000  # rows the 8-bit scalar quantiser learns its ranges from
 HNSW_EF_GRID = (16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 512, 768, 1024)
@@ -68,11 +74,11 @@ class FaissIndex(AnnIndex):
     index_types: ClassVar[tuple[type, ...]] = ()
 
     def __init__(self, dim: int, **params: Any) -> None:
-        super().__init__(dim, **params)
-        self._index: Any = None
+        self._index: Any = None  # set before the parameters are checked, which reads it
         self._gpu: tuple[Any, Any] | None = None  # (GPU resources, GPU index)
         self._gpu_failed = False
         self._exact: np.ndarray | None = None  # the float vectors re-ranking reads (rerank)
+        super().__init__(dim, **params)
 
     @property
     def ntotal(self) -> int:
@@ -168,8 +174,7 @@ class FaissIndex(AnnIndex):
                       f"{exc}); searching on the CPU instead", RuntimeWarning, stacklevel=5)
 
     def _check_params(self) -> None:
-        built = getattr(self, "_index", None) is not None  # (also called from __init__)
-        if self.params.get("rerank") and built and getattr(self, "_exact", None) is None:
+        if self.params.get("rerank") and self._index is not None and self._exact is None:
             raise InputError(f"{self.backend} index parameter rerank: this index was built "
                              "without rerank, so it kept no float vectors to re-score from; "
                              "build it with rerank set")
@@ -200,22 +205,9 @@ class FaissIndex(AnnIndex):
                                 f"expected {self.dim} / inner product (from backend.json)")
         self._index = index
         kept = self.params.get("rerank") or (folder / VECTORS_FILE).exists()
-        self._exact = self._load_exact(folder) if kept else None
+        self._exact = read_vectors(folder / VECTORS_FILE, self.dim, self.ntotal, mmap=True) \
+            if kept else None  # memory-mapped: the float vectors stay on disk
         self._apply_search_params()
-
-    def _load_exact(self, folder: Path) -> np.ndarray:
-        """The saved float vectors, memory-mapped (they stay on disk)."""
-        path = folder / VECTORS_FILE
-        try:
-            exact = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ArtifactError(f"{path}: missing or not a readable .npy file ({exc}); the "
-                                "index re-ranks (rerank) from it") from exc
-        if exact.dtype != np.float32 or exact.shape != (self.ntotal, self.dim):
-            raise ArtifactError(f"{path}: expected float32 of shape ({self.ntotal}, "
-                                f"{self.dim}), got {exact.dtype} {exact.shape}")
-        return exact
-
 
 class FlatIndex(FaissIndex):
     """Exact inner-product search; supports `remove` (the other ids stay as they were)."""
@@ -392,7 +384,6 @@ class IvfIndex(FaissIndex):
     default_params: ClassVar[dict[str, Any]] = {"nlist": None, "nprobe": 8, "pq_m": None,
                                                 "rerank": None, "use_gpu": None}
     search_param_names = ("nprobe", "rerank")
-
     gpu_capable = True
     index_types = (faiss.IndexIVFFlat, faiss.IndexIVFPQ)
 

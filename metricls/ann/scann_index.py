@@ -24,7 +24,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from metricls.ann.base import AnnIndex, check_optional_int, check_positive_int, probe_steps
+from metricls.ann.base import (
+    AnnIndex,
+    check_optional_int,
+    check_positive_int,
+    probe_steps,
+    read_vectors,
+)
 from metricls.errors import ArtifactError, InputError
 
 SCANN_DIR = "scann"
@@ -187,7 +193,7 @@ class ScannIndex(AnnIndex):
         if (target / DOCIDS_PICKLE).exists():
             raise ArtifactError(f"{target / DOCIDS_PICKLE}: metricls never loads pickles; "
                                 "rebuild the index")
-        self._vectors = self._load_vectors(folder / VECTORS_FILE)
+        self._vectors = read_vectors(folder / VECTORS_FILE, self.dim)
         scann = import_scann()
         try:
             self._searcher = scann.scann_ops_pybind.load_searcher(
@@ -203,12 +209,3 @@ class ScannIndex(AnnIndex):
                                 f"got {leaves!r}")
         self._num_leaves = leaves
 
-    def _load_vectors(self, path: Path) -> np.ndarray:
-        try:
-            vectors = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ArtifactError(f"{path}: missing or not a readable .npy file ({exc})") from exc
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim or vectors.dtype != np.float32:
-            raise ArtifactError(f"{path}: expected float32 of shape (n, {self.dim}), got "
-                                f"{vectors.dtype} {vectors.shape}")
-        return vectors
