@@ -162,6 +162,10 @@ class IndexConfig:
     # propensity^tail_weight among the best 50 (rare labels rise from below; the first 5 stay
     # as they are); 0 = by probability alone
     tail_weight: float = 1.0
+    # taggers with a frozen text encoder: a label added from its name and description alone
+    # starts from the training items nearest its text in the frozen encoder's space (their
+    # vectors are kept in the folder, 2 bytes x 384 per item); 0: from its text's embedding
+    zero_shot_examples: int = 10
 
 
 @dataclass(frozen=True)
@@ -216,6 +220,7 @@ LIMITS: dict[str, tuple[Any, str]] = {
     "train.seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
     "train.threads": (lambda v: v >= 0, ">= 0 (0 = all cores)"),
     "index.tail_weight": _NONNEG,
+    "index.zero_shot_examples": (lambda v: v >= 0, ">= 0"),
     "index.target_recall": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "index.item_target_recall": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "index.knn": _GE1, "index.candidates": _GE1, "index.exact_below": (lambda v: v >= 0, ">= 0"),

@@ -18,6 +18,8 @@ This module alone knows the layout; training, build-index, label edits and `Tagg
     tfidf.safetensors          the TF-IDF label prototypes (text taggers)
     item_ids.json              {"ids": the id of each indexed item (row of item_labels)}
     descriptions.json          {label: description} from the label table and label edits
+    item_frozen.safetensors    the trained items in the frozen text encoder's space (float16),
+                               where zero-shot labels find their pseudo-examples
     README.md                  the model card
 
 Every safetensors file carries a format tag (`metricls.formats`), checked at load with every
@@ -42,11 +44,14 @@ from metricls.encoders.model import EmbeddingModel
 from metricls.errors import ArtifactError, NotFittedError
 from metricls.formats import (
     CSR_FORMAT,
+    FROZEN_ITEMS_FORMAT,
     LABEL_VECTORS_FORMAT,
     PROTOTYPES_FORMAT,
     RERANKER_FORMAT,
     TFIDF_FORMAT,
+    check_array,
     check_csr,
+    read_tensors,
     read_tensors_and_meta,
     remedy,
 )
@@ -66,6 +71,7 @@ PROTOTYPES, ITEM_LABELS, SCORING = ("prototypes.safetensors", "item_labels.safet
 RERANKER, TFIDF = "reranker.safetensors", "tfidf.safetensors"
 ADDED_RERANKER = "added_reranker.safetensors"
 ITEM_IDS, DESCRIPTIONS = "item_ids.json", "descriptions.json"
+ITEM_FROZEN = "item_frozen.safetensors"
 PROTO_INDEX, ITEM_INDEX = "ann/prototypes", "ann/items"
 FROM_TRAINING = (LABEL_VECTORS, TRAINING)  # what build-index keeps of the trained folder
 # manifest keys write_manifest sets itself
@@ -157,6 +163,9 @@ def write_parts(folder: Path, *, config: Config, model: EmbeddingModel,
         write_json(folder / ITEM_IDS, {"ids": list(state.item_ids)})
     if state.descriptions:
         write_json(folder / DESCRIPTIONS, dict(state.descriptions))
+    if state.item_frozen is not None:
+        save_tensors(folder / ITEM_FROZEN, {"vectors": state.item_frozen},
+                     {"format": FROZEN_ITEMS_FORMAT})
 
 
 def model_card(config: Config, dim: int, data: dict, report: dict, metrics: dict) -> str:
@@ -235,6 +244,7 @@ def read_tagger(folder: Path) -> tuple[Config, EmbeddingModel, TaggerState, dict
     csr, csr_meta = read_tensors_and_meta(path, CSR_FORMAT)
     item_labels = check_csr(path, csr, (item_index.ntotal, L), data=False,
                             source="ann/items and labels.json")
+    trained_items = _trained_rows(csr_meta, item_labels.shape[0], folder)
     state = TaggerState(
         vocab=vocab, prototypes=read_prototypes(folder / PROTOTYPES, L, model.out_dim),
         proto_index=load_index(folder / PROTO_INDEX), item_index=item_index,
@@ -245,9 +255,10 @@ def read_tagger(folder: Path) -> tuple[Config, EmbeddingModel, TaggerState, dict
         reranker=Reranker.load(folder / RERANKER) if (folder / RERANKER).exists() else None,
         added_reranker=Reranker.load(folder / ADDED_RERANKER)
         if (folder / ADDED_RERANKER).exists() else None,
-        trained_items=_trained_rows(csr_meta, item_labels.shape[0], folder),
+        trained_items=trained_items,
         item_ids=_item_ids(folder / ITEM_IDS, item_labels.shape[0]),
-        descriptions=_descriptions(folder / DESCRIPTIONS))
+        descriptions=_descriptions(folder / DESCRIPTIONS),
+        item_frozen=_item_frozen(folder / ITEM_FROZEN, trained_items, model.frozen_dim))
     _check_consistent(folder, state, model.out_dim)
     return config, model, state, manifest
 
@@ -262,6 +273,15 @@ def _item_ids(path: Path, n_rows: int) -> tuple[str, ...] | None:
         raise ArtifactError(f"{path}: expected a list of {n_rows} item id strings, one per row "
                             f"of {ITEM_LABELS}; {remedy(path)}")
     return tuple(ids)
+
+
+def _item_frozen(path: Path, n_rows: int, dim: int) -> np.ndarray | None:
+    """The trained items' frozen-encoder vectors (None for a folder without them)."""
+    if not path.exists():
+        return None
+    return check_array(path, read_tensors(path, FROZEN_ITEMS_FORMAT), "vectors", "f",
+                       (n_rows, dim), finite=True,
+                       source="the trained rows of item_labels and encoder/config.json")
 
 
 def _descriptions(path: Path) -> dict[str, str]:

@@ -23,6 +23,7 @@ PROTOTYPES_FORMAT = "metricls-prototypes/1"
 CSR_FORMAT = "metricls-csr/1"
 RERANKER_FORMAT = "metricls-reranker/2"  # /1: trees as arrays, before LightGBM
 TFIDF_FORMAT = "metricls-tfidf/1"
+FROZEN_ITEMS_FORMAT = "metricls-frozen-items/1"
 ENCODER_FORMAT = "metricls-encoder/1"
 LABEL_VECTORS_FORMAT = "metricls-label-vectors/1"
 

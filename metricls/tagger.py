@@ -24,6 +24,7 @@ from metricls.encoders.model import EmbeddingModel
 from metricls.errors import ArtifactError, InputError
 from metricls.outputs import check_output
 from metricls.pipeline import labels as label_edits
+from metricls.pipeline import zero_shot
 from metricls.pipeline.explain import explain
 from metricls.pipeline.state import TaggerState
 from metricls.pipeline.tag import named, score, selection
@@ -246,7 +247,20 @@ class Tagger:
             raise InputError("description: this tagger reads feature vectors and cannot embed a "
                              "label text; give examples as an (n, d) array")
         text = check_texts([text], name="description")[0]
-        return np.vstack([example_emb, self.embed([text])]), example_emb, [*texts, text]
+        text_emb = self.embed([text])
+        if examples is None:
+            text_emb = self._zero_shot(text, text_emb)
+        return np.vstack([example_emb, text_emb]), example_emb, [*texts, text]
+
+    def _zero_shot(self, text: str, text_emb: np.ndarray) -> np.ndarray:
+        """(1, d) the prototype of a label made from its text alone: with the trained items'
+        frozen-encoder vectors, the mean of the items nearest the text there plus the text's
+        embedding (`pipeline.zero_shot`); else the text's embedding."""
+        state, m = self._state, self.config.index.zero_shot_examples
+        if state.item_frozen is None or not m:
+            return text_emb
+        rows = zero_shot.pseudo_examples(state.item_frozen, self.model.frozen_text([text])[0], m)
+        return zero_shot.prototype(state.item_index.reconstruct()[rows], text_emb[0])[None, :]
 
     # ---- saving --------------------------------------------------------------------------------
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:

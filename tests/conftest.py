@@ -88,6 +88,11 @@ def load_script(path: Path) -> ModuleType:
     return module
 
 
+# the tiny config with a frozen MiniLM beside the n-grams (short texts: fast on a CPU)
+MINILM = ("encoder.backbones=[lexical, minilm]", "encoder.minilm.max_seq_length=16",
+          "train.epochs=1")
+
+
 def build_tiny(folder: Path, synthetic_path: Path, *overrides: str):
     """Train the tiny config on the generated items (with config `overrides`, e.g.
     "train.epochs=1") into `folder`, build its indexes, and return the built Tagger."""

@@ -4,7 +4,7 @@ with a MiniLM backbone, and its errors."""
 import json
 
 import pytest
-from conftest import build_tiny
+from conftest import MINILM, build_tiny
 
 from benchmarks.minilm.run import bench_minilm, main
 from metricls.errors import InputError
@@ -14,8 +14,7 @@ from metricls.errors import InputError
 def minilm_tagger(tmp_path_factory, synthetic_path, monkeypatch_module):
     monkeypatch_module.setenv("METRICLS_CACHE", str(tmp_path_factory.mktemp("cache")))
     folder = tmp_path_factory.mktemp("minilm") / "tagger"
-    build_tiny(folder, synthetic_path, "encoder.backbones=[lexical, minilm]",
-               "encoder.minilm.max_seq_length=16", "train.epochs=1")
+    build_tiny(folder, synthetic_path, *MINILM)
     return folder
 
 

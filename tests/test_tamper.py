@@ -335,7 +335,7 @@ def test_check_format_reads_minor_versions_and_older_majors(tmp_path):
 def test_each_format_tag_is_spelled_once():
     sources = [p for p in (ROOT / "metricls").rglob("*.py")]
     for tag in ("metricls-prototypes/", "metricls-csr/", "metricls-reranker/", "metricls-tfidf/",
-                "metricls-encoder/", "metricls-label-vectors/"):
+                "metricls-encoder/", "metricls-label-vectors/", "metricls-frozen-items/"):
         spelled = [p.relative_to(ROOT).as_posix() for p in sources if tag in p.read_text()]
         assert spelled == ["metricls/formats.py"], (tag, spelled)
 

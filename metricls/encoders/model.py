@@ -93,6 +93,25 @@ class EmbeddingModel(nn.Module):
         n = len(texts) if texts is not None else len(features)
         return self.embed_prepared(self.prepare(texts, features, cache=cache), n)
 
+    @property
+    def frozen_dim(self) -> int:
+        """Width of `frozen_text` (0: no frozen text encoder)."""
+        return sum(b.out_dim for b in self._frozen_text_backbones)
+
+    def frozen_text(self, texts: list[str], *, cache: bool = False) -> np.ndarray | None:
+        """(n, frozen_dim) unit rows: the texts in the space of the frozen text encoders alone
+        (MiniLM's sentence embeddings, before the trained head), which no training label
+        shaped; None when the model has no frozen text encoder."""
+        parts = [b.prepare(texts, cache=cache).values for b in self._frozen_text_backbones]
+        if not parts:
+            return None
+        x = np.hstack(parts).astype(np.float32)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    @property
+    def _frozen_text_backbones(self) -> list[nn.Module]:
+        return [b for b in self.backbones if not b.trainable and b.needs == "texts"]
+
     def describe(self) -> dict[str, Any]:
         """The JSON description saved as ``encoder/config.json``."""
         backbones = []

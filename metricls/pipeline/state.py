@@ -69,6 +69,10 @@ class TaggerState:
             added labels get "LABEL#example-N"), or None for a folder written without them.
         descriptions: {label: description} of the data's label table and of labels added
             with one; a label may be described before it is added (zero-shot from it).
+        item_frozen: (trained_items, f) float16 unit rows: the trained items in the frozen
+            text encoder's space (`EmbeddingModel.frozen_text`), where a label's text finds
+            its zero-shot pseudo-examples (`zero_shot`); None: the tagger has no frozen text
+            encoder, and a zero-shot label is its text's embedding.
     """
 
     vocab: LabelVocab
@@ -83,6 +87,7 @@ class TaggerState:
     trained_items: int | None = None
     item_ids: tuple[str, ...] | None = None
     descriptions: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    item_frozen: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise the arrays once, here
@@ -96,6 +101,11 @@ class TaggerState:
                 raise ValueError(f"{len(self.item_ids)} item ids for "
                                  f"{self.item_labels.shape[0]} rows of item_labels")
         set_(self, "descriptions", types.MappingProxyType(dict(self.descriptions)))
+        if self.item_frozen is not None:
+            set_(self, "item_frozen", np.ascontiguousarray(self.item_frozen, dtype=np.float16))
+            if self.item_frozen.ndim != 2 or len(self.item_frozen) != self.trained_items:
+                raise ValueError(f"item_frozen: {self.item_frozen.shape} for "
+                                 f"{self.trained_items} trained items")
 
     @functools.cached_property
     def label_stats(self) -> LabelStats:
