@@ -13,6 +13,7 @@ from metricls import Tagger, build_index, load_config, train_embedder
 from metricls.data.dataset import Dataset, read_config_items
 from metricls.data.descriptions import label_text, read_descriptions
 from metricls.errors import InputError
+from metricls.pipeline.tag import FEW_SHOT_WEIGHT, few_shot_weight, neighbours, reranked
 
 
 # ---- the label table ---------------------------------------------------------------------------
@@ -143,3 +144,26 @@ def test_a_vector_tagger_edits_described_labels_from_examples(tmp_path, syntheti
     assert tagger.predict(items.features[:1], k=2)
     with pytest.raises(InputError, match="cannot embed a label text"):
         tagger.add_label("new::w", description="words")
+
+
+def test_the_few_shot_reranker_says_less_the_more_examples_a_label_has(described_dir):
+    """An added label's probability: the trained reranker's mixed with the few-shot reranker's
+    at `few_shot_weight` of its number of examples (FEW_SHOT_WEIGHT with 0 or 1, / n with n)."""
+    np.testing.assert_allclose(few_shot_weight(np.array([0, 1, 2, 5])),
+                               FEW_SHOT_WEIGHT * np.array([1, 1, 0.5, 0.2]))
+    tagger = Tagger.load(described_dir)
+    items = read_config_items(tagger.config.data).subset("test")
+    texts = [t for t, labels in zip(items.texts, items.labels) if "facet1::tag4" in labels]
+    tagger.add_label("facet1::tag4", examples=texts[:5])
+    tagger.add_label("new::zero", description="noise3 noise4")
+    state = tagger.state
+    found = neighbours(state, tagger.embed(texts), 10, texts)
+    probabilities, cand, own = reranked(state, found, state.scoring, 20)
+    new = cand.ids[:, own:]
+    features = cand.features[:, own:]
+    trained, few = state.reranker.score(features), state.added_reranker.score(features)
+    for name, weight in (("facet1::tag4", FEW_SHOT_WEIGHT / 5), ("new::zero", FEW_SHOT_WEIGHT)):
+        mine = new == tagger.vocab.index(name)
+        assert mine.any()
+        np.testing.assert_allclose(probabilities[:, own:][mine],
+                                   ((1 - weight) * trained + weight * few)[mine], atol=1e-6)

@@ -34,10 +34,12 @@ from metricls.pipeline.state import TaggerState
 from metricls.validation import check_k, to_number
 
 SCORE_BATCH = 2048  # rows scored at a time: memory stays O(batch x candidates)
-ADDED_DEPTH = 20  # candidates among the labels added after training, per query
-# an added label's probability: this share from the few-shot reranker, the rest from the
-# trained labels' (chosen on valid, see docs/labels.md)
-FEW_SHOT_WEIGHT = 0.3
+ADDED_DEPTH = 40  # candidates among the labels added after training, per query
+# an added label's probability: this share from the few-shot reranker, divided by its number
+# of examples (when more than one), the rest from the trained labels' (chosen on valid, see
+# docs/labels.md): the few-shot reranker learned on labels the encoder had seen, so it is
+# too cautious for a new label once a few of its items are indexed
+FEW_SHOT_WEIGHT = 0.5
 MAX_EXTRA = 1000  # most added labels (and examples) the searches look beyond
 
 
@@ -151,7 +153,7 @@ def reranked(state: TaggerState, found: Neighbours, scoring: Scoring,
     prototypes and without the examples they brought into the item index, so an added label
     never changes a trained label's score. The added labels (`added_candidates`) are scored
     among all the candidates by the trained labels' reranker, mixed with the few-shot
-    reranker (`FEW_SHOT_WEIGHT`; fitted on simulated added labels at build time) when the
+    reranker (`few_shot_weight`; fitted on simulated added labels at build time) when the
     tagger has one; the two sets are joined (ids -1 pad).
     """
     reranker = state.reranker
@@ -165,10 +167,16 @@ def reranked(state: TaggerState, found: Neighbours, scoring: Scoring,
                       np.concatenate([own.features, new.features], axis=1))
     scores = reranker.score(new.features)
     if state.added_reranker is not None:
-        scores = (1 - FEW_SHOT_WEIGHT) * scores \
-            + FEW_SHOT_WEIGHT * state.added_reranker.score(new.features)
+        weight = few_shot_weight(state.vocab.counts[np.maximum(new.ids, 0)])
+        scores = (1 - weight) * scores + weight * state.added_reranker.score(new.features)
     return (np.concatenate([reranker.score(own.features), scores], axis=1), cand,
             own.ids.shape[1])
+
+
+def few_shot_weight(examples: np.ndarray) -> np.ndarray:
+    """The few-shot reranker's share of an added label's probability, by its number of
+    examples: `FEW_SHOT_WEIGHT` with none or one, `FEW_SHOT_WEIGHT` / n with n."""
+    return FEW_SHOT_WEIGHT / np.maximum(np.asarray(examples, dtype=np.float32), 1.0)
 
 
 def added_candidates(state: TaggerState, found: Neighbours, scoring: Scoring,
