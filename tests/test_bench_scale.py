@@ -10,6 +10,8 @@ import numpy as np
 import scipy.sparse as sp
 from conftest import replaced
 
+from benchmarks.scale.labels import label_texts
+from benchmarks.scale.labels import main as labels_main
 from benchmarks.scale.run import STAGES, bench_scale, main, markdown_summary
 from benchmarks.scale.scale_data import generate_data
 from metricls.data.labels import LabelVocab
@@ -134,3 +136,45 @@ def test_prototype_only_scoring_never_searches_the_items(tiny_tagger_dir):
     got = replaced(tagger, item_index=Untouchable()).predict_scores(texts, k=5)
     np.testing.assert_array_equal(got[1], expected[1])
     np.testing.assert_array_equal(got[0], expected[0])
+
+
+def test_label_texts_give_every_label_items_and_words_of_its_own(tmp_path):
+    path = label_texts(tmp_path / "items.jsonl", n_items=600, n_labels=100)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 600
+    counts = Counter(label for row in rows for label in row["labels"])
+    assert len(counts) == 100 and min(counts.values()) >= 6  # 600 // 100
+    for row in rows[:50]:  # each label's own words are in the text
+        words = set(row["text"].split())
+        for label in row["labels"]:
+            own = label.split("::l")[1]
+            assert sum(w.startswith(f"t{own}w") for w in words) == 2
+
+
+def test_label_growth_times_tagging_at_each_label_count(tmp_path, capsys):
+    out = tmp_path / "growth.json"
+    assert labels_main(["--labels", "20,80", "--items", "800", "--queries", "10",
+                        "--batch", "50", "--set", "encoder.lexical.buckets=4096",
+                        "--set", "encoder.lexical.dim=16", "--out", str(out), "-q"]) == 0
+    result = json.loads(out.read_text())
+    small, large = result["rows"]
+    assert [small["labels"], large["labels"]] == [20, 80]
+    assert result["overrides"] == ["encoder.lexical.buckets=4096", "encoder.lexical.dim=16"]
+    assert small["vocabulary"] <= 20 < large["vocabulary"] <= 80
+    for row in (small, large):
+        assert 0 < row["one_text_ms"]["p50"] <= row["one_text_ms"]["p99"]
+        assert all(v > 0 for v in row["one_text_parts_ms"].values())
+        assert row["batch_texts_per_s"] > 0 and row["tfidf_nonzeros"] > 0
+    assert large["tfidf_nonzeros"] > small["tfidf_nonzeros"]  # one TF-IDF row per label
+    assert out.with_suffix(".md").read_text().count("\n| ") == 3
+    assert "| labels | one text p50 ms |" in capsys.readouterr().out
+
+
+def test_label_growth_refuses_bad_arguments_before_running(tmp_path, capsys):
+    out = tmp_path / "growth.json"
+    for args, message in ((["--labels", "10,x"], "--labels: expected comma-separated ints"),
+                          (["--labels", "1"], "--labels: expected label counts >= 2"),
+                          (["--labels", "500", "--items", "600"], "--items: expected at least")):
+        assert labels_main([*args, "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists()
