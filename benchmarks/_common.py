@@ -29,6 +29,16 @@ def harness_parser(doc: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+def add_run_options(parser: argparse.ArgumentParser, out: Path, keeps: str) -> None:
+    """The flags of a harness that trains its own taggers: --set (config overrides, repeated),
+    --out (the JSON report, default `out`) and --workdir (where it keeps `keeps`)."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="config override, e.g. index.backend=ivf")
+    parser.add_argument("--out", type=Path, default=out, help="the JSON report")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help=f"keep {keeps} here (default: a temp folder)")
+
+
 def run_harness(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
                 body: Callable[[argparse.Namespace], str]) -> int:
     """Parse `argv`, set up logging, run `body` and print the text it returns.

@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for `benchmarks`
 
-from benchmarks._common import BENCHMARKS, harness_parser, run_harness
+from benchmarks._common import BENCHMARKS, add_run_options, harness_parser, run_harness
 from benchmarks.scale.scale_data import draw_labels, label_probabilities
 from metricls import Tagger, build_index, load_config, train_embedder
 from metricls.artifacts import write_json
@@ -194,11 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--queries", type=int, default=300, help="texts tagged one at a time")
     parser.add_argument("--batch", type=int, default=2_000, help="texts tagged at once")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="config override, e.g. index.tfidf=false")
-    parser.add_argument("--out", type=Path, default=OUT, help="the JSON report")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="keep the data and taggers here (default: a temp folder)")
+    add_run_options(parser, OUT, "the data and taggers")
 
     def body(args: argparse.Namespace) -> str:
         try:

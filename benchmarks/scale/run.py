@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for `benchmarks`
 
-from benchmarks._common import BENCHMARKS, harness_parser, run_harness
+from benchmarks._common import BENCHMARKS, add_run_options, harness_parser, run_harness
 from benchmarks.scale.scale_stages import STAGES, scale_config
 from metricls.artifacts import read_json, write_json
 from metricls.bench.machine import machine_info
@@ -157,11 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--labels", type=int, default=10_000)
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="config override, e.g. index.backend=ivf")
-    parser.add_argument("--out", type=Path, default=OUT, help="the JSON report")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="keep the data and tagger here (default: a temp folder)")
+    add_run_options(parser, OUT, "the data and tagger")
 
     def body(args: argparse.Namespace) -> str:
         return markdown_summary(bench_scale(items=args.items, labels=args.labels, dim=args.dim,
