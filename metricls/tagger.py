@@ -177,7 +177,9 @@ class Tagger:
             examples: texts, an (n, d) array for a features backbone, or Items: the
                 prototype is their normalised mean embedding. None: zero-shot, from the
                 label's text: its name as words and its description when it has one
-                (`metricls.data.descriptions.label_text`).
+                (`metricls.data.descriptions.label_text`), and with a frozen text encoder
+                the training items nearest that text (`metricls.pipeline.zero_shot`; the
+                manifest's ``label_changes`` names them, ``started_from``).
             description: what the label means; None: the one the tagger knows from the
                 data's label table (`data.label_table`) or an earlier edit, if any. A text
                 tagger embeds the label's text as one more example.
@@ -188,11 +190,12 @@ class Tagger:
         """
         with self._writing:
             name = label_edits.check_name(name)
-            emb, example_emb, texts = self._label_embeddings(name, examples, description)
+            emb, example_emb, texts, started = self._label_embeddings(name, examples,
+                                                                      description)
             self._state = label_edits.add_label(self._state, name, emb, example_emb, texts,
                                                 add_items=add_items, description=description)
             self._changes.append(label_edits.change_record("add", name, len(example_emb),
-                                                           description, add_items))
+                                                           description, add_items, started))
             return len(self._state.vocab) - 1
 
     def update_label(self, name: str, examples: Inputs | None = None, *,
@@ -204,13 +207,14 @@ class Tagger:
             label_edits.check_mode(mode)
             if label_edits.check_name(name) not in self._state.vocab:
                 self._state.vocab.index(name)  # InputError naming the nearest labels
-            emb, example_emb, texts = self._label_embeddings(name, examples, description)
+            emb, example_emb, texts, started = self._label_embeddings(name, examples,
+                                                                      description)
             self._state, label = label_edits.update_label(
                 self._state, name, emb, example_emb, texts, mode=mode, add_items=add_items,
                 description=description)
             self._changes.append(label_edits.change_record(f"update:{mode}", name,
                                                            len(example_emb), description,
-                                                           add_items))
+                                                           add_items, started))
             return label
 
     def remove_label(self, name: str) -> int:
@@ -221,10 +225,13 @@ class Tagger:
             return label
 
     def _label_embeddings(self, name: str, examples: Inputs | None,
-                          description: str | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """(m, d) embeddings of the examples and the label text, those of the examples alone, and
-        the texts among them (for the TF-IDF prototypes). The label text joins the examples
-        when the label has a description (given, or known), and is all there is zero-shot."""
+                          description: str | None
+                          ) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+        """(m, d) embeddings of the examples and the label text, those of the examples alone,
+        the texts among them (for the TF-IDF prototypes), and the ids of the training items a
+        zero-shot label started from (`_zero_shot`; else none). The label text joins the
+        examples when the label has a description (given, or known), and is all there is
+        zero-shot."""
         if description is None and self.model.needs == {"texts"}:  # only text can be embedded
             description = self._state.descriptions.get(name)
         elif description is not None and (not isinstance(description, str)
@@ -241,26 +248,29 @@ class Tagger:
             except InputError as exc:  # the tagger names its argument "inputs"
                 raise InputError("examples" + str(exc).removeprefix("inputs")) from None
             if description is None:
-                return example_emb, example_emb, texts
+                return example_emb, example_emb, texts, []
         text = label_text(name, description)
         if self.model.needs != {"texts"}:
             raise InputError("description: this tagger reads feature vectors and cannot embed a "
                              "label text; give examples as an (n, d) array")
         text = check_texts([text], name="description")[0]
-        text_emb = self.embed([text])
+        text_emb, started = self.embed([text]), []
         if examples is None:
-            text_emb = self._zero_shot(text, text_emb)
-        return np.vstack([example_emb, text_emb]), example_emb, [*texts, text]
+            text_emb, started = self._zero_shot(text, text_emb)
+        return np.vstack([example_emb, text_emb]), example_emb, [*texts, text], started
 
-    def _zero_shot(self, text: str, text_emb: np.ndarray) -> np.ndarray:
-        """(1, d) the prototype of a label made from its text alone: with the trained items'
-        frozen-encoder vectors, the mean of the items nearest the text there plus the text's
-        embedding (`pipeline.zero_shot`); else the text's embedding."""
+    def _zero_shot(self, text: str, text_emb: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """(1, d) the prototype of a label made from its text alone, and the ids of the items
+        it started from: with the trained items' frozen-encoder vectors, the mean of the items
+        nearest the text there plus the text's embedding (`pipeline.zero_shot`); else the
+        text's embedding, from no items."""
         state, m = self._state, self.config.index.zero_shot_examples
         if state.item_frozen is None or not m:
-            return text_emb
+            return text_emb, []
         rows = zero_shot.pseudo_examples(state.item_frozen, self.model.frozen_text([text])[0], m)
-        return zero_shot.prototype(state.item_index.reconstruct()[rows], text_emb[0])[None, :]
+        ids = [state.item_ids[r] if state.item_ids is not None else f"#{r}" for r in rows]
+        return (zero_shot.prototype(state.item_index.reconstruct()[rows], text_emb[0])[None, :],
+                ids)
 
     # ---- saving --------------------------------------------------------------------------------
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:

@@ -2,6 +2,7 @@
 training items nearest that text in the frozen encoder's space (metricls.pipeline.zero_shot)."""
 
 import dataclasses
+import json
 import shutil
 
 import numpy as np
@@ -80,13 +81,19 @@ def test_zero_shot_examples_0_or_no_frozen_vectors_give_the_text_embedding(minil
     assert Tagger.load(tiny_tagger_dir).state.item_frozen is None  # n-grams only: none kept
 
 
-def test_edits_keep_the_frozen_vectors(minilm_copy):
+def test_edits_keep_the_frozen_vectors_and_name_the_items_a_label_started_from(minilm_copy):
     tagger = Tagger.load(minilm_copy)
     before = tagger.state.item_frozen.copy()
     tagger.add_label("new::five", ["w5x0 w5x1 noise1"], description=TEXT5)
+    tagger.add_label("new::zero", description=TEXT5)
     tagger.remove_label("facet0::tag0")
     tagger.save(minilm_copy)
     np.testing.assert_array_equal(Tagger.load(minilm_copy).state.item_frozen, before)
+    changes = json.loads((minilm_copy / "manifest.json").read_text())["label_changes"]
+    assert "started_from" not in changes[0]  # from examples
+    text = tagger.model.frozen_text([label_text("new::zero", TEXT5)])[0]
+    near = zero_shot.pseudo_examples(before, text, 10)
+    assert changes[1]["started_from"] == [tagger.state.item_ids[r] for r in near]
 
 
 @pytest.mark.parametrize("edit, pattern", [

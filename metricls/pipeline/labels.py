@@ -312,8 +312,10 @@ def _rebuilt(index: AnnIndex, vectors: np.ndarray) -> AnnIndex:
 
 
 def change_record(op: str, name: str, n_examples: int, description: str | None,
-                  add_items: bool) -> dict:
-    """The manifest record of an add or update."""
-    return {"op": op, "label": name, "source": "examples" if n_examples else "zero-shot",
-            "examples": n_examples, "description": description,
-            "add_items": bool(add_items and n_examples)}
+                  add_items: bool, started_from: list[str] | None = None) -> dict:
+    """The manifest record of an add or update (`started_from`: the ids of the training items
+    a zero-shot label started from, when any)."""
+    record = {"op": op, "label": name, "source": "examples" if n_examples else "zero-shot",
+              "examples": n_examples, "description": description,
+              "add_items": bool(add_items and n_examples)}
+    return record | ({"started_from": list(started_from)} if started_from else {})
