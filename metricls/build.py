@@ -148,9 +148,9 @@ def assemble_tagger(cfg: Config, model: EmbeddingModel, data: Dataset,
     if tfidf is not None:
         report["tfidf"] = {"terms": len(tfidf.terms), "nonzeros": int(tfidf.centroids.nnz)}
     item_frozen = None
-    if cfg.index.zero_shot_examples and model.frozen_dim:
+    if cfg.index.zero_shot_examples and model.frozen_dim and model.needs == {"texts"}:
         with timed(seconds, "frozen"):  # cached since training
-            item_frozen = model.frozen_text(data.train.texts, cache=True)
+            item_frozen = frozen_items(model, data.train.texts)
     state = TaggerState(vocab=data.vocab, prototypes=prototypes, proto_index=proto_index,
                         item_index=item_index, item_labels=y_train,
                         scoring=Scoring(knn=cfg.index.knn, candidates=cfg.index.candidates,
@@ -174,6 +174,16 @@ def assemble_tagger(cfg: Config, model: EmbeddingModel, data: Dataset,
         metrics = {"valid": summarize(ranking_metrics(ids, data.valid.labels, data.vocab))}
     report["scoring"] = {k: v for k, v in state.scoring.to_dict().items() if k not in PER_LABEL}
     return Tagger(model=model, state=state, config=cfg, metrics=metrics), report
+
+
+def frozen_items(model: EmbeddingModel, texts: list[str],
+                 chunk: int = 65_536) -> np.ndarray:
+    """(n, frozen_dim) float16 unit rows of `texts` in the frozen encoder's space, computed
+    `chunk` texts at a time (the zero-shot pseudo-examples' space, `pipeline.zero_shot`)."""
+    out = np.zeros((len(texts), model.frozen_dim), np.float16)
+    for start in range(0, len(texts), chunk):
+        out[start:start + chunk] = model.frozen_text(texts[start:start + chunk], cache=True)
+    return out
 
 
 def _added_reranker(state: TaggerState, model: EmbeddingModel, data: Dataset,

@@ -279,7 +279,10 @@ def _item_frozen(path: Path, n_rows: int, dim: int) -> np.ndarray | None:
     """The trained items' frozen-encoder vectors (None for a folder without them)."""
     if not path.exists():
         return None
-    return check_array(path, read_tensors(path, FROZEN_ITEMS_FORMAT), "vectors", "f",
+    if dim == 0:
+        raise ArtifactError(f"{path}: this tagger's encoder has no frozen text encoder, so it "
+                            f"has no frozen item vectors; {remedy(path)}")
+    return check_array(path, read_tensors(path, FROZEN_ITEMS_FORMAT), "vectors", "f2",
                        (n_rows, dim), finite=True,
                        source="the trained rows of item_labels and encoder/config.json")
 

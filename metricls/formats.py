@@ -27,7 +27,8 @@ FROZEN_ITEMS_FORMAT = "metricls-frozen-items/1"
 ENCODER_FORMAT = "metricls-encoder/1"
 LABEL_VECTORS_FORMAT = "metricls-label-vectors/1"
 
-_KINDS = {"i": "integer", "f": "float", "f4": "float32"}
+_KINDS = {"i": "integer", "f": "float", "f4": "float32", "f2": "float16"}
+_EXACT = {"f4": np.float32, "f2": np.float16}
 
 
 def remedy(path: str | Path) -> str:
@@ -72,15 +73,15 @@ def check_array(path: str | Path, tensors: dict[str, np.ndarray], key: str, kind
                 shape: tuple[int | None, ...], *, finite: bool = False,
                 source: str = "") -> np.ndarray:
     """``tensors[key]``, refused unless its dtype is of `kind` ("i" integer, "f" float, "f4"
-    float32), its shape is `shape` (None: any length; `source` says where it comes from) and,
-    with `finite`, it holds no NaN or inf."""
+    float32, "f2" float16), its shape is `shape` (None: any length; `source` says where it
+    comes from) and, with `finite`, it holds no NaN or inf."""
     where = f"{path}: {key!r}"
     if key not in tensors:
         raise ArtifactError(f"{where} missing, expected a {_KINDS[kind]} array; "
                             f"{remedy(path)}")
     array = tensors[key]
     found_kind = "i" if array.dtype.kind in "iu" else array.dtype.kind
-    if kind == "f4" and array.dtype == np.float32:
+    if kind in _EXACT and array.dtype == _EXACT[kind]:
         found_kind = kind
     wanted = "(" + ", ".join("n" if s is None else str(s) for s in shape) + \
         ("," if len(shape) == 1 else "") + ")"

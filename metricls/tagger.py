@@ -265,11 +265,11 @@ class Tagger:
         nearest the text there plus the text's embedding (`pipeline.zero_shot`); else the
         text's embedding, from no items."""
         state, m = self._state, self.config.index.zero_shot_examples
-        if state.item_frozen is None or not m:
+        if state.item_frozen is None or not m or not self.model.frozen_dim:
             return text_emb, []
         rows = zero_shot.pseudo_examples(state.item_frozen, self.model.frozen_text([text])[0], m)
         ids = [state.item_ids[r] if state.item_ids is not None else f"#{r}" for r in rows]
-        return (zero_shot.prototype(state.item_index.reconstruct()[rows], text_emb[0])[None, :],
+        return (zero_shot.prototype(state.item_index.reconstruct_rows(rows), text_emb[0])[None, :],
                 ids)
 
     # ---- saving --------------------------------------------------------------------------------

@@ -70,6 +70,13 @@ def test_backends_listed():
     assert BACKENDS == ("flat", "hnsw", "ivf", "scann", "sharded")
 
 
+def test_reconstruct_rows_reads_the_vectors_of_some_ids(built):
+    index, _ = built
+    ids = np.array([5, 0, 1999, 5])
+    np.testing.assert_array_equal(index.reconstruct_rows(ids), index.reconstruct()[ids])
+    assert index.reconstruct_rows(np.zeros(0, np.int64)).shape == (0, index.dim)
+
+
 def test_recall_against_exact(built, data):
     index, _ = built
     scores, ids = index.search(data["queries"], 10)
@@ -373,6 +380,8 @@ def test_rerank_restores_recall_from_vectors_kept_on_disk(backend, params, data,
     np.testing.assert_array_equal(loaded.search(data["queries"], 10)[1],
                                   reranked.search(data["queries"], 10)[1])
     np.testing.assert_array_equal(loaded.reconstruct(), data["vectors"])  # exact, not decoded
+    np.testing.assert_array_equal(loaded.reconstruct_rows(np.array([7, 3])),
+                                  data["vectors"][[7, 3]])
     assert loaded.add(data["new"][:2]).tolist() == [2000, 2001]
     assert loaded.search(data["new"][:2], 10)[1][:, 0].tolist() == [2000, 2001]
     (tmp_path / "i" / "vectors.npy").unlink()

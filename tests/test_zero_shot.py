@@ -100,7 +100,15 @@ def test_edits_keep_the_frozen_vectors_and_name_the_items_a_label_started_from(m
     (lambda t, m: t.__setitem__("vectors", t["vectors"][:-1]), r"'vectors' is float16 of shape"),
     (lambda t, m: t["vectors"].__setitem__((0, 0), np.nan), r"NaN"),
     (lambda t, m: m.__setitem__("format", "metricls-tfidf/1"), r"format"),
+    (lambda t, m: t.__setitem__("vectors", np.full(t["vectors"].shape, 1e5, np.float32)),
+     r"'vectors' is float32 .* expected float16"),  # 1e5 would be inf as float16
 ])
 def test_crafted_frozen_vectors_are_refused(minilm_copy, edit, pattern):
     tamper(minilm_copy, "item_frozen.safetensors", edit)
     refused(minilm_copy, "item_frozen.safetensors", pattern)
+
+
+def test_a_tagger_without_a_frozen_encoder_refuses_frozen_vectors(tiny_tagger_copy, minilm_dir):
+    shutil.copy(minilm_dir / "item_frozen.safetensors", tiny_tagger_copy)
+    tamper(tiny_tagger_copy, "item_frozen.safetensors", lambda t, m: None)  # re-signed
+    refused(tiny_tagger_copy, "item_frozen.safetensors", r"has no frozen text encoder")

@@ -132,6 +132,11 @@ class AnnIndex(abc.ABC):
     def reconstruct(self) -> np.ndarray:
         """All stored vectors (float32, row i has id i) for exact comparisons."""
 
+    def reconstruct_rows(self, ids: np.ndarray) -> np.ndarray:
+        """(len(ids), dim) float32 stored vectors of the given ids, as `reconstruct()[ids]`;
+        backends that can read single vectors do, without copying all of them."""
+        return self.reconstruct()[np.asarray(ids, dtype=np.int64)]
+
     def save(self, directory: str | Path) -> None:
         """Write the index files, then `backend.json`, into `directory` (created if needed)."""
         self._require_built()

@@ -114,6 +114,17 @@ class FaissIndex(AnnIndex):
             if inverted:
                 self._index.make_direct_map(False)
 
+    def reconstruct_rows(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of `ids`: exact when kept for re-ranking; IVF lists need the
+        id map of `reconstruct`; every other index reads them one by one."""
+        self._require_built()
+        ids = np.asarray(ids, dtype=np.int64)
+        if self._exact is not None:
+            return np.array(self._exact[ids], dtype=np.float32)
+        if isinstance(self._index, faiss.IndexIVF) or len(ids) == 0:
+            return super().reconstruct_rows(ids)
+        return np.vstack([self._index.reconstruct(int(i)) for i in ids]).astype(np.float32)
+
     def _new_index(self, vectors: np.ndarray) -> Any:
         """An empty (trained) CPU index for `vectors`."""
         raise NotImplementedError

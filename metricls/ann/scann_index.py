@@ -108,6 +108,11 @@ class ScannIndex(AnnIndex):
         self._require_built()
         return self._vectors.copy()
 
+    def reconstruct_rows(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of `ids`."""
+        self._require_built()
+        return self._vectors[np.asarray(ids, dtype=np.int64)].copy()
+
     # ---- hooks --------------------------------------------------------------------------------
     def _is_built(self) -> bool:
         return self._searcher is not None
