@@ -267,10 +267,8 @@ class Tagger:
         state, m = self._state, self.config.index.zero_shot_examples
         if state.item_frozen is None or not m or not self.model.frozen_dim:
             return text_emb, []
-        rows = zero_shot.pseudo_examples(state.item_frozen, self.model.frozen_text([text])[0], m)
-        ids = [state.item_ids[r] if state.item_ids is not None else f"#{r}" for r in rows]
-        return (zero_shot.prototype(state.item_index.reconstruct_rows(rows), text_emb[0])[None, :],
-                ids)
+        proto, ids = zero_shot.from_text(state, self.model.frozen_text([text])[0], text_emb[0], m)
+        return proto[None, :], ids
 
     # ---- saving --------------------------------------------------------------------------------
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:

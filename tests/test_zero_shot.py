@@ -112,3 +112,14 @@ def test_a_tagger_without_a_frozen_encoder_refuses_frozen_vectors(tiny_tagger_co
     shutil.copy(minilm_dir / "item_frozen.safetensors", tiny_tagger_copy)
     tamper(tiny_tagger_copy, "item_frozen.safetensors", lambda t, m: None)  # re-signed
     refused(tiny_tagger_copy, "item_frozen.safetensors", r"has no frozen text encoder")
+
+
+def test_pseudo_examples_are_the_nearest_rows_best_first_however_many_are_asked():
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(7, 5))
+    items = (items / np.linalg.norm(items, axis=1, keepdims=True)).astype(np.float16)
+    text = items[3].astype(np.float32)
+    by_cosine = np.argsort(-(items.astype(np.float32) @ text), kind="stable")
+    for m in (1, 3, 7, 20):
+        assert zero_shot.pseudo_examples(items, text, m).tolist() == by_cosine[:m].tolist()
+    assert zero_shot.pseudo_examples(items, text, 0).tolist() == []

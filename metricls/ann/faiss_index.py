@@ -220,6 +220,7 @@ class FaissIndex(AnnIndex):
             if kept else None  # memory-mapped: the float vectors stay on disk
         self._apply_search_params()
 
+
 class FlatIndex(FaissIndex):
     """Exact inner-product search; supports `remove` (the other ids stay as they were)."""
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from metricls.pipeline.state import TaggerState
 from metricls.prototypes import normalize_rows
 
 TEXT_WEIGHT = 0.5  # the label text's embedding against the pseudo-examples' mean (norm <= 1)
@@ -35,7 +36,7 @@ def pseudo_examples(item_frozen: np.ndarray, text_frozen: np.ndarray, m: int) ->
     m = min(m, len(sims))
     if m <= 0:
         return np.zeros(0, np.int64)
-    best = np.argpartition(-sims, m - 1)[:m] if m < len(sims) else np.arange(len(sims))
+    best = np.argpartition(-sims, m - 1)[:m]
     return best[np.argsort(-sims[best], kind="stable")]
 
 
@@ -47,3 +48,18 @@ def prototype(example_vectors: np.ndarray, text_emb: np.ndarray,
         return normalize_rows(np.asarray(text_emb, dtype=np.float32)[None, :])[0]
     mean = np.asarray(example_vectors, dtype=np.float32).mean(axis=0)
     return normalize_rows((mean + text_weight * text_emb)[None, :].astype(np.float32))[0]
+
+
+def from_text(state: TaggerState, text_frozen: np.ndarray, text_emb: np.ndarray,
+              m: int) -> tuple[np.ndarray, list[str]]:
+    """(d,) the prototype of a label made from its text alone (`prototype` of the `m` trained
+    items nearest the text in `state.item_frozen`), and the ids of those items (their data
+    ids; "#row" for a folder without them).
+
+    Args:
+        text_frozen: (f,) the label text in the frozen encoder's space.
+        text_emb: (d,) the label text's trained embedding.
+    """
+    rows = pseudo_examples(state.item_frozen, text_frozen, m)
+    ids = [state.item_ids[r] if state.item_ids is not None else f"#{r}" for r in rows]
+    return prototype(state.item_index.reconstruct_rows(rows), text_emb), ids
