@@ -161,7 +161,7 @@ class IndexConfig:
     # with the reranker: tags after the first 5 are ordered by probability /
     # propensity^tail_weight among the best 50 (rare labels rise from below; the first 5 stay
     # as they are); 0 = by probability alone
-    tail_weight: float = 1.0
+    tail_weight: float = 1.5
     # taggers with a frozen text encoder: a label added from its name and description alone
     # starts from the training items nearest its text in the frozen encoder's space (their
     # vectors are kept in the folder, 2 bytes x 384 per item); 0: from its text's embedding

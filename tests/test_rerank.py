@@ -18,8 +18,8 @@ from metricls.errors import ArtifactError
 from metricls.evaluation import evaluate
 from metricls.folder import RERANKER
 from metricls.manifest import write_manifest
-from metricls.pipeline.features import candidate_features
-from metricls.pipeline.fit import objective, tune_reranker
+from metricls.pipeline.features import candidate_features, pick
+from metricls.pipeline.fit import objective, out_of_fold, tune_reranker
 from metricls.pipeline.rerank import FEATURES, Reranker, ranked
 from metricls.pipeline.scoring import Scoring
 from metricls.pipeline.search import Neighbours, search
@@ -203,6 +203,35 @@ def test_the_reranker_learns_to_rank_a_broad_label_first_and_is_kept():
     test, Y_test, _ = _miscalibrated(500, seed=1)
     _, test_ids = reranker.top_k(candidates(stub, test, Scoring(), reranker.depth), 5)
     assert _p1(test_ids, Y_test) > 0.9 > 0.6 > _p1(test.proto_ids, Y_test)
+
+
+def test_out_of_fold_probabilities_never_come_from_trees_that_saw_the_query():
+    """The tail weight is chosen on valid, where the built reranker was fitted: its own
+    probabilities there are in-sample. `out_of_fold` scores each half of the queries with
+    trees fitted on the other half, and only on the reranker's own depth."""
+    found, Y, train = _miscalibrated(600)
+    stub = _Stub(train)
+    cand = candidates(stub, found, Scoring(), 6)
+    y = (pick(Y, np.maximum(cand.ids, 0)) > 0) & (cand.ids >= 0)
+    oof = out_of_fold(cand, y, 4, seed=0)
+    even = np.arange(600) % 2 == 0
+    flipped = y.copy()
+    flipped[even] = ~flipped[even] & (cand.ids[even] >= 0)  # other answers for one half
+    again = out_of_fold(cand, flipped, 4, seed=0)
+    np.testing.assert_array_equal(again[even], oof[even])  # its own answers were never read
+    assert not np.allclose(again[~even], oof[~even])  # the other half's trees read them
+    deeper = y.copy()
+    deeper[:, 4:] = ~deeper[:, 4:]  # past the depth: scored, never fitted on
+    np.testing.assert_array_equal(out_of_fold(cand, deeper, 4, seed=0), oof)
+    assert ((oof > 0) & (oof < 1)).all() and oof.shape == cand.ids.shape
+    in_sample = tune_reranker(stub, found, Scoring(), Y, 0.0, seed=0)[0].score(cand.features)
+    assert objective(_ranked_ids(in_sample, cand.ids), Y, stub.vocab.propensities()) >= \
+        objective(_ranked_ids(oof, cand.ids), Y, stub.vocab.propensities())
+    assert out_of_fold(cand, np.zeros_like(y), 4, seed=0) is None  # no true candidate
+
+
+def _ranked_ids(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    return np.take_along_axis(ids, np.argsort(-scores, axis=1, kind="stable"), 1)
 
 
 def _p1(ids: np.ndarray, Y: sp.csr_matrix) -> float:

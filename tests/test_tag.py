@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from metricls import Tagger
+from metricls.config import IndexConfig
 from metricls.errors import InputError
 from metricls.pipeline.scoring import TAIL_DEPTH, TAIL_FROM
 from metricls.pipeline.tag import named, neighbours, reads_texts, score, selection
@@ -114,7 +115,8 @@ def test_blend_scores_are_sorted_and_bounded(tagger, blend):
 
 def test_the_tail_after_five_is_ordered_by_probability_over_propensity(tagger, blend):
     state = tagger.state
-    assert state.scoring.tail_weight == 1.0  # the default
+    weight = state.scoring.tail_weight
+    assert weight == IndexConfig().tail_weight > 0  # the default
     plain = state.replace(scoring=dataclasses.replace(state.scoring, tail_weight=0.0))
     emb, L = tagger.embed(TEXTS), len(tagger.labels)
     texts = TEXTS
@@ -124,16 +126,17 @@ def test_the_tail_after_five_is_ordered_by_probability_over_propensity(tagger, b
     np.testing.assert_allclose(s1[:, :TAIL_FROM], s0[:, :TAIL_FROM], atol=1e-6)
     props = state.vocab.propensities()
     for row_s, row_i, all_s, all_i in zip(s1, i1, s0, i0):
-        key = row_s[TAIL_FROM:] / props[row_i[TAIL_FROM:]]
-        assert (np.diff(key) <= 1e-6).all()  # then by score / propensity
+        key = row_s[TAIL_FROM:] / props[row_i[TAIL_FROM:]] ** weight
+        assert (np.diff(key) <= 1e-6).all()  # then by score / propensity^weight
         pool = dict(zip(all_i.tolist(), all_s.tolist()))
         assert all(pool[i] == pytest.approx(s, abs=1e-6) for i, s in zip(row_i, row_s))
         rest = [i for i in all_i[TAIL_FROM:TAIL_DEPTH].tolist() if i not in row_i]
-        assert all(pool[i] / props[i] <= key.min() + 1e-6 for i in rest)  # the best of them
+        # the best of them
+        assert all(pool[i] / props[i] ** weight <= key.min() + 1e-6 for i in rest)
     rare = np.argsort(props)[:3]  # the rarest labels rise in the tail
     assert np.isin(i1[:, TAIL_FROM:], rare).sum() >= np.isin(i0[:, TAIL_FROM:10], rare).sum()
     # the blend's scores are no probabilities: no tail ordering, whatever the weight
-    assert blend.scoring.tail_weight == 1.0
+    assert blend.scoring.tail_weight == weight
     flat = blend.replace(scoring=dataclasses.replace(blend.scoring, tail_weight=0.0))
     for got, want in zip(score(blend, emb, 10), score(flat, emb, 10)):
         np.testing.assert_array_equal(got, want)

@@ -17,7 +17,7 @@ import scipy.sparse as sp
 from metricls.ann import make_index
 from metricls.metrics import precision_at_k, psp_at_k
 from metricls.pipeline.features import WIDE_KNN, pick
-from metricls.pipeline.rerank import DEPTH, Reranker, ranked
+from metricls.pipeline.rerank import DEPTH, Candidates, Reranker, ranked
 from metricls.pipeline.scoring import Scoring, tune_global_threshold, tune_label_thresholds
 from metricls.pipeline.search import Neighbours, search
 from metricls.pipeline.state import TaggerState
@@ -96,20 +96,34 @@ def tune_reranker(state: TaggerState, found: Neighbours, scoring: Scoring, Y: sp
     cand = candidates(state, found, scoring, DEPTH)
     real = cand.ids >= 0
     y = (pick(Y, np.maximum(cand.ids, 0)) > 0) & real
-    fold = np.arange(n) % 2
-    if any(len(np.unique(y[(fold == f)[:, None] & real])) < 2 for f in (0, 1)):
+    oof = out_of_fold(cand, y, DEPTH, seed)
+    if oof is None:
         return None, None, "skipped: a validation fold has no true (or no false) candidate"
-    oof = np.zeros(cand.ids.shape, np.float32)
-    for f in (0, 1):
-        fit = (fold != f)[:, None] & real
-        oof[fold == f] = Reranker(BoostedTrees.fit(cand.features[fit], y[fit], seed)).score(
-            cand.features[fold == f])
     scores, ids = ranked(oof, cand.ids, 20)
     score = objective(ids, Y, state.vocab.propensities())
     report = {"kept": score > plain, "out_of_fold": round(score, 4), "plain": round(plain, 4)}
     if score <= plain:
         return None, None, report
     return Reranker(BoostedTrees.fit(cand.features[real], y[real], seed)), (scores, ids), report
+
+
+def out_of_fold(cand: Candidates, y: np.ndarray, depth: int, seed: int) -> np.ndarray | None:
+    """Out-of-fold reranker probabilities (n, c) of every candidate: two folds of the queries
+    (by position), each scored by trees fitted on the other fold's first `depth` candidates
+    (the reranker's own depth; `y` marks the true ones). None when a fold has no true or no
+    false candidate. A reranker fitted on valid is in-sample there; these are not."""
+    real = cand.ids >= 0
+    fold = np.arange(len(cand.ids)) % 2
+    within = np.zeros(cand.ids.shape, bool)
+    within[:, :depth] = True
+    if any(len(np.unique(y[(fold == f)[:, None] & real & within])) < 2 for f in (0, 1)):
+        return None
+    oof = np.zeros(cand.ids.shape, np.float32)
+    for f in (0, 1):
+        fit = (fold != f)[:, None] & real & within
+        oof[fold == f] = Reranker(BoostedTrees.fit(cand.features[fit], y[fit], seed)).score(
+            cand.features[fold == f])
+    return oof
 
 
 SIMULATED_SHOTS = (0, 1, 5, 20)  # examples per simulated added label (0: its text alone)

@@ -111,16 +111,26 @@ def scored(state: TaggerState, found: Neighbours, k: int,
                                         max(depth_k, _depth(state, scoring, k)))
     if not _tailed(state, scoring, k):
         return (*ranked(probabilities, cand.ids, k), cand)
-    # the reranker's own depth ranks first, as top-5 without the tail, so the first places
-    # are the same for every k; the deeper trained candidates compete for those after
-    deeper = np.zeros(cand.ids.shape, bool)
-    deeper[:, state.reranker.depth:own] = True
-    order = np.argsort(np.where(cand.ids >= 0, -probabilities + 2.0 * deeper, np.inf),
-                       axis=1, kind="stable")[:, :_depth(state, scoring, k)]
-    ids = np.take_along_axis(cand.ids, order, 1)
+    return (*tail_ranked(probabilities, cand.ids, (state.reranker.depth, own),
+                         _depth(state, scoring, k), scoring.tail_weight, state.propensities, k),
+            cand)
+
+
+def tail_ranked(probabilities: np.ndarray, ids: np.ndarray, deeper: tuple[int, int], depth: int,
+                weight: float, propensities: np.ndarray, k: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (scores, ids) of reranked candidates with the tail ordering (`with_tail`).
+
+    The candidates in columns `deeper` (start, stop: the trained labels' candidates past the
+    reranker's own depth) rank after the others, so the first places are the same for every
+    k, as top-5 without the tail; the best `depth` then go to `with_tail`."""
+    behind = np.zeros(ids.shape, bool)
+    behind[:, deeper[0]:deeper[1]] = True
+    order = np.argsort(np.where(ids >= 0, -probabilities + 2.0 * behind, np.inf),
+                       axis=1, kind="stable")[:, :depth]
+    ids = np.take_along_axis(ids, order, 1)
     scores = np.where(ids >= 0, np.take_along_axis(probabilities, order, 1), -np.inf)
-    return (*padded(*with_tail(scores.astype(np.float32), ids, scoring.tail_weight,
-                               state.propensities, k), k), cand)
+    return padded(*with_tail(scores.astype(np.float32), ids, weight, propensities, k), k)
 
 
 def _blend_parts(state: TaggerState, found: Neighbours,
