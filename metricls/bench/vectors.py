@@ -25,6 +25,7 @@ PROFILE_SAMPLE = 50_000  # rows whose covariance and neighbourhoods are measured
 LID_POINTS = 2_000  # points whose LID is estimated (against the whole sample)
 DUPLICATE_DISTANCE = 1e-2  # closer neighbours of a unit vector count as its duplicates
 POINTS_PER_CLUSTER = 100  # matched sets: one Gaussian cluster per this many points
+WITHIN_SHARE = 0.5  # matched sets: the clusters' share of the variance in the leading direction
 
 
 def synthetic_vectors(n: int, dim: int = 256, *, seed: int = 0, latent: int = 16,
@@ -91,9 +92,10 @@ def local_intrinsic_dimension(vectors: np.ndarray, *, seed: int = 0) -> float | 
 def matched_synthetic(profile: dict[str, Any], n: int, *, seed: int = 0) -> tuple[np.ndarray,
                                                                                   float]:
     """(n, dim) vectors with `profile`'s covariance spectrum and mean norm whose LID matches it:
-    n / 100 Gaussian clusters whose centres spread along the real spectrum and whose members
-    spread along the spectrum raised to a power, fitted by bisection so that a sample of the
-    size the profile measured has the profile's LID. Returns (vectors, the fitted power)."""
+    n / 100 Gaussian clusters; each direction's variance is split between the members and the
+    centres (`_mixture`), so the whole set keeps the real spectrum, and the power that shapes
+    the split is fitted by bisection so that a sample of the size the profile measured has the
+    profile's LID. Returns (vectors, the fitted power)."""
     if profile["lid"] is None:
         raise InputError("matched: the set's local dimension could not be estimated (fewer than "
                          f"{LID_NEIGHBOURS + 2} rows, or too many duplicates)")
@@ -111,22 +113,43 @@ def matched_synthetic(profile: dict[str, Any], n: int, *, seed: int = 0) -> tupl
 
 def _mixture(profile: dict[str, Any], n: int, power: float, clusters: int,
              seed: int) -> np.ndarray:
+    """A Gaussian mixture whose total covariance has `profile`'s spectrum: each direction's
+    variance is split between the clusters' members and their centres, the members' share
+    being `WITHIN_SHARE` x (its variance / the largest) ^ (`power` - 1), at most all of it.
+    Power 1: every direction shared alike; a larger power keeps the members in the leading
+    directions (fewer local directions, a lower LID); a smaller one spreads them (a higher
+    LID). The two parts add up to the real spectrum, whatever the power."""
     rng = np.random.default_rng(seed)
     dim = profile["dim"]
     spectrum = np.asarray(profile["spectrum"], dtype=np.float64)
-    inner = spectrum ** power
-    inner /= inner.sum()
+    relative = spectrum / max(spectrum.max(), 1e-300)
+    share = np.zeros(dim)
+    used = relative > 0
+    share[used] = np.minimum(1.0, WITHIN_SHARE * relative[used] ** (power - 1.0))
+    within = share * spectrum
+    between = spectrum - within
     rotation, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
     mean = rotation[0] * profile["mean_norm"]  # any direction: the rotation is random anyway
-    centres = rng.standard_normal((clusters, dim)) * np.sqrt(spectrum / 2)
+    centres = _with_covariance(rng.standard_normal((clusters, dim)), between)
     out = np.empty((n, dim), dtype=np.float32)
     block = 65_536
     for start in range(0, n, block):
         size = min(block, n - start)
         which = rng.integers(0, clusters, size=size)
-        own = rng.standard_normal((size, dim)) * np.sqrt(inner / 2)
+        own = rng.standard_normal((size, dim)) * np.sqrt(within)
         out[start:start + size] = (centres[which] + own) @ rotation.T + mean
     return normalize_rows(out)
+
+
+def _with_covariance(draws: np.ndarray, variances: np.ndarray) -> np.ndarray:
+    """Rows whose covariance is exactly diag(`variances`) (their mean 0), from (m, dim) random
+    `draws`: a few hundred random centres in 256 dimensions would otherwise have a spectrum
+    far from the one asked for. With m <= dim, the draws scaled alone."""
+    m, dim = draws.shape
+    if m <= dim:
+        return draws * np.sqrt(variances)
+    q, _ = np.linalg.qr(draws - draws.mean(axis=0))  # orthonormal, mean-0 columns
+    return q * np.sqrt(m * variances)
 
 
 def _rounded(value: float | None) -> float | None:
