@@ -159,7 +159,7 @@ class IndexConfig:
     rerank: bool = True  # fit a reranker of the candidates on valid, kept if it scores better
     tfidf: bool = True  # text taggers: TF-IDF label prototypes as two more reranker features
     # with the reranker: tags after the first 5 are ordered by probability /
-    # propensity^tail_weight among the best 50 (rare labels rise from below; the first 5 stay
+    # propensity^tail_weight among its 50 candidates (rare labels rise from below; the first 5 stay
     # as they are); 0 = by probability alone
     tail_weight: float = 1.5
     # taggers with a frozen text encoder: a label added from its name and description alone

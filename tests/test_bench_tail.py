@@ -3,11 +3,12 @@ valid rows are out of fold, and its command line gives one error line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
-from conftest import build_tiny
+from conftest import build_tiny, replaced
 
 from benchmarks.tail.run import bench_tail, main, parse_weights
 from metricls import Tagger
@@ -34,6 +35,9 @@ def test_the_tail_rows_are_the_taggers_own_ranking(tiny_tagger_dir, tmp_path):
     assert own["P@5"] == plain["P@5"] == pytest.approx(precision_at_k(ids, Y, 5))
     assert own["tail R@10"] >= plain["tail R@10"]  # rare labels rise after the fifth
     assert own["tail assignments"] > 0
+    flat = replaced(tagger, scoring=dataclasses.replace(tagger.state.scoring, tail_weight=0.0))
+    _, flat_ids = flat.predict_scores(test, k=10)
+    assert plain["R@10"] == pytest.approx(recall_at_k(flat_ids, Y, 10))  # and without the tail
 
 
 def test_valid_rows_are_out_of_fold_beside_in_sample(tiny_tagger_dir):

@@ -483,7 +483,7 @@ def fuzz_tagger(tiny_tagger_dir) -> Tagger:
 
 def _by_score(tagger: Tagger, k) -> int:
     """How many first places are ordered by score: past `TAIL_FROM`, a reranker tagger with
-    the tail ordering ranks by score / propensity (`Scoring.tail_weight`)."""
+    the tail ordering ranks by score / propensity^`Scoring.tail_weight`."""
     state = tagger.state
     tailed = state.reranker is not None and state.scoring.tail_weight > 0 and int(k) > TAIL_FROM
     return TAIL_FROM if tailed else int(k)

@@ -70,9 +70,10 @@ def bench_tail(tagger: Tagger, name: str, *, split: str = "valid",
     items = getattr(Dataset.load(tagger.config.data), split)
     emb = tagger.model.embed(items.texts, items.features, cache=True)
     Y = sp.csr_matrix(tagger.vocab.to_csr(items.labels)[0])
-    found = neighbours(state, emb, TAIL_DEPTH, items.texts)
-    cand = candidates(state, found, state.scoring, TAIL_DEPTH)
     depth = state.reranker.depth
+    wide = max(depth, TAIL_DEPTH)  # what `predict` scores for top-10 with the tail ordering
+    found = neighbours(state, emb, wide, items.texts)
+    cand = candidates(state, found, state.scoring, wide)
     sources = {"own": state.reranker.score(cand.features)}
     if split == "valid":
         y = (pick(Y, np.maximum(cand.ids, 0)) > 0) & (cand.ids >= 0)
@@ -127,8 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the JSON report (default: tail-SPLIT.json beside this script)")
 
     def body(args: argparse.Namespace) -> str:
+        weights = parse_weights(args.weights)
+        if args.split not in ("valid", "test"):  # before the tagger loads
+            raise InputError(f"--split: expected valid or test, got {args.split!r}")
         result = bench_tail(Tagger.load(args.tagger), args.tagger.name, split=args.split,
-                            weights=parse_weights(args.weights), seed=args.seed)
+                            weights=weights, seed=args.seed)
         out = args.out or BENCHMARKS / "tail" / f"tail-{args.split}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n")

@@ -121,7 +121,10 @@ def _mixture(profile: dict[str, Any], n: int, power: float, clusters: int,
     LID). The two parts add up to the real spectrum, whatever the power."""
     rng = np.random.default_rng(seed)
     dim = profile["dim"]
-    spectrum = np.asarray(profile["spectrum"], dtype=np.float64)
+    # unit vectors around a mean of norm m vary by 1 - m^2 in all: so the mixture's squared
+    # norms are 1 on average, and normalising them keeps the mean and the spectrum
+    spectrum = np.asarray(profile["spectrum"], dtype=np.float64) \
+        * max(1.0 - profile["mean_norm"] ** 2, 0.0)
     relative = spectrum / max(spectrum.max(), 1e-300)
     share = np.zeros(dim)
     used = relative > 0
@@ -142,9 +145,9 @@ def _mixture(profile: dict[str, Any], n: int, power: float, clusters: int,
 
 
 def _with_covariance(draws: np.ndarray, variances: np.ndarray) -> np.ndarray:
-    """Rows whose covariance is exactly diag(`variances`) (their mean 0), from (m, dim) random
-    `draws`: a few hundred random centres in 256 dimensions would otherwise have a spectrum
-    far from the one asked for. With m <= dim, the draws scaled alone."""
+    """Rows with mean 0 and covariance exactly diag(`variances`), from (m, dim) random `draws`:
+    a few hundred random centres in 256 dimensions would otherwise have a spectrum far from the
+    one asked for. With m <= dim that cannot be: the draws, scaled."""
     m, dim = draws.shape
     if m <= dim:
         return draws * np.sqrt(variances)
