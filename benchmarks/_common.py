@@ -62,3 +62,11 @@ def run_harness(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
         return 2 if isinstance(exc, (InputError, ConfigError)) else 1
     print(text)
     return 0
+
+
+def metric_table(corner: str, keys: Sequence[str], rows: Sequence[tuple[str, dict]]) -> list[str]:
+    """Markdown table lines: a header of `corner` and `keys`, then one line per (name, row),
+    each key's value to 4 decimals."""
+    return ([f"| {corner} | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+            + [f"| {name} | " + " | ".join(f"{row[k]:.4f}" for k in keys) + " |"
+               for name, row in rows])

@@ -41,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for `benchmarks`
 
-from benchmarks._common import BENCHMARKS, harness_parser, run_harness
+from benchmarks._common import BENCHMARKS, harness_parser, metric_table, run_harness
 from metricls import Tagger, build_index, load_config, train_embedder
 from metricls.artifacts import write_json
 from metricls.config import Config, to_dict
@@ -246,12 +246,8 @@ def _positive(s: Any) -> int:
 def markdown_table(result: dict[str, Any]) -> str:
     """The report's rows as a markdown table."""
     keys = ("R@10 held-out", "P@1 share", "P@5 share", "P@1", "P@5", "R@10")
-    head = (f"| {result['holdout']} held-out labels ({result.get('split', 'test')}) | "
-            + " | ".join(keys) + " |")
-    lines = [head, "|---" * (len(keys) + 1) + "|"]
-    lines += [f"| {r['variant']} | " + " | ".join(f"{r[k]:.4f}" for k in keys) + " |"
-              for r in result["rows"]]
-    return "\n".join(lines)
+    corner = f"{result['holdout']} held-out labels ({result.get('split', 'test')})"
+    return "\n".join(metric_table(corner, keys, [(r["variant"], r) for r in result["rows"]]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

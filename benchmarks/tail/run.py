@@ -36,7 +36,7 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for `benchmarks`
 
-from benchmarks._common import BENCHMARKS, harness_parser, run_harness
+from benchmarks._common import BENCHMARKS, harness_parser, metric_table, run_harness
 from metricls import Tagger
 from metricls.data.dataset import Dataset
 from metricls.errors import InputError
@@ -60,8 +60,7 @@ def bench_tail(tagger: Tagger, name: str, *, split: str = "valid",
                weights: Sequence[float] = WEIGHTS, seed: int = 0) -> dict[str, Any]:
     """The metrics of each tail weight on `split` (valid: out of fold, and in-sample);
     `name` says which tagger in the report."""
-    if split not in ("valid", "test"):
-        raise InputError(f"--split: expected valid or test, got {split!r}")
+    check_split(split)
     state = tagger.state
     if state.reranker is None:
         raise InputError("tagger: the tail ordering needs a reranker (index.rerank: true)")
@@ -108,10 +107,8 @@ def markdown_table(result: dict[str, Any]) -> str:
     """The report's rows as a markdown table."""
     keys = ("P@1", "P@5", "PSP@5", "PSP@10", "R@10", "macro R@10", "head R@10", "torso R@10",
             "tail R@10", "tail macro R@10")
-    lines = [f"| {result['split']}: probabilities, tail weight | " + " | ".join(keys) + " |",
-             "|---" * (len(keys) + 1) + "|"]
-    lines += [f"| {r['probabilities']}, {r['weight']:g} | "
-              + " | ".join(f"{r[k]:.4f}" for k in keys) + " |" for r in result["rows"]]
+    lines = metric_table(f"{result['split']}: probabilities, tail weight", keys,
+                         [(f"{r['probabilities']}, {r['weight']:g}", r) for r in result["rows"]])
     tail = result["rows"][0]["tail assignments"]
     return "\n".join(lines) + f"\n\n{result['queries']} queries; {tail} tail assignments.\n"
 
@@ -129,8 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body(args: argparse.Namespace) -> str:
         weights = parse_weights(args.weights)
-        if args.split not in ("valid", "test"):  # before the tagger loads
-            raise InputError(f"--split: expected valid or test, got {args.split!r}")
+        check_split(args.split)  # before the tagger loads
         result = bench_tail(Tagger.load(args.tagger), args.tagger.name, split=args.split,
                             weights=weights, seed=args.seed)
         out = args.out or BENCHMARKS / "tail" / f"tail-{args.split}.json"
@@ -141,6 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return table
 
     return run_harness(parser, argv, body)
+
+
+def check_split(split: str) -> None:
+    """The splits the harness reads: valid (to choose) and test (to report)."""
+    if split not in ("valid", "test"):
+        raise InputError(f"--split: expected valid or test, got {split!r}")
 
 
 def parse_weights(text: str) -> list[float]:
