@@ -111,7 +111,9 @@ def test_damaged_trees_are_refused_with_the_file_named():
         Reranker.from_tensors(dict(tensors, candidates=np.array([0])), "x/r")
 
 
-def test_candidate_features_read_the_searches():
+@pytest.mark.parametrize("dense_cells", [0, 1 << 22])  # read by binary search, and dense
+def test_candidate_features_read_the_searches(monkeypatch, dense_cells):
+    monkeypatch.setattr("metricls.csr_keys.DENSE_CELLS", dense_cells)
     # 2 queries, 3 labels, 4 training items; query 1 found only 2 prototypes (padding -1)
     proto_scores = np.array([[0.9, 0.5, 0.1], [0.8, 0.3, -np.inf]], np.float32)
     proto_ids = np.array([[2, 0, 1], [1, 0, -1]])

@@ -61,7 +61,9 @@ def test_prototypes_keep_their_heaviest_terms(monkeypatch):
     np.testing.assert_allclose(np.sqrt(C.multiply(C).sum(axis=1)).A.ravel(), 1.0, rtol=1e-6)
 
 
-def test_rank_in_rows_counts_the_entries_above():
+@pytest.mark.parametrize("dense_cells", [0, 1 << 22])  # read by binary search, and dense
+def test_rank_in_rows_counts_the_entries_above(monkeypatch, dense_cells):
+    monkeypatch.setattr("metricls.csr_keys.DENSE_CELLS", dense_cells)
     rng = np.random.default_rng(0)
     D = np.where(rng.random((40, 30)) < 0.3, rng.random((40, 30)), 0.0).astype(np.float32)
     D[0, :3] = 0.5  # ties do not count as above

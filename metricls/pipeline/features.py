@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from metricls.csr_keys import entries, keyed
+from metricls.csr_keys import entries, is_small, keyed
 from metricls.pipeline.rerank import Candidates
 from metricls.pipeline.scoring import Scoring, vote_matrix, with_label_bias
 from metricls.pipeline.search import Neighbours
@@ -53,12 +53,12 @@ def candidate_features(found: Neighbours, item_labels: sp.csr_matrix, stats: Lab
         tfidf = pick(found.tfidf, safe)
         tfidf_rank = np.log1p(rank_in_rows(found.tfidf, tfidf))
     X = np.stack([cos, stats.log_counts[safe], vote, wide, rank, top - cos,
-                  np.broadcast_to(top, (n, c)), _co_occurrence(stats.given_keyed, safe, real, cos),
+                  np.broadcast_to(top, (n, c)), _co_occurrence(stats, safe, real, cos),
                   tfidf, tfidf_rank], axis=-1)
     return Candidates(ids, X.astype(np.float32))
 
 
-def _co_occurrence(given: tuple[sp.csr_matrix, np.ndarray], ids: np.ndarray, found: np.ndarray,
+def _co_occurrence(stats: LabelStats, ids: np.ndarray, found: np.ndarray,
                    cos: np.ndarray) -> np.ndarray:
     """(n, c): max over the `LEADERS` best candidates m of max(cos_m, 0) * P(candidate | m)."""
     n, c = ids.shape
@@ -68,13 +68,16 @@ def _co_occurrence(given: tuple[sp.csr_matrix, np.ndarray], ids: np.ndarray, fou
     weight = np.where(found[:, :lead], np.maximum(cos[:, :lead], 0.0), 0.0)  # (n, lead)
     m = np.broadcast_to(ids[:, :lead, None], (n, lead, c)).ravel()
     l_ = np.broadcast_to(ids[:, None, :], (n, lead, c)).ravel()
-    share = entries(*given, m, l_).reshape(n, lead, c)
+    share = stats.given_at(m, l_).reshape(n, lead, c)
     return (weight[:, :, None] * share).max(axis=1)
 
 
 def pick(V: sp.csr_matrix, ids: np.ndarray) -> np.ndarray:
-    """(n, c) entries V[i, ids[i, j]] of a sparse (n, L) matrix."""
+    """(n, c) float32 entries V[i, ids[i, j]] of a sparse (n, L) matrix (`ids` in [0, L)):
+    through a dense copy when V is small (`is_small`), else by binary search."""
     if ids.size == 0:
         return np.zeros(ids.shape, np.float32)
+    if is_small(V):
+        return np.take_along_axis(V.toarray(), ids, 1).astype(np.float32, copy=False)
     rows = np.repeat(np.arange(ids.shape[0]), ids.shape[1])
     return entries(*keyed(V), rows, ids.ravel()).reshape(ids.shape)

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from metricls.ann import AnnIndex
-from metricls.csr_keys import keyed
+from metricls.csr_keys import entries, is_small, keyed
 from metricls.data.labels import LabelVocab
 from metricls.pipeline.rerank import Reranker
 from metricls.pipeline.scoring import Scoring
@@ -42,8 +42,18 @@ class LabelStats:
         given = sp.csr_matrix(sp.diags(1.0 / np.maximum(counts, 1.0)) @ pairs, dtype=np.float32)
         return cls(np.log1p(counts).astype(np.float32), given)
 
+    def given_at(self, m: np.ndarray, l_: np.ndarray) -> np.ndarray:
+        """float32 P(l_[t] | m[t]) of label pairs, read dense when `given` is small."""
+        if self._given_dense is not None:
+            return self._given_dense[m, l_]
+        return entries(*self._given_keyed, m, l_)
+
     @functools.cached_property
-    def given_keyed(self) -> tuple[sp.csr_matrix, np.ndarray]:
+    def _given_dense(self) -> np.ndarray | None:
+        return self.given.toarray().astype(np.float32) if is_small(self.given) else None
+
+    @functools.cached_property
+    def _given_keyed(self) -> tuple[sp.csr_matrix, np.ndarray]:
         """`given` with its search keys (`csr_keys.keyed`), made once."""
         return keyed(self.given)
 
