@@ -1,5 +1,9 @@
 """Backbones, the MiniLM cache and the embedding model's save/load."""
 
+import itertools
+import re
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -24,6 +28,35 @@ def test_hasher_is_stable_and_uses_ngrams():
     flat, offsets = bags.take(np.array([1, 0]))
     assert offsets.tolist() == [0, bags.indptr[2] - bags.indptr[1]]
     assert flat.tolist() == bags.ids[bags.indptr[1]:].tolist() + bags.ids[:bags.indptr[1]].tolist()
+
+
+def _reference_ids(text: str, buckets: int, char_ngrams: tuple[int, ...]) -> list[int]:
+    """A text's bucket ids written out plainly: CRC-32 of each word, of each word bigram's
+    two word hashes mixed, and of each character n-gram of the padded words."""
+    words = re.findall(r"[\w+#]+", text.lower())[:512]
+    if not words:
+        return [0]
+    h = [zlib.crc32(b"w:" + w.encode()) for w in words]
+    ids = set(h)
+    for a, b in itertools.pairwise(h):
+        ids.add((((a * 1_000_003 + b) % 2**64) ^ 2) & 0x7FFFFFFFFFFF)
+    for w in words:
+        padded = f"<{w}>"
+        ids |= {zlib.crc32(b"c:" + padded[i:i + n].encode()) for n in char_ngrams
+                for i in range(len(padded) - n + 1) if padded[i:i + n] != padded}
+    return sorted({i % buckets for i in ids})
+
+
+def test_hasher_ids_are_the_plain_definition_over_chunks_and_a_warm_cache():
+    rng = np.random.default_rng(0)
+    vocab = ["gtk", "C++", "perl", "x11", "lib#", "é", "a", "module", "images", "Qt5"]
+    texts = [" ".join(rng.choice(vocab, rng.integers(0, 12))) for _ in range(150)]  # 3 chunks
+    hasher = NgramHasher(1 << 12, 2, (3, 4))
+    for _ in range(2):  # words hashed, then read from the cache
+        bags = hasher.bags(texts)
+        for i, text in enumerate(texts):
+            got = bags.ids[bags.indptr[i]:bags.indptr[i + 1]].tolist()
+            assert got == _reference_ids(text, 1 << 12, (3, 4)), text
 
 
 def test_lexical_backbone_trains_sparse_rows():

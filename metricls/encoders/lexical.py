@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,9 +50,9 @@ class NgramHasher:
         self.char_ngrams = tuple(char_ngrams)
         self.lowercase = lowercase
         self._hash: dict[str, int] = {}  # word -> its hash (a cache)
-        self._chars: dict[str, np.ndarray] = {}  # word -> its character n-grams' hashes
+        self._chars: dict[str, bytes] = {}  # word -> its character n-grams' hashes (int64s)
 
-    def _known(self, words: list[str]) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+    def _known(self, words: list[str]) -> tuple[dict[str, int], dict[str, bytes]]:
         """Word hashes and character n-gram hashes holding every word of `words`: the caches,
         filled with the new words while they hold fewer than `_CACHED_WORDS`."""
         new = {w for w in words if w not in self._hash}
@@ -65,12 +66,13 @@ class NgramHasher:
         self._hash.update(hashes)
         return self._hash, self._chars
 
-    def _char_hashes(self, word: str) -> np.ndarray:
+    def _char_hashes(self, word: str) -> bytes:
+        """The hashes of the word's character n-grams, as the bytes of int64s: a chunk's
+        words join into one array with one `bytes.join`."""
         padded = f"<{word}>"
         grams = {padded[i:i + n] for n in self.char_ngrams for i in range(len(padded) - n + 1)}
         grams.discard(padded)  # the whole word is already its own feature
-        return np.fromiter((zlib.crc32(b"c:" + g.encode()) for g in grams), dtype=np.int64,
-                           count=len(grams))
+        return array("q", [zlib.crc32(b"c:" + g.encode()) for g in grams]).tobytes()
 
     def ids(self, text: str) -> np.ndarray:
         """Unique bucket ids of one text (at least one id: an empty text maps to bucket 0)."""
@@ -108,8 +110,8 @@ class NgramHasher:
         word_row = np.repeat(np.arange(len(texts)), n_words)
         chars = list(map(char_hashes.__getitem__, distinct))
         char_row = np.repeat(np.repeat(np.arange(len(texts)), n_distinct),
-                             np.fromiter(map(len, chars), np.int64, count=len(chars)))
-        rows, parts = [word_row, char_row], [flat, _joined(chars)]
+                             np.fromiter(map(len, chars), np.int64, count=len(chars)) // 8)
+        rows, parts = [word_row, char_row], [flat, np.frombuffer(b"".join(chars), np.int64)]
         mixed = flat.astype(np.uint64)
         for n in range(2, self.word_ngrams + 1):  # n-grams within one text only
             mixed = mixed[:-1] * np.uint64(1_000_003) + flat[n - 1:].astype(np.uint64)
@@ -122,10 +124,6 @@ class NgramHasher:
         indptr, ids, _ = rows_of(np.concatenate(rows), np.concatenate(parts) % self.buckets,
                                  len(texts), self.buckets)
         return Bags(indptr=indptr, ids=ids)
-
-
-def _joined(arrays: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
 
 
 class LexicalBackbone(nn.Module):
