@@ -18,6 +18,7 @@ _TOKEN = re.compile(r"[\w+#]+")
 _MAX_TOKENS = 512  # words read per text: long descriptions add little past this
 _CACHED_WORDS = 2_000_000  # words whose hashes are kept between calls
 HASH_CHUNK = 64  # texts hashed together (their ids are sorted together: small chunks sort fast)
+_CHAR_SEED = zlib.crc32(b"c:")  # a character n-gram's hash is CRC-32 of b"c:" + its UTF-8
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,14 @@ class Bags:
 
     def take(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Flat ids and offsets of the rows `idx`, as `EmbeddingBag` wants them."""
-        starts, ends = self.indptr[idx], self.indptr[idx + 1]
-        lengths = ends - starts
-        flat = np.concatenate([self.ids[s:e] for s, e in zip(starts, ends)]) if len(idx) else []
-        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(idx) else []
-        return torch.as_tensor(np.asarray(flat, dtype=np.int64)), torch.as_tensor(
-            np.asarray(offsets, dtype=np.int64))
+        idx = np.asarray(idx, np.int64)
+        starts = self.indptr[idx]
+        lengths = self.indptr[idx + 1] - starts
+        offsets = np.zeros(len(idx), np.int64)
+        np.cumsum(lengths[:-1], out=offsets[1:])
+        # position t of the flat ids reads ids[starts[row] + (t - offsets[row])]
+        flat = self.ids[np.repeat(starts - offsets, lengths) + np.arange(int(lengths.sum()))]
+        return torch.as_tensor(flat.astype(np.int64)), torch.as_tensor(offsets)
 
 
 class NgramHasher:
@@ -72,7 +75,7 @@ class NgramHasher:
         padded = f"<{word}>"
         grams = {padded[i:i + n] for n in self.char_ngrams for i in range(len(padded) - n + 1)}
         grams.discard(padded)  # the whole word is already its own feature
-        return array("q", [zlib.crc32(b"c:" + g.encode()) for g in grams]).tobytes()
+        return array("q", [zlib.crc32(g.encode(), _CHAR_SEED) for g in grams]).tobytes()
 
     def ids(self, text: str) -> np.ndarray:
         """Unique bucket ids of one text (at least one id: an empty text maps to bucket 0)."""
