@@ -29,7 +29,7 @@ def rows_of(rows: np.ndarray, cols: np.ndarray, n_rows: int,
 
     `np.unique` with counts gives the same, about five times slower in numpy 2."""
     keys = np.asarray(rows, np.int64) * width + cols
-    if n_rows * width <= np.iinfo(np.int32).max:
+    if max(n_rows * width, width) <= np.iinfo(np.int32).max:
         keys = keys.astype(np.int32)  # sorts in half the time of int64
     keys = np.sort(keys)
     first = np.flatnonzero(np.diff(keys, prepend=-1))  # keys are >= 0

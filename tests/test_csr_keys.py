@@ -22,6 +22,8 @@ def test_rows_of_gives_each_rows_distinct_columns_and_their_counts(width):
     np.testing.assert_array_equal(np.diff(indptr), np.bincount(pairs[:, 0], minlength=9))
     np.testing.assert_array_equal(columns, pairs[:, 1])
     np.testing.assert_array_equal(counts, expected)
+    empty = rows_of(np.zeros(0, np.int64), np.zeros(0, np.int64), 0, width)
+    assert [len(part) for part in empty] == [1, 0, 0]
 
 
 def test_small_and_large_matrices_give_the_same_entries(monkeypatch):
@@ -29,6 +31,10 @@ def test_small_and_large_matrices_give_the_same_entries(monkeypatch):
     D = np.where(rng.random((30, 40)) < 0.2, rng.random((30, 40)), 0.0).astype(np.float32)
     ids = rng.integers(0, 40, (30, 7))
     S = sp.csr_matrix(D)
+    for a, b in zip(S.indptr[:-1], S.indptr[1:]):  # unsorted within rows, as products leave them
+        S.indices[a:b], S.data[a:b] = S.indices[a:b][::-1].copy(), S.data[a:b][::-1].copy()
+    S.has_sorted_indices = False
+    assert (S.toarray() == D).all()
     assert is_small(S)
     dense = pick(S, ids)
     np.testing.assert_array_equal(dense, np.take_along_axis(D, ids, 1))

@@ -122,6 +122,7 @@ def test_candidate_features_read_the_searches(monkeypatch, dense_cells):
     item_labels = sp.csr_matrix(np.array([[0, 0, 1], [1, 0, 1], [0, 1, 0], [0, 1, 0]],
                                          np.float32))
     stats = LabelStats.of(item_labels)
+    assert (stats._given_dense is not None) == (dense_cells > 0)
     counts = np.log1p(np.array([1.0, 2.0, 2.0], np.float32))
     np.testing.assert_allclose(stats.log_counts, counts)
     # P(l | m): label 0's one item also carries 2; half of label 2's items carry 0

@@ -12,6 +12,7 @@ from synthetic import make_items
 import metricls.pipeline.tfidf as tfidf_module
 from metricls import Tagger
 from metricls.artifacts import load_tensors, read_json, save_tensors
+from metricls.csr_keys import is_small
 from metricls.errors import ArtifactError, InputError
 from metricls.manifest import write_manifest
 from metricls.pipeline.tag import combine, named, neighbours, reads_texts, score
@@ -68,6 +69,7 @@ def test_rank_in_rows_counts_the_entries_above(monkeypatch, dense_cells):
     D = np.where(rng.random((40, 30)) < 0.3, rng.random((40, 30)), 0.0).astype(np.float32)
     D[0, :3] = 0.5  # ties do not count as above
     S = sp.csr_matrix(D)
+    assert is_small(S) == (dense_cells > 0)
     values = np.take_along_axis(D, rng.integers(0, 30, (40, 6)), 1)
     values[0, 0] = 0.5
     expected = (D[:, None, :] > values[:, :, None]).sum(axis=2)

@@ -18,6 +18,7 @@ _TOKEN = re.compile(r"[\w+#]+")
 _MAX_TOKENS = 512  # words read per text: long descriptions add little past this
 _CACHED_WORDS = 2_000_000  # words whose hashes are kept between calls
 HASH_CHUNK = 64  # texts hashed together (their ids are sorted together: small chunks sort fast)
+_INT64_BYTES = np.dtype(np.int64).itemsize  # a cached word's character hashes: bytes per hash
 _CHAR_SEED = zlib.crc32(b"c:")  # a character n-gram's hash is CRC-32 of b"c:" + its UTF-8
 
 
@@ -112,8 +113,8 @@ class NgramHasher:
         flat = np.fromiter(map(hashes.__getitem__, tokens), np.int64, count=len(tokens))
         word_row = np.repeat(np.arange(len(texts)), n_words)
         chars = list(map(char_hashes.__getitem__, distinct))
-        char_row = np.repeat(np.repeat(np.arange(len(texts)), n_distinct),
-                             np.fromiter(map(len, chars), np.int64, count=len(chars)) // 8)
+        n_chars = np.fromiter(map(len, chars), np.int64, count=len(chars)) // _INT64_BYTES
+        char_row = np.repeat(np.repeat(np.arange(len(texts)), n_distinct), n_chars)
         rows, parts = [word_row, char_row], [flat, np.frombuffer(b"".join(chars), np.int64)]
         mixed = flat.astype(np.uint64)
         for n in range(2, self.word_ngrams + 1):  # n-grams within one text only

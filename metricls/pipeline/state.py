@@ -50,7 +50,8 @@ class LabelStats:
 
     @functools.cached_property
     def _given_dense(self) -> np.ndarray | None:
-        return self.given.toarray().astype(np.float32) if is_small(self.given) else None
+        return self.given.toarray().astype(np.float32, copy=False) if is_small(self.given) \
+            else None
 
     @functools.cached_property
     def _given_keyed(self) -> tuple[sp.csr_matrix, np.ndarray]:
