@@ -25,7 +25,6 @@ Results beside this script: tail-SPLIT.json and tail-SPLIT.md (the table).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, f
 
 from benchmarks._common import BENCHMARKS, harness_parser, metric_table, run_harness
 from metricls import Tagger
+from metricls.artifacts import write_json
 from metricls.data.dataset import Dataset
 from metricls.errors import InputError
 from metricls.metrics import (
@@ -47,8 +47,7 @@ from metricls.metrics import (
     psp_at_k,
     recall_at_k,
 )
-from metricls.pipeline.features import pick
-from metricls.pipeline.fit import out_of_fold
+from metricls.pipeline.fit import out_of_fold, truth
 from metricls.pipeline.scoring import TAIL_DEPTH
 from metricls.pipeline.tag import candidates, neighbours, tail_ranked
 from metricls.report.analysis import frequency_buckets
@@ -75,8 +74,7 @@ def bench_tail(tagger: Tagger, name: str, *, split: str = "valid",
     cand = candidates(state, found, state.scoring, wide)
     sources = {"own": state.reranker.score(cand.features)}
     if split == "valid":
-        y = (pick(Y, np.maximum(cand.ids, 0)) > 0) & (cand.ids >= 0)
-        oof = out_of_fold(cand, y, depth, seed)
+        oof = out_of_fold(cand, truth(cand, Y), depth, seed)
         if oof is None:
             raise InputError("tagger: a validation fold has no true (or no false) candidate")
         sources = {"out of fold": oof, "in-sample": sources["own"]}
@@ -131,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             weights=weights, seed=args.seed)
         out = args.out or BENCHMARKS / "tail" / f"tail-{args.split}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(out, result)
         table = markdown_table(result)
         out.with_suffix(".md").write_text(table)
         return table

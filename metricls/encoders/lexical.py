@@ -41,7 +41,7 @@ class Bags:
         np.cumsum(lengths[:-1], out=offsets[1:])
         # position t of the flat ids reads ids[starts[row] + (t - offsets[row])]
         flat = self.ids[np.repeat(starts - offsets, lengths) + np.arange(int(lengths.sum()))]
-        return torch.as_tensor(flat.astype(np.int64)), torch.as_tensor(offsets)
+        return torch.as_tensor(flat.astype(np.int64, copy=False)), torch.as_tensor(offsets)
 
 
 class NgramHasher:

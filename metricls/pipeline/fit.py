@@ -95,7 +95,7 @@ def tune_reranker(state: TaggerState, found: Neighbours, scoring: Scoring, Y: sp
         return None, None, f"skipped: {n} validation items, {MIN_ITEMS} needed"
     cand = candidates(state, found, scoring, DEPTH)
     real = cand.ids >= 0
-    y = (pick(Y, np.maximum(cand.ids, 0)) > 0) & real
+    y = truth(cand, Y)
     oof = out_of_fold(cand, y, DEPTH, seed)
     if oof is None:
         return None, None, "skipped: a validation fold has no true (or no false) candidate"
@@ -105,6 +105,12 @@ def tune_reranker(state: TaggerState, found: Neighbours, scoring: Scoring, Y: sp
     if score <= plain:
         return None, None, report
     return Reranker(BoostedTrees.fit(cand.features[real], y[real], seed)), (scores, ids), report
+
+
+def truth(cand: Candidates, Y: sp.csr_matrix) -> np.ndarray:
+    """(n, c) bool: which candidates are true labels of their query (`Y`, one row per query);
+    padding (-1) is never true."""
+    return (pick(Y, np.maximum(cand.ids, 0)) > 0) & (cand.ids >= 0)
 
 
 def out_of_fold(cand: Candidates, y: np.ndarray, depth: int, seed: int) -> np.ndarray | None:
@@ -197,7 +203,7 @@ def fit_added_reranker(state: TaggerState, emb: np.ndarray, Y: sp.csr_matrix,
                    knn=max(scoring.knn, WIDE_KNN), texts=texts)
     cand = added_candidates(simulated, found, scoring, added)
     mine = cand.ids >= 0
-    y = (pick(sp.csr_matrix(Y), np.maximum(cand.ids, 0)) > 0) & mine
+    y = truth(cand, sp.csr_matrix(Y))
     if len(np.unique(y[mine])) < 2:
         return None, "skipped: no true (or no false) candidate among the simulated labels"
     report = {"labels": len(chosen), "candidates": int(mine.sum()),
