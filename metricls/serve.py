@@ -254,8 +254,8 @@ def app_from_env() -> FastAPI:
 
 
 def _serving_threads() -> None:
-    """One torch thread in a serving process: it tags small batches, where torch's thread pool
-    and FAISS's take turns spinning on the same cores (a batch of 8: about half the time)."""
+    """One OpenMP thread in a serving process (torch's and FAISS's: they share torch's runtime,
+    `metricls.ann.faiss_lib`): it tags small batches, and `--workers` processes fill the cores."""
     import torch
 
     torch.set_num_threads(SERVE_TORCH_THREADS)

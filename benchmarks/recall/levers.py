@@ -24,8 +24,9 @@ import json
 import time
 from pathlib import Path
 
-import faiss
 import numpy as np
+
+from metricls.ann.faiss_lib import faiss
 
 K = 10
 

@@ -12,7 +12,6 @@ import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
-import faiss
 import numpy as np
 
 from metricls.ann.base import (
@@ -22,6 +21,7 @@ from metricls.ann.base import (
     probe_steps,
     read_vectors,
 )
+from metricls.ann.faiss_lib import faiss
 from metricls.errors import ArtifactError, InputError
 
 INDEX_FILE = "faiss.index"

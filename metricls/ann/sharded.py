@@ -14,11 +14,11 @@ import itertools
 from pathlib import Path
 from typing import Any, ClassVar
 
-import faiss
 import numpy as np
 
 from metricls.ann.base import AnnIndex, check_positive_int
 from metricls.ann.faiss_index import FaissIndex, FlatIndex, HnswIndex, IvfIndex
+from metricls.ann.faiss_lib import faiss
 from metricls.errors import ArtifactError, InputError
 
 SHARDABLE: dict[str, type[FaissIndex]] = {cls.backend: cls for cls in

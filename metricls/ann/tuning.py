@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import faiss
 import numpy as np
 
 from metricls.ann.base import AnnIndex, check_positive_int, check_vectors
+from metricls.ann.faiss_lib import faiss
 from metricls.errors import InputError
 
 

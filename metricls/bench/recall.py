@@ -151,7 +151,7 @@ def bench_recall(*, tagger: str | Path | None = None, texts: str | Path | None =
         sizes: generic synthetic set sizes (default 1e3 to 1e6, or 1e3 and 1e4 with `quick`;
             none when the user's own set is given, unless asked for).
     """
-    import faiss
+    from metricls.ann.faiss_lib import faiss
 
     own = _own_set(tagger, texts, vectors, queries, size)
     if matched and own is None:

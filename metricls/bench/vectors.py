@@ -14,9 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
+from metricls.ann.faiss_lib import faiss
 from metricls.errors import InputError
 from metricls.prototypes import normalize_rows
 
