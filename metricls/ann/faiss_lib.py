@@ -6,7 +6,8 @@ first binds to its own copy. With two runtimes in one process, each keeps a team
 threads spinning after its parallel regions, and the two teams fight for the cores: on 2
 cores, tagging 2 to 32 texts per call took 1.4 to 4 times as long, and `torch.set_num_threads`
 did not reach FAISS's searches (docs/speed.md). A program that imports
-faiss itself before metricls (or torch) gets the two runtimes; import torch first.
+faiss itself before metricls (or torch) gets the two runtimes; import torch first. So
+`metricls.ann` loads torch too (about a second), which every command that searches needs anyway.
 """
 
 # isort: off
