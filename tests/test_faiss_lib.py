@@ -28,9 +28,10 @@ def _run(code: str) -> str:
 @pytest.mark.parametrize("module", ENTRY_POINTS)
 def test_faiss_shares_torchs_openmp_runtime(module):
     # one runtime: the thread count torch sets is the one FAISS's parallel searches see
-    code = (f"import {module}, sys, torch\n"
+    code = (f"import sys, {module}\n"
+            "assert 'faiss' in sys.modules, 'the module did not load faiss'\n"
+            "import torch\n"
             "from metricls.ann.faiss_lib import faiss\n"
-            "assert 'faiss' in sys.modules\n"
             "torch.set_num_threads(1)\n"
             "print(faiss.omp_get_max_threads())")
     assert _run(code) == "1"
