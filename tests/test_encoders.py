@@ -67,6 +67,21 @@ def test_lexical_backbone_trains_sparse_rows():
     assert lex.bag.weight.grad.is_sparse
 
 
+def test_embedding_runs_in_eval_mode_and_keeps_the_models_own_mode():
+    from metricls.config import EncoderConfig, LexicalConfig
+
+    torch.manual_seed(0)
+    model = build_model(EncoderConfig(backbones=("lexical",),
+                                      lexical=LexicalConfig(dim=16, buckets=1 << 10)))
+    texts = ["gtk bindings for python", "a chess engine", "perl module"]
+    model.eval()
+    expected = model.embed(texts)
+    assert not model.training
+    model.train()  # mid-training (the valid recall between epochs): dropout must be off
+    assert np.array_equal(model.embed(texts), expected)
+    assert model.training and all(m.training for m in model.modules())
+
+
 def test_minilm_encodes_and_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("METRICLS_CACHE", str(tmp_path))
     backbone = MiniLMBackbone(max_seq_length=32)

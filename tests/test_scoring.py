@@ -10,6 +10,7 @@ from metricls.pipeline.scoring import (
     top_k,
     tune_global_threshold,
     tune_label_thresholds,
+    vote_matrices,
     vote_matrix,
 )
 
@@ -21,6 +22,41 @@ def test_vote_weights_neighbours_by_similarity():
     V = vote_matrix(nn_scores, nn_ids, item_labels, temperature=0.1).toarray()
     # two equally similar neighbours: label 0 in both (1.0), label 1 in one (0.5), padding ignored
     np.testing.assert_allclose(V, [[1.0, 0.5, 0.0]], atol=1e-6)
+
+
+def _vote_by_coo(nn_scores, nn_ids, item_labels, temperature):
+    """The vote as first written: the weights through a COO matrix, whose conversion sorts
+    each row's neighbours by id and sums repeated ids, then one product."""
+    n, k = nn_ids.shape
+    valid = nn_ids >= 0
+    logits = np.where(valid, nn_scores / temperature, -np.inf)
+    logits -= logits.max(axis=1, keepdims=True, initial=-1e30)
+    weights = np.where(valid, np.exp(logits), 0.0)
+    weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+    W = sp.csr_matrix((weights.ravel(), (np.repeat(np.arange(n), k),
+                                         np.where(valid, nn_ids, 0).ravel())),
+                      shape=(n, item_labels.shape[0]))
+    return (W @ item_labels).toarray()
+
+
+def test_votes_are_the_same_floats_alone_stacked_and_as_first_written():
+    rng = np.random.default_rng(3)
+    item_labels = sp.random(400, 60, density=0.05, format="csr", dtype=np.float32,
+                            random_state=4)
+    item_labels.data[:] = 1.0
+    n = 50
+    nn_ids = np.argsort(rng.random((n, 400)), axis=1)[:, :30]  # neighbours in search order
+    nn_ids[:5, 20:] = -1  # padding, which joins item 0 in the sparse weights
+    nn_ids[5, :3] = 0  # item 0 itself among them
+    nn_scores = np.sort(rng.random((n, 30)).astype(np.float32), axis=1)[:, ::-1].copy()
+    narrow = (nn_scores[:, :10], nn_ids[:, :10], 0.02)
+    wide = (nn_scores, nn_ids, 1.0)
+    both = vote_matrices([narrow, wide], item_labels).toarray()
+    for part, (scores, ids, t) in enumerate((narrow, wide)):
+        expected = _vote_by_coo(scores, ids, item_labels, t)
+        # bitwise: a vote's float is what the reranker's trees were fitted on
+        assert np.array_equal(vote_matrix(scores, ids, item_labels, t).toarray(), expected)
+        assert np.array_equal(both[part * n:(part + 1) * n], expected)
 
 
 def test_blend_and_top_k_order_and_padding():

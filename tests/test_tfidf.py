@@ -77,6 +77,22 @@ def test_rank_in_rows_counts_the_entries_above(monkeypatch, dense_cells):
     assert rank_in_rows(sp.csr_matrix((0, 5)), np.zeros((0, 2))).shape == (0, 2)
 
 
+def test_unit_rows_divide_by_the_norms_that_multiply_gives():
+    X = sp.random(40, 300, density=0.1, format="csr", dtype=np.float32, random_state=5)
+    X.data += 0.5
+    shuffled = X.copy()  # the same rows with each row's entries in another order
+    for i in range(40):
+        a, b = shuffled.indptr[i], shuffled.indptr[i + 1]
+        order = np.random.default_rng(i).permutation(b - a)
+        shuffled.indices[a:b], shuffled.data[a:b] = X.indices[a:b][order], X.data[a:b][order]
+    shuffled.has_sorted_indices = False
+    for M in (X, shuffled):
+        M = sp.csr_matrix(M)
+        norms = np.sqrt(np.asarray(M.multiply(M).sum(axis=1)).ravel())
+        expected = M.data / np.repeat(norms, np.diff(M.indptr)).astype(np.float32)
+        assert np.array_equal(tfidf_module._unit_rows(M).data, expected)  # bitwise
+
+
 def test_tensors_round_trip_and_damage_is_named():
     model = TfidfPrototypes.fit(TEXTS, _labels(ITEMS))
     again = TfidfPrototypes.from_tensors(model.to_tensors(), "x/tfidf.safetensors")

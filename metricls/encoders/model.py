@@ -48,7 +48,8 @@ class EmbeddingModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.parameters(), torch.zeros(0)).device
+        first = next(self.parameters(), None)
+        return torch.device("cpu") if first is None else first.device
 
     def prepare(self, texts: list[str] | None, features: np.ndarray | None, *,
                 cache: bool = False) -> list[Any]:
@@ -76,7 +77,8 @@ class EmbeddingModel(nn.Module):
         """(n, out_dim) float32 embeddings of already prepared items, computed `batch_size` rows
         at a time into `out` when given (e.g. a memory-mapped .npy), else a new array."""
         was_training = self.training
-        self.eval()
+        if was_training:  # switching walks every submodule: a small batch would feel it
+            self.eval()
         if out is None:
             out = np.zeros((n, self.out_dim), dtype=np.float32)
         elif out.shape != (n, self.out_dim):
@@ -84,7 +86,8 @@ class EmbeddingModel(nn.Module):
         for start in range(0, n, batch_size):
             idx = np.arange(start, min(n, start + batch_size))
             out[start:start + len(idx)] = self(prepared, idx).cpu().numpy()
-        self.train(was_training)
+        if was_training:
+            self.train()
         return out
 
     def embed(self, texts: list[str] | None = None, features: np.ndarray | None = None, *,

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 
 from metricls.csr_keys import entries, is_small, keyed
 from metricls.pipeline.rerank import Candidates
-from metricls.pipeline.scoring import Scoring, vote_matrix, with_label_bias
+from metricls.pipeline.scoring import Scoring, vote_matrices, with_label_bias
 from metricls.pipeline.search import Neighbours
 from metricls.pipeline.state import LabelStats
 from metricls.pipeline.tfidf import rank_in_rows
@@ -42,9 +42,10 @@ def candidate_features(found: Neighbours, item_labels: sp.csr_matrix, stats: Lab
     real = ids >= 0
     safe = np.maximum(ids, 0)
     n, c = ids.shape
-    votes = [vote_matrix(item_scores[:, :k], item_ids[:, :k], item_labels, t)
-             for k, t in ((scoring.knn, scoring.temperature), (WIDE_KNN, WIDE_TEMPERATURE))]
-    vote, wide = (pick(V, safe) for V in votes)
+    votes = vote_matrices([(item_scores[:, :k], item_ids[:, :k], t) for k, t in
+                           ((scoring.knn, scoring.temperature), (WIDE_KNN, WIDE_TEMPERATURE))],
+                          item_labels)  # rows: the vote of each query, then the wide vote
+    vote, wide = np.split(pick(votes, np.concatenate([safe, safe])), 2)
     top = np.where(real[:, :1], cos[:, :1], 0.0)
     cos = np.where(real, cos, top - 2.0)  # padding: far below every real candidate
     rank = np.broadcast_to(np.log1p(np.arange(c, dtype=np.float32)), (n, c))

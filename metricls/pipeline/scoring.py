@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -119,15 +120,33 @@ def _finite(value: object) -> bool:
 def vote_matrix(nn_scores: np.ndarray, nn_ids: np.ndarray, item_labels: sp.csr_matrix,
                 temperature: float) -> sp.csr_matrix:
     """(n, L) similarity-weighted label shares of each query's neighbours (-1 ids ignored)."""
-    n, k = nn_ids.shape
-    valid = nn_ids >= 0
-    logits = np.where(valid, nn_scores / temperature, -np.inf)
-    logits -= logits.max(axis=1, keepdims=True, initial=-1e30)
-    weights = np.where(valid, np.exp(logits), 0.0)
-    weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
-    rows = np.repeat(np.arange(n), k)
-    W = sp.csr_matrix((weights.ravel(), (rows, np.where(valid, nn_ids, 0).ravel())),
-                      shape=(n, item_labels.shape[0]))
+    return vote_matrices([(nn_scores, nn_ids, temperature)], item_labels)
+
+
+def vote_matrices(votes: Sequence[tuple[np.ndarray, np.ndarray, float]],
+                  item_labels: sp.csr_matrix) -> sp.csr_matrix:
+    """`vote_matrix` of each (nn_scores, nn_ids, temperature) of the same n queries, stacked:
+    rows [v * n, (v + 1) * n) hold vote v. One sparse product serves them all.
+
+    Each row's neighbours enter the product in ascending id order (the order in which the
+    product sums them), so a vote is the same float whether made alone or with others."""
+    weights, columns, widths = [], [], []
+    for nn_scores, nn_ids, temperature in votes:
+        n, k = nn_ids.shape
+        valid = nn_ids >= 0
+        logits = np.where(valid, nn_scores / temperature, -np.inf)
+        logits -= logits.max(axis=1, keepdims=True, initial=-1e30)
+        w = np.where(valid, np.exp(logits), 0.0)
+        w /= np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
+        ids = np.where(valid, nn_ids, 0)
+        order = np.argsort(ids, axis=1, kind="stable")
+        weights.append(np.take_along_axis(w, order, 1).ravel())
+        columns.append(np.take_along_axis(ids, order, 1).ravel())
+        widths.append(np.full(n, k, np.int64))
+    indptr = np.zeros(sum(len(w) for w in widths) + 1, np.int64)
+    np.cumsum(np.concatenate(widths), out=indptr[1:])
+    W = sp.csr_matrix((np.concatenate(weights), np.concatenate(columns), indptr),
+                      shape=(len(indptr) - 1, item_labels.shape[0]))
     return sp.csr_matrix(W @ item_labels)
 
 

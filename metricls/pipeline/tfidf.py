@@ -145,7 +145,11 @@ def _tokens(text: str) -> list[str]:
 def _unit_rows(X: sp.csr_matrix) -> sp.csr_matrix:
     """Rows scaled to unit length (empty rows stay empty)."""
     X = sp.csr_matrix(X, dtype=np.float32)
-    norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=1)).ravel())
+    if X.has_canonical_format:  # the same sums as X.multiply(X), without its checks
+        squares = sp.csr_matrix((X.data * X.data, X.indices, X.indptr), shape=X.shape)
+    else:  # entries in another order: multiply sums them in its own
+        squares = X.multiply(X)
+    norms = np.sqrt(np.asarray(squares.sum(axis=1)).ravel())
     X.data /= np.repeat(np.maximum(norms, 1e-12), np.diff(X.indptr)).astype(np.float32)
     return X
 
