@@ -8,9 +8,12 @@ JSON values, or twice max_batch vectors), 415 for a body that is not ``applicati
 any other bad value (a wrong type, an unknown field, nesting deeper than 32 levels, a lone
 surrogate in a text; an integer too long for Python's int() is read as a float, inf).
 
-A /tag body is parsed, checked and tagged in a worker thread, never on the event loop, and its size
-and shape (items per request, their types, unknown keys) are checked before pydantic sees it, so
-a hostile body costs one short message, and /health keeps answering while it is refused.
+A /tag body of up to 64 KiB (a few dozen texts) is parsed and checked on the event loop, which
+costs less than handing it to a thread; a bigger one is parsed in a worker thread, so /health
+keeps answering meanwhile. Either way its size and shape (items per request, their types,
+unknown keys) are checked before pydantic sees it, so a hostile body costs one short message.
+Texts are tagged in batches by one tagging thread (`serve_batching`), explanations in a worker
+thread.
 
 DNS rebinding: a server bound to a loopback address (127.0.0.1, the default, localhost or ::1)
 answers only requests whose Host header names loopback (localhost, 127.x.x.x, [::1], with or
@@ -19,6 +22,7 @@ without a port); others get 400. Bound to 0.0.0.0 or another address it accepts 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import html
 import json
@@ -59,6 +63,7 @@ log = logging.getLogger(__name__)
 SETTINGS_ENV = "METRICLS_SERVE_SETTINGS"  # JSON {"tagger": path, limits...} for --workers > 1
 SERVE_TORCH_THREADS = 1  # see `_serving_threads`
 BATCH_ITEMS = 256  # most inputs of concurrent requests tagged in one call (at least max_batch)
+PARSE_ON_LOOP_BYTES = 64 << 10  # bodies parsed on the event loop; bigger ones in a thread
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,8 +185,9 @@ def create_app(tagger_or_path: Tagger | str | Path, *, max_batch: int = Limits.m
     """A FastAPI app serving one tagger (a loaded `Tagger`, or a folder loaded once here).
 
     `host` is the address the server binds: a loopback one turns on the Host-header check (see
-    the module doc); None (an app under test or mounted elsewhere) leaves it off. Requests run
-    `Tagger.predict` in a worker thread (predict is thread-safe).
+    the module doc); None (an app under test or mounted elsewhere) leaves it off. Requests are
+    tagged by `Tagger.predict` in the batcher's thread, explained in worker threads (both are
+    thread-safe).
     """
     limits = Limits(max_batch, max_text_chars, max_body_bytes, max_k)
     if isinstance(tagger_or_path, Tagger):
@@ -199,9 +205,18 @@ def create_app(tagger_or_path: Tagger | str | Path, *, max_batch: int = Limits.m
                     created=manifest.get("created"), versions=versions(),
                     limits=dataclasses.asdict(limits))
     max_values = max(guards.MAX_VALUES, 2 * limits.max_batch * (dim or 1))  # room for vectors
+    # concurrent requests are tagged together (serve_batching); each gets its own rows
+    batcher = MicroBatcher(lambda key, inputs: tagger.predict(inputs, k=key[0], threshold=key[1]),
+                           max_items=max(BATCH_ITEMS, limits.max_batch))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        yield
+        batcher.close()
+
     title = f"metricls: {health.tagger}"
     app = FastAPI(title=title, version=health.versions["metricls"], docs_url=None,
-                  redoc_url=None, description=_description(health, limits))
+                  redoc_url=None, description=_description(health, limits), lifespan=lifespan)
     app.add_middleware(guards.BodyLimit, max_bytes=limits.max_body_bytes)
     if host is not None and guards.is_loopback(host):
         app.add_middleware(guards.LoopbackHostOnly, bound_to=host)
@@ -215,17 +230,23 @@ def create_app(tagger_or_path: Tagger | str | Path, *, max_batch: int = Limits.m
                                      title=html.escape(title) + " - ReDoc").body,
             "/": serve_page.page(health.tagger, dim, limits.max_k).encode()}
     errors = {code: {"model": ErrorBody} for code in (400, 413, 415, 422)}
-    # concurrent requests are tagged together (serve_batching); each gets its own rows
-    batcher = MicroBatcher(lambda key, inputs: tagger.predict(inputs, k=key[0], threshold=key[1]),
-                           max_items=max(BATCH_ITEMS, limits.max_batch))
 
     @app.post("/tag", response_model=TagResponse, responses=errors, openapi_extra=_TAG_BODY)
     async def tag(request: Request) -> Response:
         """Tag texts (or vectors): the k best labels per input with their scores."""
         guards.check_content_type(request.headers.get("content-type"))
         body = await request.body()
-        return await run_in_threadpool(_tag, body, tagger, batcher, health, limits,
-                                       max_values)
+        start = time.perf_counter()
+        if len(body) <= PARSE_ON_LOOP_BYTES:
+            asked, inputs = _parsed(body, health, limits, max_values)
+        else:
+            asked, inputs = await run_in_threadpool(_parsed, body, health, limits, max_values)
+        if asked.explain:
+            tags = await run_in_threadpool(tagger.explain, inputs, k=asked.k)
+        else:
+            rows = await batcher((asked.k, asked.threshold), inputs)
+            tags = [[{"label": name, "score": score} for name, score in row] for row in rows]
+        return JSONResponse({"tags": tags, "took_ms": (time.perf_counter() - start) * 1e3})
 
     @app.get("/labels", response_model=LabelsResponse)
     async def get_labels() -> Response:
@@ -300,10 +321,9 @@ def _vector_dim(tagger: Tagger) -> int | None:
     return next((b.out_dim for b in tagger.model.backbones if b.needs == "features"), None)
 
 
-def _tag(body: bytes, tagger: Tagger, batcher: MicroBatcher, health: Health, limits: Limits,
-         max_values: int) -> JSONResponse:
-    """POST /tag in a worker thread: parse, check, tag and render, or HTTPException/InputError."""
-    start = time.perf_counter()
+def _parsed(body: bytes, health: Health, limits: Limits,
+            max_values: int) -> tuple[TagRequest, list[str] | np.ndarray]:
+    """A POST /tag body parsed and checked: the request and its inputs, or HTTPException."""
     data = guards.parse_body(body, _FIELDS, limits.max_batch, max_values)
     guards.check_shape(data, _FIELDS, limits.max_batch)
     try:
@@ -311,15 +331,10 @@ def _tag(body: bytes, tagger: Tagger, batcher: MicroBatcher, health: Health, lim
     except pydantic.ValidationError as exc:
         raise HTTPException(422, _validation_detail(exc.errors())) from None
     inputs = _checked_inputs(request, health, limits)
-    if request.explain:
-        if request.threshold is not None:
-            raise HTTPException(422, "threshold: expected null with explain, which explains "
-                                     "the k best tags")
-        tags = tagger.explain(inputs, k=request.k)
-        return JSONResponse({"tags": tags, "took_ms": (time.perf_counter() - start) * 1e3})
-    rows = batcher((request.k, request.threshold), inputs)
-    tags = [[{"label": name, "score": score} for name, score in row] for row in rows]
-    return JSONResponse({"tags": tags, "took_ms": (time.perf_counter() - start) * 1e3})
+    if request.explain and request.threshold is not None:
+        raise HTTPException(422, "threshold: expected null with explain, which explains the k "
+                                 "best tags")
+    return request, inputs
 
 
 def _checked_inputs(request: TagRequest, health: Health, limits: Limits) -> list[str] | np.ndarray:

@@ -30,3 +30,29 @@ def test_bench_serve_cli_refuses_a_bad_count(tiny_tagger_dir, tmp_path, capsys):
     assert main([str(tiny_tagger_dir), "--requests", "0", "--out", str(out)]) == 2
     assert capsys.readouterr().err.startswith("error: requests")
     assert not out.exists()
+
+
+def test_the_run_waits_until_every_worker_has_loaded():
+    """With several workers /health answers once the first is up; the run waits until the
+    server's process tree is idle: here a child busy for 1.5 s, as a worker loading its tagger."""
+    import subprocess
+    import sys
+    import time
+
+    from benchmarks.serve.run import tree_cpu_seconds, wait_until_idle
+
+    busy = "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass\ntime.sleep(60)"
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                               f"subprocess.Popen([sys.executable, '-c', {busy!r}]); "
+                               "time.sleep(60)"])
+    try:
+        time.sleep(0.3)  # the parent has started its busy child
+        start = time.monotonic()
+        waited = wait_until_idle(parent.pid, timeout=30)
+        assert 1.0 <= time.monotonic() - start == pytest.approx(waited, abs=0.1)
+        assert waited < 10
+        assert tree_cpu_seconds(parent.pid) >= 1.0  # the child's CPU counts
+    finally:
+        subprocess.run(["pkill", "-P", str(parent.pid)], check=False)
+        parent.kill()
+        parent.wait()

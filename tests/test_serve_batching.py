@@ -1,10 +1,10 @@
-"""MicroBatcher: concurrent calls joined into batches, each caller getting exactly its rows."""
+"""MicroBatcher: concurrent awaits joined into batches, each caller getting exactly its rows."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -31,16 +31,19 @@ class SlowRun:
         return [f"{key}:{x}" for x in inputs]
 
 
-def fire(batcher, jobs, threads=8):
-    """Call the batcher from `threads` threads at once, one call per (key, inputs) job."""
-    def call(job):
+def fire(batcher, jobs):
+    """Await the batcher for every (key, inputs) job at once on one event loop; each job's rows,
+    or its InputError."""
+    async def call(job):
         try:
-            return batcher(*job)
+            return await batcher(*job)
         except InputError as exc:
             return exc
 
-    with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(call, jobs))
+    async def every():
+        return await asyncio.gather(*(call(job) for job in jobs))
+
+    return asyncio.run(every())
 
 
 def test_concurrent_calls_are_batched_and_each_gets_its_own_rows():
@@ -57,8 +60,43 @@ def test_concurrent_calls_are_batched_and_each_gets_its_own_rows():
 
 def test_a_lone_call_runs_at_once_in_one_call():
     run = SlowRun()
-    assert MicroBatcher(run)(3, ["x"]) == ["3:x"]
+    assert fire(MicroBatcher(run), [(3, ["x"])]) == [["3:x"]]
     assert run.calls == [(3, ["x"])]
+
+
+def test_batches_run_one_at_a_time_in_the_batchers_own_thread():
+    threads, running, overlaps = set(), [], []
+
+    def run(key, inputs):
+        threads.add(threading.current_thread().name)
+        running.append(1)
+        overlaps.append(len(running))
+        time.sleep(0.01)
+        running.pop()
+        return list(inputs)
+
+    batcher = MicroBatcher(run)
+    jobs = [(i % 2, [f"t{i}"]) for i in range(20)]
+    assert fire(batcher, jobs) == [[f"t{i}"] for i in range(20)]
+    assert max(overlaps) == 1 and len(threads) == 1
+    assert threads.pop().startswith("metricls-tag")  # never the event loop's thread
+    batcher.close()
+
+
+def test_a_request_cancelled_while_queued_leaves_the_others_answered():
+    run = SlowRun()
+    batcher = MicroBatcher(run)
+
+    async def scenario():
+        first = asyncio.ensure_future(batcher(1, ["a"]))  # tags at once
+        await asyncio.sleep(0)
+        gone = asyncio.ensure_future(batcher(1, ["b"]))  # queued behind it
+        kept = asyncio.ensure_future(batcher(1, ["c"]))
+        await asyncio.sleep(0)
+        gone.cancel()  # its client went away
+        return await first, await kept, gone.cancelled()
+
+    assert asyncio.run(scenario()) == (["1:a"], ["1:c"], True)
 
 
 def test_calls_with_different_keys_are_never_mixed():

@@ -5,7 +5,9 @@
 The server runs as `metricls serve` in a subprocess on 127.0.0.1; the client sends a bounded
 number of POST /tag requests from `concurrency` threads (one keep-alive connection each) and
 times each one. Inputs are the tagger's test-split items (all items if it has no test split),
-cycled. Client and server share the machine, so the figures include the client's CPU use; each run
+cycled. The run starts once the server's processes have gone idle (`settled_s` after /health first
+answered): with several workers, /health answers as soon as the first has loaded its tagger.
+Client and server share the machine, so the figures include the client's CPU use; each run
 records the 1-minute load average before and after it, since other work on the machine counts too.
 
 Results beside this script: serve.json. `running_server` also serves the tests of metricls serve.
@@ -112,6 +114,41 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds used so far by process `pid` and its children (Linux's /proc); None where
+    they cannot be read."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        ticks = 0
+        for member in (pid, *map(int, children)):
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    except (OSError, ValueError, IndexError):
+        return None
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until_idle(pid: int, *, timeout: float = 180.0, window: float = 0.5,
+                    busy: float = 0.1) -> float:
+    """Wait until process `pid` and its children use less than `busy` of a core over
+    `window` seconds, at most `timeout` s; returns the seconds waited. With several workers,
+    /health answers as soon as the first has loaded its tagger: the others are still loading,
+    and a run started then times one worker competing with the others' loading. Where /proc
+    cannot be read, waits `timeout` / 6 seconds."""
+    start = time.monotonic()
+    last = tree_cpu_seconds(pid)
+    if last is None:
+        time.sleep(timeout / 6)
+        return time.monotonic() - start
+    while time.monotonic() - start < timeout:
+        time.sleep(window)
+        now = tree_cpu_seconds(pid)
+        if now is None or now - last < busy * window:
+            break
+        last = now
+    return time.monotonic() - start
+
+
 def bench_serve(taggers: Sequence[str | Path], *, requests: int = 2000, concurrency: int = 8,
                 batches: Sequence[int] = (1, 32), k: int = 5, workers: int = 1,
                 out: str | Path = OUT) -> dict[str, Any]:
@@ -137,6 +174,7 @@ def bench_serve(taggers: Sequence[str | Path], *, requests: int = 2000, concurre
         limit = str(max(128, *batches))
         with running_server(tagger, args=["--workers", str(workers), "--max-batch", limit,
                                           "--max-k", str(max(100, k))]) as server:
+            settled = wait_until_idle(server.process.pid)  # every worker has loaded
             for batch in batches:
                 bodies = [json.dumps({field: [pool[(i * batch + j) % len(pool)]
                                               for j in range(batch)], "k": k}).encode()
@@ -148,7 +186,8 @@ def bench_serve(taggers: Sequence[str | Path], *, requests: int = 2000, concurre
                 seconds = time.perf_counter() - start
                 runs.append({"tagger": Path(tagger).name, "path": str(tagger), "batch": batch,
                              "concurrency": concurrency, "k": k, "workers": workers,
-                             "requests": requests, **_stats(results, seconds, batch),
+                             "requests": requests, "settled_s": round(settled, 1),
+                             **_stats(results, seconds, batch),
                              "loadavg_1m": [load_before, os.getloadavg()[0]]})
     result = {"machine": machine_info(("fastapi", "uvicorn", "httptools", "uvloop")),
               "client": f"http.client, {concurrency} threads (one keep-alive connection each), "
