@@ -8,10 +8,11 @@ starts a batch at once, with whatever else is queued; requests that arrive meanw
 and when the batch is done the queued ones are the next batch. A lone request therefore waits
 for nothing, and under load the batches grow by themselves.
 
-Everything but the tagging runs on the event loop, so the queue needs no lock, and a request
-costs no thread of its own: one hand-over to the tagging thread serves a whole batch (the
-earlier design, a worker thread per request taking turns to tag, spent much of a core on
-threads waking each other and queuing for the GIL).
+A request costs no thread of its own: it is queued and awaited on the event loop, and the
+tagging thread takes the queue a batch at a time until it is empty (the earlier design, a
+worker thread per request taking turns to tag, spent much of a core on threads waking each
+other and queuing for the GIL). Each answer goes back through its request's own event loop,
+so requests from several loops (a test client's) are served too.
 
 Requests are grouped by what they ask (`key`: k and threshold); each group is one call of
 `run`, and each request gets back exactly its own rows. When a group's call fails, its
@@ -21,6 +22,9 @@ requests are tagged one by one, so a bad request fails alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import threading
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -29,19 +33,32 @@ import numpy as np
 
 from metricls.validation import check_positive_int
 
+log = logging.getLogger(__name__)
 Run = Callable[[Hashable, Any], list]  # (key, inputs of several requests) -> one row per input
 
 
 class _Job:
-    """One request: its key and inputs, then its rows or its error."""
+    """One request: its key and inputs, then its rows or its error, and where to answer."""
 
-    __slots__ = ("error", "future", "inputs", "key", "rows")
+    __slots__ = ("error", "future", "inputs", "key", "loop", "rows")
 
     def __init__(self, key: Hashable, inputs: Sequence | np.ndarray,
-                 future: asyncio.Future) -> None:
-        self.key, self.inputs, self.future = key, inputs, future
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.key, self.inputs, self.loop = key, inputs, loop
+        self.future = loop.create_future()
         self.rows: list | None = None
         self.error: BaseException | None = None
+
+    def answer(self) -> None:
+        """On the job's event loop: its rows, or its error (unless it was cancelled)."""
+        if self.future.done():  # cancelled: its client went away
+            return
+        if self.error is not None:
+            self.future.set_exception(self.error)
+        elif self.rows is None:
+            self.future.set_exception(RuntimeError("the batch this request was in failed"))
+        else:
+            self.future.set_result(self.rows)
 
 
 class MicroBatcher:
@@ -57,61 +74,55 @@ class MicroBatcher:
     def __init__(self, run: Run, max_items: int = 256) -> None:
         self._run = run
         self.max_items = check_positive_int(max_items, "max_items")
+        self._lock = threading.Lock()
         self._queue: list[_Job] = []
-        self._busy = False  # a batch is in the tagging thread
+        self._busy = False  # the tagging thread is draining the queue
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="metricls-tag")
         self.batches = 0  # calls of `run` so far, for tests and logs
 
     async def __call__(self, key: Hashable, inputs: Sequence | np.ndarray) -> list:
         """The rows of `inputs` under `key`, tagged in a batch with concurrent calls."""
-        loop = asyncio.get_running_loop()
-        job = _Job(key, inputs, loop.create_future())
-        self._queue.append(job)
-        if not self._busy:
-            self._start_next(loop)
+        job = _Job(key, inputs, asyncio.get_running_loop())
+        with self._lock:
+            self._queue.append(job)
+            idle, self._busy = not self._busy, True
+        if idle:
+            self._thread.submit(self._drain)
         return await job.future
 
     def close(self) -> None:
         """Let the tagging thread end once its batch is done."""
         self._thread.shutdown(wait=False)
 
-    def _start_next(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Hand the oldest queued jobs (up to `max_items` inputs) to the tagging thread."""
-        take, size = 0, 0
-        for job in self._queue:
-            if take and size + len(job.inputs) > self.max_items:
-                break
-            take, size = take + 1, size + len(job.inputs)
-        jobs, self._queue = self._queue[:take], self._queue[take:]
-        self._busy = True
-        done = loop.run_in_executor(self._thread, self._tag, jobs)
-        done.add_done_callback(lambda finished: self._finish(loop, jobs, finished))
-
-    def _finish(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job],
-                finished: asyncio.Future) -> None:
-        """On the loop, once a batch is tagged: answer its jobs, start the next batch."""
-        self._busy = False
-        failed = finished.cancelled() or finished.exception() is not None
-        for job in jobs:
-            if job.future.done():  # the request was cancelled (its client went away)
-                continue
-            if job.error is not None:
-                job.future.set_exception(job.error)
-            elif failed or job.rows is None:
-                job.future.set_exception(RuntimeError("the batch this request was in failed"))
-            else:
-                job.future.set_result(job.rows)
-        if self._queue:
-            self._start_next(loop)
+    def _drain(self) -> None:
+        """In the tagging thread: tag the oldest queued jobs (up to `max_items` inputs), answer
+        them, and go on until the queue is empty."""
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._busy = False
+                    return
+                take, size = 0, 0
+                for job in self._queue:
+                    if take and size + len(job.inputs) > self.max_items:
+                        break
+                    take, size = take + 1, size + len(job.inputs)
+                jobs, self._queue = self._queue[:take], self._queue[take:]
+            try:
+                self._tag(jobs)
+            except Exception:  # its jobs are answered that their batch failed; the next goes on
+                log.exception("tagging a batch of %d requests failed", len(jobs))
+            for job in jobs:
+                with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+                    job.loop.call_soon_threadsafe(job.answer)
 
     def _tag(self, jobs: list[_Job]) -> None:
-        """In the tagging thread: one call per group of jobs with the same key."""
+        """One call per group of jobs with the same key."""
         groups: dict[Hashable, list[_Job]] = {}
         for job in jobs:
             groups.setdefault(job.key, []).append(job)
         for key, group in groups.items():
             self._tag_group(key, group)
-
     def _tag_group(self, key: Hashable, group: list[_Job]) -> None:
         """One call for the group; on failure, one call per job (each keeps its own error)."""
         if len(group) > 1:

@@ -10,7 +10,7 @@ from benchmarks.serve.run import main
 def test_bench_serve_cli(tiny_tagger_dir, tmp_path, capsys):
     out = tmp_path / "serve.json"
     status = main([str(tiny_tagger_dir), "--requests", "12", "--concurrency", "3", "--batch", "1",
-                   "--batch", "4", "--out", str(out)])
+                   "--batch", "4", "--repeats", "3", "--out", str(out)])
     printed = capsys.readouterr()
     assert status == 0, printed.err
     runs = json.loads(out.read_text())["runs"]
@@ -22,6 +22,8 @@ def test_bench_serve_cli(tiny_tagger_dir, tmp_path, capsys):
         assert run["server_ms"]["p50"] <= lat["p50"]  # the round trip holds the server's time
         assert run["requests_per_s"] == pytest.approx(12 / run["seconds"], rel=0.01)
         assert run["texts_per_s"] == pytest.approx(run["requests_per_s"] * run["batch"], rel=0.01)
+        assert len(run["repeats_requests_per_s"]) == 3  # the reported run is their median
+        assert sorted(run["repeats_requests_per_s"])[1] == run["requests_per_s"]
     assert "| tiny | 4 | 3 |" in printed.out
 
 

@@ -160,3 +160,42 @@ def test_inputs_that_cannot_be_joined_are_tagged_alone_and_no_request_is_left_wi
         return ["ok"]
 
     assert fire(MicroBatcher(broken), [(1, [f"t{i}"]) for i in range(8)]) == [["ok"]] * 8
+
+
+def test_requests_from_several_event_loops_each_get_their_own_rows():
+    """A test client may run each request on a loop of its own, in a thread of its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    run = SlowRun()
+    batcher = MicroBatcher(run)
+
+    def one(i):
+        return asyncio.run(batcher(1, [f"t{i}"]))
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(one, range(24)))
+    assert got == [[f"1:t{i}"] for i in range(24)]
+    assert len(run.calls) < 24  # joined across loops
+
+
+def test_a_batch_that_breaks_is_answered_and_the_next_is_tagged(monkeypatch):
+    run = SlowRun()
+    batcher = MicroBatcher(run)
+    tag = batcher._tag
+    broken = [True]
+
+    def once_broken(jobs):
+        if broken.pop() if broken else False:
+            raise RuntimeError("grouping failed")
+        tag(jobs)
+
+    monkeypatch.setattr(batcher, "_tag", once_broken)
+
+    async def scenario():
+        try:
+            await batcher(1, ["a"])
+        except RuntimeError as exc:
+            first = str(exc)
+        return first, await batcher(1, ["b"])
+
+    assert asyncio.run(scenario()) == ("the batch this request was in failed", ["1:b"])

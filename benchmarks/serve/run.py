@@ -151,7 +151,7 @@ def wait_until_idle(pid: int, *, timeout: float = 180.0, window: float = 0.5,
 
 def bench_serve(taggers: Sequence[str | Path], *, requests: int = 2000, concurrency: int = 8,
                 batches: Sequence[int] = (1, 32), k: int = 5, workers: int = 1,
-                out: str | Path = OUT) -> dict[str, Any]:
+                repeats: int = 3, out: str | Path = OUT) -> dict[str, Any]:
     """Load-test each tagger's server at each batch size; write and return the JSON result.
 
     Args:
@@ -161,12 +161,16 @@ def bench_serve(taggers: Sequence[str | Path], *, requests: int = 2000, concurre
         batches: texts (or vectors) per request; one run each.
         k: tags per input.
         workers: server processes (`metricls serve --workers`).
+        repeats: timed runs per batch size, one after the other, each going on through the
+            inputs where the last stopped; the run with the median requests/s is reported,
+            beside every run's requests/s (this machine's runs vary by 10 to 25%).
         out: the JSON path.
     """
     if not batches:
         raise InputError("batch: give at least one batch size")
     for name, value in (("requests", requests), ("concurrency", concurrency),
-                        ("workers", workers), ("k", k), *(("batch", b) for b in batches)):
+                        ("workers", workers), ("k", k), ("repeats", repeats),
+                        *(("batch", b) for b in batches)):
         check_k(value, name=name)
     runs = []
     for tagger in taggers:
@@ -178,17 +182,22 @@ def bench_serve(taggers: Sequence[str | Path], *, requests: int = 2000, concurre
             for batch in batches:
                 bodies = [json.dumps({field: [pool[(i * batch + j) % len(pool)]
                                               for j in range(batch)], "k": k}).encode()
-                          for i in range(requests + concurrency)]
+                          for i in range(requests * repeats + concurrency)]
                 _fire(server.url, bodies[:concurrency], concurrency)  # warm-up
-                load_before = os.getloadavg()[0]
-                start = time.perf_counter()
-                results = _fire(server.url, bodies[concurrency:], concurrency)
-                seconds = time.perf_counter() - start
+                timed = []
+                for r in range(repeats):
+                    load_before = os.getloadavg()[0]
+                    start = time.perf_counter()
+                    results = _fire(server.url, bodies[concurrency + r * requests:
+                                                       concurrency + (r + 1) * requests],
+                                    concurrency)
+                    timed.append(_stats(results, time.perf_counter() - start, batch)
+                                 | {"loadavg_1m": [load_before, os.getloadavg()[0]]})
+                median = sorted(timed, key=lambda t: t["requests_per_s"])[len(timed) // 2]
                 runs.append({"tagger": Path(tagger).name, "path": str(tagger), "batch": batch,
                              "concurrency": concurrency, "k": k, "workers": workers,
-                             "requests": requests, "settled_s": round(settled, 1),
-                             **_stats(results, seconds, batch),
-                             "loadavg_1m": [load_before, os.getloadavg()[0]]})
+                             "requests": requests, "settled_s": round(settled, 1), **median,
+                             "repeats_requests_per_s": [t["requests_per_s"] for t in timed]})
     result = {"machine": machine_info(("fastapi", "uvicorn", "httptools", "uvloop")),
               "client": f"http.client, {concurrency} threads (one keep-alive connection each), "
                         "same machine",
@@ -303,13 +312,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="texts per request; repeat for several runs (none given: 1 and 32)")
     parser.add_argument("-k", type=int, default=5, help="tags per input")
     parser.add_argument("--workers", type=int, default=1, help="server processes")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed runs per batch size; the median one is reported")
     parser.add_argument("--out", type=Path, default=OUT, help="the JSON report")
 
     def body(args: argparse.Namespace) -> str:
         return markdown_summary(bench_serve(args.taggers, requests=args.requests,
                                             concurrency=args.concurrency,
                                             batches=args.batch or (1, 32), k=args.k,
-                                            workers=args.workers, out=args.out))
+                                            workers=args.workers, repeats=args.repeats,
+                                            out=args.out))
 
     return run_harness(parser, argv, body)
 
