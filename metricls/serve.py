@@ -22,7 +22,6 @@ without a port); others get 400. Bound to 0.0.0.0 or another address it accepts 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import html
 import json
@@ -209,14 +208,9 @@ def create_app(tagger_or_path: Tagger | str | Path, *, max_batch: int = Limits.m
     batcher = MicroBatcher(lambda key, inputs: tagger.predict(inputs, k=key[0], threshold=key[1]),
                            max_items=max(BATCH_ITEMS, limits.max_batch))
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> Any:
-        yield
-        batcher.close()
-
     title = f"metricls: {health.tagger}"
     app = FastAPI(title=title, version=health.versions["metricls"], docs_url=None,
-                  redoc_url=None, description=_description(health, limits), lifespan=lifespan)
+                  redoc_url=None, description=_description(health, limits))
     app.add_middleware(guards.BodyLimit, max_bytes=limits.max_body_bytes)
     if host is not None and guards.is_loopback(host):
         app.add_middleware(guards.LoopbackHostOnly, bound_to=host)

@@ -77,6 +77,7 @@ class MicroBatcher:
         self._lock = threading.Lock()
         self._queue: list[_Job] = []
         self._busy = False  # the tagging thread is draining the queue
+        # its thread ends when the batcher is dropped (and at exit): nothing to close
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="metricls-tag")
         self.batches = 0  # calls of `run` so far, for tests and logs
 
@@ -89,10 +90,6 @@ class MicroBatcher:
         if idle:
             self._thread.submit(self._drain)
         return await job.future
-
-    def close(self) -> None:
-        """Let the tagging thread end once its batch is done."""
-        self._thread.shutdown(wait=False)
 
     def _drain(self) -> None:
         """In the tagging thread: tag the oldest queued jobs (up to `max_items` inputs), answer
@@ -110,8 +107,8 @@ class MicroBatcher:
                 jobs, self._queue = self._queue[:take], self._queue[take:]
             try:
                 self._tag(jobs)
-            except Exception:  # its jobs are answered that their batch failed; the next goes on
-                log.exception("tagging a batch of %d requests failed", len(jobs))
+            except BaseException:  # its jobs are answered that their batch failed; the next
+                log.exception("tagging a batch of %d requests failed", len(jobs))  # goes on
             for job in jobs:
                 with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
                     job.loop.call_soon_threadsafe(job.answer)
@@ -145,5 +142,5 @@ class MicroBatcher:
             try:
                 self.batches += 1
                 job.rows = self._run(key, job.inputs)
-            except Exception as exc:  # answered on the loop, to this job alone
+            except BaseException as exc:  # answered on the loop, to this job alone
                 job.error = exc

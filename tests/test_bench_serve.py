@@ -53,7 +53,7 @@ def test_the_run_waits_until_every_worker_has_loaded():
         waited = wait_until_idle(parent.pid, timeout=30)
         assert 1.0 <= time.monotonic() - start == pytest.approx(waited, abs=0.1)
         assert waited < 10
-        assert tree_cpu_seconds(parent.pid) >= 1.0  # the child's CPU counts
+        assert tree_cpu_seconds(parent.pid) >= 0.3  # the child's CPU counts (the parent: ~0.05)
     finally:
         subprocess.run(["pkill", "-P", str(parent.pid)], check=False)
         parent.kill()

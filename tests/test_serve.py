@@ -78,6 +78,15 @@ def test_tag_equals_predict(client, tagger, k, threshold):
     assert len(body["tags"]) == len(TEXTS) and max(map(len, body["tags"])) <= k
 
 
+def test_an_app_serves_again_after_its_lifespan_ends(tiny_tagger_dir, tagger):
+    app = create_app(tagger)
+    for _ in range(2):  # one app, two lifespans (a module-scoped fixture, a reload)
+        with TestClient(app) as client:
+            response = client.post("/tag", json={"texts": TEXTS[:1], "k": 3})
+            assert response.status_code == 200, response.text
+            assert_same_tags(as_pairs(response.json()["tags"]), tagger.predict(TEXTS[:1], k=3))
+
+
 def test_tag_defaults_to_five_tags(client, tagger):
     body = client.post("/tag", json={"texts": TEXTS[:1]}).json()
     assert_same_tags(as_pairs(body["tags"]), tagger.predict(TEXTS[:1]))

@@ -80,7 +80,6 @@ def test_batches_run_one_at_a_time_in_the_batchers_own_thread():
     assert fire(batcher, jobs) == [[f"t{i}"] for i in range(20)]
     assert max(overlaps) == 1 and len(threads) == 1
     assert threads.pop().startswith("metricls-tag")  # never the event loop's thread
-    batcher.close()
 
 
 def test_a_request_cancelled_while_queued_leaves_the_others_answered():
@@ -199,3 +198,22 @@ def test_a_batch_that_breaks_is_answered_and_the_next_is_tagged(monkeypatch):
         return first, await batcher(1, ["b"])
 
     assert asyncio.run(scenario()) == ("the batch this request was in failed", ["1:b"])
+
+
+def test_a_run_that_raises_a_base_exception_fails_its_request_and_the_next_is_tagged():
+    class Boom(BaseException):
+        pass
+
+    def run(key, inputs):
+        if "boom" in inputs:
+            raise Boom("boom")
+        return list(inputs)
+
+    batcher = MicroBatcher(run)
+
+    async def scenario():
+        with pytest.raises(Boom):
+            await asyncio.wait_for(batcher(1, ["boom"]), 5)
+        return await asyncio.wait_for(batcher(1, ["fine"]), 5)  # a dead drain would hang
+
+    assert asyncio.run(scenario()) == ["fine"]
