@@ -2,17 +2,14 @@
 
 Tagging a batch costs little more than tagging one text (the searches, the features and the
 trees are vectorised), so the service joins the requests that arrive while a batch is being
-tagged. Requests are awaited on the event loop; the tagging itself runs in one thread of its
-own, one batch at a time. There is no timer: a request that finds the tagging thread idle
-starts a batch at once, with whatever else is queued; requests that arrive meanwhile queue,
-and when the batch is done the queued ones are the next batch. A lone request therefore waits
-for nothing, and under load the batches grow by themselves.
-
-A request costs no thread of its own: it is queued and awaited on the event loop, and the
-tagging thread takes the queue a batch at a time until it is empty (the earlier design, a
-worker thread per request taking turns to tag, spent much of a core on threads waking each
-other and queuing for the GIL). Each answer goes back through its request's own event loop,
-so requests from several loops (a test client's) are served too.
+tagged. A request costs no thread of its own: it is queued and awaited on the event loop, and
+one tagging thread takes the queue a batch at a time until it is empty. There is no timer: a
+request that finds the tagging thread idle starts it at once; requests that arrive meanwhile
+make the next batch. A lone request therefore waits for nothing, and under load the batches
+grow by themselves. (The earlier design, a worker thread per request taking turns to tag,
+spent much of a core on threads waking each other and queuing for the GIL.) Each answer goes
+back through its request's own event loop, so requests from several loops (a test client's)
+are served too.
 
 Requests are grouped by what they ask (`key`: k and threshold); each group is one call of
 `run`, and each request gets back exactly its own rows. When a group's call fails, its
