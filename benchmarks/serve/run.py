@@ -7,8 +7,11 @@ number of POST /tag requests from `concurrency` threads (one keep-alive connecti
 times each one. Inputs are the tagger's test-split items (all items if it has no test split),
 cycled. The run starts once the server's processes have gone idle (`settled_s` after /health first
 answered): with several workers, /health answers as soon as the first has loaded its tagger.
-Client and server share the machine, so the figures include the client's CPU use; each run
-records the 1-minute load average before and after it, since other work on the machine counts too.
+Each batch size is timed `--repeats` times (3), one run after the other, and the run with the
+median requests/s is reported beside every run's requests/s: runs on a small shared machine vary
+by 10 to 25%. Client and server share the machine, so the figures include the client's CPU use;
+each run records the 1-minute load average before and after it, since other work on the machine
+counts too.
 
 Results beside this script: serve.json. `running_server` also serves the tests of metricls serve.
 """
