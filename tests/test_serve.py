@@ -87,6 +87,18 @@ def test_an_app_serves_again_after_its_lifespan_ends(tiny_tagger_dir, tagger):
             assert_same_tags(as_pairs(response.json()["tags"]), tagger.predict(TEXTS[:1], k=3))
 
 
+def test_a_body_past_the_loop_limit_is_tagged_the_same(tagger):
+    from metricls.serve import PARSE_ON_LOOP_BYTES
+
+    texts = [f"{t} {'padding words ' * 60}" for t in TEXTS] * 20  # parsed in a worker thread
+    body = json.dumps({"texts": texts, "k": 3}).encode()
+    assert len(body) > PARSE_ON_LOOP_BYTES
+    with TestClient(create_app(tagger, max_body_bytes=1 << 20)) as client:
+        response = client.post("/tag", content=body, headers={"content-type": JSON})
+    assert response.status_code == 200, response.text[:300]
+    assert_same_tags(as_pairs(response.json()["tags"]), tagger.predict(texts, k=3))
+
+
 def test_tag_defaults_to_five_tags(client, tagger):
     body = client.post("/tag", json={"texts": TEXTS[:1]}).json()
     assert_same_tags(as_pairs(body["tags"]), tagger.predict(TEXTS[:1]))
