@@ -12,6 +12,7 @@ from metricls.pipeline.scoring import (
     tune_label_thresholds,
     vote_matrices,
     vote_matrix,
+    vote_weights,
 )
 
 
@@ -28,13 +29,8 @@ def _vote_by_coo(nn_scores, nn_ids, item_labels, temperature):
     """The vote as first written: the weights through a COO matrix, whose conversion sorts
     each row's neighbours by id and sums repeated ids, then one product."""
     n, k = nn_ids.shape
-    valid = nn_ids >= 0
-    logits = np.where(valid, nn_scores / temperature, -np.inf)
-    logits -= logits.max(axis=1, keepdims=True, initial=-1e30)
-    weights = np.where(valid, np.exp(logits), 0.0)
-    weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
-    W = sp.csr_matrix((weights.ravel(), (np.repeat(np.arange(n), k),
-                                         np.where(valid, nn_ids, 0).ravel())),
+    weights, ids = vote_weights(nn_scores, nn_ids, temperature)
+    W = sp.csr_matrix((weights.ravel(), (np.repeat(np.arange(n), k), ids.ravel())),
                       shape=(n, item_labels.shape[0]))
     return (W @ item_labels).toarray()
 

@@ -133,12 +133,7 @@ def vote_matrices(votes: Sequence[tuple[np.ndarray, np.ndarray, float]],
     weights, columns, widths = [], [], []
     for nn_scores, nn_ids, temperature in votes:
         n, k = nn_ids.shape
-        valid = nn_ids >= 0
-        logits = np.where(valid, nn_scores / temperature, -np.inf)
-        logits -= logits.max(axis=1, keepdims=True, initial=-1e30)
-        w = np.where(valid, np.exp(logits), 0.0)
-        w /= np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
-        ids = np.where(valid, nn_ids, 0)
+        w, ids = vote_weights(nn_scores, nn_ids, temperature)
         order = np.argsort(ids, axis=1, kind="stable")
         weights.append(np.take_along_axis(w, order, 1).ravel())
         columns.append(np.take_along_axis(ids, order, 1).ravel())
@@ -148,6 +143,18 @@ def vote_matrices(votes: Sequence[tuple[np.ndarray, np.ndarray, float]],
     W = sp.csr_matrix((np.concatenate(weights), np.concatenate(columns), indptr),
                       shape=(len(indptr) - 1, item_labels.shape[0]))
     return sp.csr_matrix(W @ item_labels)
+
+
+def vote_weights(nn_scores: np.ndarray, nn_ids: np.ndarray,
+                 temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """(n, k) softmax weights of each query's neighbours at `temperature`, and their ids;
+    padding (-1) gets weight 0 and id 0."""
+    valid = nn_ids >= 0
+    logits = np.where(valid, nn_scores / temperature, -np.inf)
+    logits -= logits.max(axis=1, keepdims=True, initial=-1e30)
+    weights = np.where(valid, np.exp(logits), 0.0)
+    weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+    return weights, np.where(valid, nn_ids, 0)
 
 
 def with_label_bias(proto_scores: np.ndarray, proto_ids: np.ndarray,
